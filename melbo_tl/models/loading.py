@@ -1,0 +1,158 @@
+"""One entry point for every model: embedded name, local directory or Hugging Face hub id.
+
+All three end in ``TransformerBridge.boot_transformers`` on a model directory or hub id, so the
+embedded model exercises the same code path a user's own model does. The returned bridge is in
+eval mode with frozen weights (steering optimizes vectors, never the model), and carries a
+:class:`ModelInfo` plus the unmodified Hugging Face tokenizer used for chat formatting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from melbo_tl.models.embedded import DEFAULT_MODEL, EMBEDDED, ModelFileError, ensure_cached
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of a loaded model, recorded in every run folder."""
+
+    spec: str  # what the user asked for
+    source: str  # "embedded" | "local" | "hub"
+    path: str  # directory or hub id actually loaded
+    revision: str  # sha256 of the weights file (embedded/local) or the hub revision asked for
+    d_model: int
+    n_layers: int
+    architecture: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _weights_fingerprint(directory: Path) -> str:
+    """A cheap, stable fingerprint of a model directory: sha256 over config and weight headers."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.safetensors")) + [directory / "config.json"]:
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(str(path.stat().st_size).encode())
+            with open(path, "rb") as fh:
+                digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def _resolve(spec: str) -> tuple[str, str]:
+    """Map a user spec to (source, directory-or-hub-id)."""
+    if spec in EMBEDDED:
+        return "embedded", str(ensure_cached(spec))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ValueError(
+                f"Model path {str(path)!r} is not a Hugging Face model directory (no config.json). "
+                f"Pass a directory written by save_pretrained, a hub id, or one of the embedded "
+                f"models: {', '.join(EMBEDDED)}."
+            )
+        return "local", str(path.resolve())
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ValueError(
+            f"Model directory {spec!r} does not exist. Embedded models: {', '.join(EMBEDDED)}."
+        )
+    return "hub", spec
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> TransformerBridge:
+    """Load a model as a frozen, eval-mode ``TransformerBridge``.
+
+    >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
+    >>> model = load_model("path/to/model_dir")    # any save_pretrained directory
+    >>> model = load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cuda")  # hub id (needs network)
+    """
+    from transformers import AutoTokenizer
+
+    if not spec or not spec.strip():
+        raise ValueError(f"Model spec is empty. Embedded models: {', '.join(EMBEDDED)}.")
+    source, where = _resolve(spec)
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    try:
+        chat_tokenizer = AutoTokenizer.from_pretrained(where, revision=revision)
+        bridge = TransformerBridge.boot_transformers(
+            where, device=device, dtype=dtype, revision=revision
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        if source == "embedded":
+            raise ModelFileError(
+                f"The cached copy of {spec!r} at {where} could not be loaded ({exc}). Delete that "
+                f"folder to rebuild it from the GGUF wheels."
+            ) from exc
+        if source == "local":
+            raise ModelFileError(f"Could not load model directory {where!r}: {exc}") from exc
+        raise ModelFileError(
+            f"{spec!r} is not an embedded model ({', '.join(EMBEDDED)}), not an existing "
+            f"directory, and loading it from the Hugging Face hub failed: {exc}"
+        ) from exc
+    bridge.eval()
+    bridge.requires_grad_(False)
+    if chat_tokenizer.pad_token_id is None:
+        chat_tokenizer.pad_token = chat_tokenizer.eos_token
+    revision_id = revision or "main"
+    if source != "hub":
+        revision_id = _weights_fingerprint(Path(where))
+    info = ModelInfo(
+        spec=spec,
+        source=source,
+        path=where,
+        revision=revision_id,
+        d_model=int(bridge.cfg.d_model),
+        n_layers=int(bridge.cfg.n_layers),
+        architecture=str(bridge.cfg.architecture),
+    )
+    object.__setattr__(bridge, "melbo_info", info)
+    object.__setattr__(bridge, "chat_tokenizer", chat_tokenizer)
+    return bridge
+
+
+def model_info(model: TransformerBridge) -> ModelInfo:
+    info = getattr(model, "melbo_info", None)
+    if info is None:
+        cfg = model.cfg
+        name = str(getattr(cfg, "model_name", "unknown"))
+        info = ModelInfo(name, "external", name, "unknown", int(cfg.d_model), int(cfg.n_layers), str(cfg.architecture))
+    return info
+
+
+def chat_tokenizer(model: TransformerBridge) -> Any:
+    """The model's own Hugging Face tokenizer (the bridge's copy is rewritten for BOS handling)."""
+    return getattr(model, "chat_tokenizer", None) or model.tokenizer
+
+
+def describe_cache() -> list[dict[str, Any]]:
+    """Embedded models with their cache state, for ``melbo models``."""
+    rows = []
+    for model in EMBEDDED.values():
+        cached = model.is_cached()
+        marker = json.loads((model.cache_dir / "melbo_cache.json").read_text()) if cached else {}
+        rows.append(
+            {
+                "name": model.name,
+                "description": model.description,
+                "cached": cached,
+                "cache_dir": str(model.cache_dir),
+                "dequantize_seconds": marker.get("dequantize_seconds"),
+            }
+        )
+    return rows
