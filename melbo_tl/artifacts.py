@@ -139,6 +139,11 @@ def load_run(directory: str | Path, model: Any | None = None) -> Run:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{meta_path} has format version {meta['format_version']}; this melbo_tl reads ≤ {FORMAT_VERSION}.")
     run = Run(safetensors.torch.load_file(str(vec_path)), meta)
+    if "vectors" not in run.tensors:
+        raise ValueError(f"{vec_path} has no 'vectors' tensor.")
+    n = int(run.vectors.shape[0])
+    if len(run.hooks) != n:
+        raise ValueError(f"{meta_path} lists {len(run.hooks)} hook names for {n} vectors.")
     if model is not None:
         check_fits(run, model)
     return run

