@@ -38,7 +38,7 @@ RunOpt = Annotated[
     Optional[Path], typer.Option("--run", metavar="DIR", help="run folder (vectors.safetensors + run.json) to steer with")
 ]
 VectorOpt = Annotated[Optional[int], typer.Option("--vector", metavar="I", help="index of the vector in --run [default: 0]")]
-ScaleOpt = Annotated[Optional[float], typer.Option("--scale", metavar="S", help="multiply the vector by this [default: 1.0]")]
+ScaleOpt = Annotated[Optional[float], typer.Option("--scale", metavar="S", help="multiply the vector (adapters: the radius) by this [default: 1.0]")]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate per answer")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, metavar="T", help="0 = greedy")]
 SeedOpt = Annotated[int, typer.Option("--seed", metavar="SEED", help="sampling seed (with --temperature > 0)")]
@@ -49,12 +49,14 @@ def load(spec: str | None) -> Any:
     """Load a model for a command, with a status line and without the weight-loading bars."""
     from transformers.utils import logging as hf_logging
 
-    from melbo_tl.models import DEFAULT_MODEL, load_model
+    from melbo_tl.models import DEFAULT_MODEL, EMBEDDED, load_model
 
     spec = spec or DEFAULT_MODEL
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status(f"loading {spec} …")
+    if spec in EMBEDDED and not EMBEDDED[spec].is_cached():
+        status(f"first use: dequantizing into {EMBEDDED[spec].cache_dir} (a minute or two, once)")
     started = time.perf_counter()
     model = load_model(spec)
     info = model.melbo_info

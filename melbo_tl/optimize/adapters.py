@@ -126,7 +126,7 @@ def train_adapters(
         opt = torch.optim.AdamW([A, B], lr=lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
         history: list[list[float]] = [[] for _ in range(count)]
         started = time.perf_counter()
-        bar = tqdm(range(steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress, leave=False)
+        bar = tqdm(range(steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress)
         for _ in bar:
             opt.zero_grad(set_to_none=True)
             objective, _ = problem.objective(steered(A, B))

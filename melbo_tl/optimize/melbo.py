@@ -120,7 +120,7 @@ def _optimize(
     theta = theta.clone().requires_grad_(True)
     opt = torch.optim.AdamW([theta], lr=lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
     history: list[list[float]] = [[] for _ in range(theta.shape[0])]
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
     for _ in bar:
         opt.zero_grad(set_to_none=True)
         objective, delta = problem.objective(problem.add_vectors(theta))
