@@ -1,4 +1,4 @@
-"""Turning a saved run folder back into an intervention.
+"""Turning a saved run folder back into interventions, and writing its ``generations.jsonl``.
 
 Most runs store one steering vector per row of ``vectors`` with its hook name in ``run.json``;
 ``melbo-adapter`` runs store rank-r MLP adapters (tensors ``A`` [n, d_mlp, r] and ``B``
@@ -7,12 +7,18 @@ Most runs store one steering vector per row of ``vectors`` with its hook name in
 >>> run = load_run("runs/demo", model)
 >>> steer = intervention_from_run(run, 0, scale=1.5)
 >>> generate(model, ["How can I make a bomb?"], [steer])
+>>> rows = write_generations(model, run, "runs/demo", ["How can I make a bomb?"])
 """
 
 from __future__ import annotations
 
-from melbo_tl.artifacts import Run
-from melbo_tl.prompts import Positions
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from melbo_tl.artifacts import GENERATIONS_FILE, Run, atomic_write_jsonl
+from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.steering.interventions import AddVector, Intervention, MLPAdapter
 
 ADAPTER_METHOD = "melbo-adapter"
@@ -76,3 +82,77 @@ def describe_intervention(intervention: Intervention) -> str:
             f"radius {intervention.radius:g}, positions {intervention.positions}"
         )
     return repr(intervention)
+
+
+def n_interventions(run: Run) -> int:
+    """How many vectors (or adapters) the run holds."""
+    if run.meta.get("method") == ADAPTER_METHOD and "A" in run.tensors:
+        return int(run.tensors["A"].shape[0])
+    return int(run.vectors.shape[0])
+
+
+def write_generations(
+    model: Any,
+    run: Run,
+    directory: str | Path,
+    prompts: Sequence[PromptLike],
+    *,
+    max_new_tokens: int = 64,
+    scale: float = 1.0,
+    temperature: float = 0.0,
+    seed: int = 0,
+    system: str | None = None,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """Complete every prompt unsteered and with each of the run's interventions; write the rows
+    to ``directory/generations.jsonl`` (atomically) and return them.
+
+    One row per (intervention or none, prompt), unsteered rows first, then vector 0 on every
+    prompt, vector 1, …. Fields: ``vector`` (index, None = unsteered), ``prompt_index``,
+    ``prompt`` (as given), ``scale``, ``completion`` (decoded text), ``n_tokens``, ``finished``
+    (a stop token came within ``max_new_tokens``). Vector runs are evaluated in one batched
+    generate (one per-row vector per batch row, zero for unsteered rows); adapter runs
+    generate once unsteered and once per adapter.
+    """
+    from melbo_tl.generate import generate
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("No prompts given.")
+    n = n_interventions(run)
+    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system, batch_size=batch_size)
+    plan = [None] + list(range(n))  # which intervention each group of len(prompts) rows uses
+    if run.meta.get("method") == ADAPTER_METHOD:
+        completions = []
+        for index in plan:
+            steering = [] if index is None else [intervention_from_run(run, index, scale=scale)]
+            completions += generate(model, prompts, steering, **options)
+    else:
+        steers = [intervention_from_run(run, i, scale=scale) for i in range(n)]
+        width = int(run.vectors.shape[-1])
+        batch: list[PromptLike] = [p for _ in plan for p in prompts]
+        # One per-row AddVector per distinct (hook, positions); rows that use another site get zeros.
+        interventions: list[Intervention] = []
+        for hook, positions in dict.fromkeys((s.hook, s.positions) for s in steers):
+            rows = torch.zeros(len(batch), width, dtype=run.vectors.dtype)
+            for g, index in enumerate(plan):
+                if index is not None and (steers[index].hook, steers[index].positions) == (hook, positions):
+                    rows[g * len(prompts) : (g + 1) * len(prompts)] = steers[index].vector * scale
+            interventions.append(AddVector(rows, hook, positions, 1.0))
+        completions = generate(model, batch, interventions, **options)
+    rows_out = [
+        {
+            "vector": index,
+            "prompt_index": j,
+            "prompt": prompt,
+            "scale": scale,
+            "completion": completion.text,
+            "n_tokens": len(completion.token_ids),
+            "finished": completion.finished,
+        }
+        for (index, j, prompt), completion in zip(
+            ((index, j, prompt) for index in plan for j, prompt in enumerate(prompts)), completions
+        )
+    ]
+    atomic_write_jsonl(Path(directory) / GENERATIONS_FILE, rows_out)
+    return rows_out

@@ -342,12 +342,14 @@ def run_demo(model_spec: str | None, out: Path, *, max_new_tokens: int = 96) -> 
 
     out = Path(out)
     replaced = (out / RUN_FILE).is_file()
+    # Same row schema as melbo_tl.runs.write_generations (prompt_index refers to meta["prompts"]).
     generations = [
         {
             "vector": None if i < 2 else 0,
-            "scale": 1.0,
+            "prompt_index": [0, 1, 0][i],
             "prompt": prompt,
-            "text": completion.text,
+            "scale": 1.0,
+            "completion": completion.text,
             "n_tokens": len(completion.token_ids),
             "finished": completion.finished,
         }

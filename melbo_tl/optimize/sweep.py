@@ -76,7 +76,7 @@ def sweep_radius(
     used = ""
     for radius in tqdm(list(radii), desc="radius sweep", disable=not progress):
         started = time.perf_counter()
-        result = train_vectors(model, [prompt], radius=radius, n_vectors=n_vectors, steps=steps, progress=False, **train_kwargs)
+        result = train_vectors(model, [prompt], radius=radius, n_vectors=n_vectors, steps=steps, progress=progress, **train_kwargs)
         completions = generate_per_vector(model, prompt, result.vectors, hook=result.hook, max_new_tokens=max_new_tokens)
         texts = [c.text for c in completions]
         embeddings, used = embed_texts(texts, model=model, embedder=embedder)

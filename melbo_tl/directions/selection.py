@@ -1,0 +1,479 @@
+"""Choosing one refusal direction among the difference-in-means candidates (Arditi et al.).
+
+Every candidate (ℓ, i) with ℓ < ``max_layer_frac``·n_layers is scored on held-out prompts:
+
+- **bypass**: mean refusal log-odds (:func:`melbo_tl.evaluate.refusal.refusal_log_odds`'s score)
+  on harmful prompts with r̂ ablated at every residual write site of every layer. Lower is better.
+- **induce**: mean refusal log-odds on harmless prompts with the raw r_ℓ,i added at
+  ``blocks.ℓ.hook_resid_pre`` on every token. Must exceed ``induce_threshold``.
+- **kl**: mean KL(unsteered ‖ ablated) of the last-position next-token distribution on harmless
+  prompts. Must be at most ``kl_threshold``.
+
+Among candidates passing both filters, the lowest bypass score wins. If none passes, a
+:class:`NoDirectionError` names the best candidate under each criterion; nothing is relaxed.
+Scoring (:func:`score_candidates`, the expensive part) and filtering (:func:`choose_direction`,
+free) are separate, so other thresholds can be tried on the same scores.
+
+Cost: per candidate, one forward pass over the harmful + harmless validation prompts (ablated)
+and one over the harmless prompts from block ℓ on (added, starting from the cached residual);
+only the last column is unembedded. Both shortcuts are tested against plain forward passes.
+
+Example::
+
+    cands = diff_in_means(model, harmful_train, harmless_train)
+    sel = select_direction(model, cands, harmful_val, harmless_val)
+    print(sel.table())
+    steer = AddVector(sel.raw, sel.hook)          # induce refusal
+    ablate = AblateDirection(sel.direction)       # bypass refusal
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from melbo_tl.directions.diff_in_means import CandidateDirections
+from melbo_tl.evaluate.refusal import refusal_token_ids
+from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.prompts import PromptLike, TokenBatch, tokenize
+from melbo_tl.segment import ResidualSegment
+from melbo_tl.steering.interventions import AblateDirection, AddVector, apply
+from melbo_tl.steering.layout import TokenLayout, token_layout
+from melbo_tl.steering.sites import d_model, n_layers
+
+
+class _Done(Exception):
+    """Raised by the capture hook once the last block's output is in hand."""
+
+
+@dataclass
+class _Batch:
+    rows: list[int]  # indices of the batch's texts in the caller's list
+    tokens: TokenBatch
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(self.tokens.token_index, self.tokens.lengths)
+
+
+def _batches(model: Any, texts: Sequence[str], batch_size: int) -> list[_Batch]:
+    """Left-padded batches of similar-length texts (less padding), on the model's device."""
+    tok = chat_tokenizer(model)
+    device = next(model.parameters()).device
+    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    return [
+        _Batch(rows, tokenize(tok, [texts[i] for i in rows]).to(device))
+        for rows in (order[s : s + batch_size] for s in range(0, len(order), batch_size))
+    ]
+
+
+def _readout(model: Any, final: Tensor) -> Tensor:
+    """Next-token log-probs from the residual leaving the last block (``[batch, d_model]``)."""
+    logits = model.unembed(model.ln_final(final[:, None, :]))[:, 0]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def _forward_last(model: Any, batch: _Batch) -> Tensor:
+    """Log-probs at the last column, unembedding only that column (the unembedding is about a
+    quarter of a small model's compute when done at every position)."""
+    if not (hasattr(model, "ln_final") and hasattr(model, "unembed") and hasattr(model, "blocks")):
+        logits = model(batch.tokens.input_ids, attention_mask=batch.tokens.attention_mask)
+        return torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
+    seen: dict[str, Tensor] = {}
+
+    def grab(module: Any, args: Any, out: Any) -> None:
+        hidden = out[0] if isinstance(out, tuple) else out
+        seen["final"] = hidden[:, -1, :]
+        raise _Done
+
+    handle = model.blocks[n_layers(model) - 1].register_forward_hook(grab)
+    try:
+        model(batch.tokens.input_ids, attention_mask=batch.tokens.attention_mask, use_cache=False)
+    except _Done:
+        pass
+    finally:
+        handle.remove()
+    return _readout(model, seen["final"])
+
+
+def _gather(n: int, batches: list[_Batch], per_batch: list[Tensor]) -> Tensor:
+    out: list[Tensor | None] = [None] * n
+    for batch, lp in zip(batches, per_batch):
+        for j, i in enumerate(batch.rows):
+            out[i] = lp[j]
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def last_logprobs(
+    model: Any, texts: Sequence[str], interventions: Sequence[Any] = (), *, batch_size: int = 16
+) -> Float[Tensor, "n vocab"]:
+    """Log-softmax of the next-token logits after each formatted text, interventions active.
+
+    Texts are batched by length (less padding) and returned in the order given.
+    """
+    batches = _batches(model, texts, batch_size)
+    per_batch = []
+    with apply(model, *interventions):
+        for batch in batches:
+            with token_layout(batch.layout):
+                per_batch.append(_forward_last(model, batch))
+    return _gather(len(texts), batches, per_batch)
+
+
+@torch.no_grad()
+def _added_logprobs(model: Any, batches: list[_Batch], segments: list[ResidualSegment], n: int, steer: AddVector) -> Tensor:
+    """Like :func:`last_logprobs` with ``steer`` at ``blocks.ℓ.hook_resid_pre``, but starting each
+    batch from its cached residual entering block ℓ (blocks before ℓ are unaffected)."""
+    per_batch = []
+    with apply(model, steer):
+        for batch, segment in zip(batches, segments):
+            with token_layout(batch.layout):
+                final = segment.run(segment.residual)
+            per_batch.append(_readout(model, final[:, -1, :]))
+    return _gather(n, batches, per_batch)
+
+
+def log_odds(logprobs: Float[Tensor, "n vocab"], token_ids: Sequence[int]) -> Float[Tensor, " n"]:
+    """log p − log(1 − p), p = total probability of ``token_ids`` (the refusal score)."""
+    log_p = torch.logsumexp(logprobs[:, list(token_ids)], dim=-1)
+    return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
+
+
+def mean_kl(base: Float[Tensor, "n vocab"], other: Float[Tensor, "n vocab"]) -> float:
+    """Mean over rows of KL(base ‖ other) for log-probability rows."""
+    return float((base.exp() * (base - other)).sum(-1).mean())
+
+
+@dataclass
+class CandidateScore:
+    """Scores of one candidate r_layer,pos.
+
+    Fields: ``layer``, ``pos`` (negative offset from the prompt's end); ``norm`` ‖r‖; ``bypass``
+    mean refusal log-odds on harmful prompts with r̂ ablated (lower = refusal removed);
+    ``induce`` mean refusal log-odds on harmless prompts with r added at
+    ``blocks.layer.hook_resid_pre``; ``kl`` mean last-position KL on harmless prompts,
+    unsteered ‖ ablated; ``zero_vector`` True if the harmful and harmless means coincide (then
+    the scores are the baseline's); ``rejected`` why it failed the filters ("" if it passed).
+    """
+
+    layer: int
+    pos: int
+    norm: float
+    bypass: float
+    induce: float
+    kl: float
+    zero_vector: bool = False
+    rejected: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "CandidateScore":
+        return cls(**{k: row[k] for k in ("layer", "pos", "norm", "bypass", "induce", "kl")}, zero_vector=bool(row.get("zero_vector")))
+
+
+@dataclass
+class Selection:
+    """The chosen refusal direction and why.
+
+    Fields:
+        layer, pos: the chosen candidate (vector acts at ``blocks.layer.hook_resid_pre``).
+        direction: ``[d_model]`` unit vector r̂ (ablate it to bypass refusal).
+        raw: ``[d_model]`` the unnormalized difference in means r (add it to induce refusal).
+        scores: one :class:`CandidateScore` per evaluated candidate, in (layer, pos) order.
+        baseline: mean refusal log-odds without any intervention, ``{"harmful": …, "harmless": …}``.
+        thresholds: the filters used (``max_layer_frac``, ``kl_threshold``, ``induce_threshold``).
+        n_harmful_val, n_harmless_val: validation prompt counts.
+        seconds_per_candidate: mean wall time to score one candidate.
+    """
+
+    layer: int
+    pos: int
+    direction: Float[Tensor, " d_model"]
+    raw: Float[Tensor, " d_model"]
+    scores: list[CandidateScore]
+    baseline: dict[str, float]
+    thresholds: dict[str, float]
+    n_harmful_val: int = 0
+    n_harmless_val: int = 0
+    seconds_per_candidate: float = 0.0
+
+    @property
+    def hook(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_pre"
+
+    @property
+    def chosen(self) -> CandidateScore:
+        return next(s for s in self.scores if (s.layer, s.pos) == (self.layer, self.pos))
+
+    def table(self) -> str:
+        return format_table(self.scores, self.baseline, chosen=(self.layer, self.pos))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the tensors, JSON-ready."""
+        return {
+            "layer": self.layer,
+            "pos": self.pos,
+            "raw_norm": float(self.raw.norm()),
+            "baseline": dict(self.baseline),
+            "thresholds": dict(self.thresholds),
+            "n_harmful_val": self.n_harmful_val,
+            "n_harmless_val": self.n_harmless_val,
+            "seconds_per_candidate": self.seconds_per_candidate,
+            "scores": [s.to_dict() for s in self.scores],
+        }
+
+
+class NoDirectionError(ValueError):
+    """No candidate passed the filters. ``scores`` and ``baseline`` hold the full evaluation."""
+
+    def __init__(self, message: str, scores: list[CandidateScore], baseline: dict[str, float]):
+        super().__init__(message)
+        self.scores = scores
+        self.baseline = baseline
+
+
+def format_table(
+    scores: Sequence[CandidateScore], baseline: dict[str, float], *, chosen: tuple[int, int] | None = None, filtered: bool = True
+) -> str:
+    """The score table as aligned text: one row per candidate with its status (``filtered=False``:
+    scores no filter has been applied to yet; no status column)."""
+    lines = [
+        f"baseline refusal log-odds: harmful {baseline['harmful']:.3f}, harmless {baseline['harmless']:.3f}",
+        f"{'layer':>5} {'pos':>4} {'norm':>8} {'bypass':>8} {'induce':>8} {'kl':>8}  status",
+    ]
+    if not filtered:
+        lines[1] = lines[1].replace("  status", "")
+    for s in scores:
+        mark = "" if not filtered else "  " + ("CHOSEN" if chosen == (s.layer, s.pos) else (s.rejected or "ok"))
+        lines.append(f"{s.layer:>5} {s.pos:>4} {s.norm:>8.3f} {s.bypass:>8.3f} {s.induce:>8.3f} {s.kl:>8.4f}{mark}")
+    return "\n".join(lines)
+
+
+def _finite(x: float) -> bool:
+    return not (math.isnan(x) or math.isinf(x))
+
+
+@dataclass
+class CandidateScores:
+    """Every scored candidate, before any filter is applied (see :func:`score_candidates`).
+
+    Fields: ``scores`` one :class:`CandidateScore` per candidate in (layer, pos) order (their
+    ``rejected`` is filled in by :func:`choose_direction`); ``baseline`` mean refusal log-odds
+    without intervention (``harmful``, ``harmless``); ``max_layer_frac`` the layer cut applied;
+    ``n_harmful_val``, ``n_harmless_val`` prompt counts; ``seconds_per_candidate`` mean wall time
+    of the candidates scored in this call.
+    """
+
+    scores: list[CandidateScore]
+    baseline: dict[str, float]
+    max_layer_frac: float
+    n_harmful_val: int
+    n_harmless_val: int
+    seconds_per_candidate: float = 0.0
+
+    def table(self) -> str:
+        return format_table(self.scores, self.baseline, filtered=False)
+
+
+def candidate_pairs(
+    model: Any,
+    candidates: CandidateDirections,
+    *,
+    max_layer_frac: float = 0.8,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+) -> list[tuple[int, int]]:
+    """The (layer, pos) pairs that would be scored: ℓ < ``max_layer_frac``·n_layers, within the
+    requested ``layers``/``positions``."""
+    if not 0 < max_layer_frac <= 1:
+        raise ValueError(f"max_layer_frac must be in (0, 1], got {max_layer_frac}.")
+    L = n_layers(model)
+    for name, want, have in (("layers", layers, candidates.layers), ("positions", positions, candidates.positions)):
+        missing = [x for x in (want or []) if x not in have]
+        if missing:
+            raise ValueError(f"Requested {name} {missing} have no candidates; the candidates cover {name} {have}.")
+    use_layers = [l for l in candidates.layers if (layers is None or l in layers) and l < max_layer_frac * L]
+    use_pos = [p for p in candidates.positions if positions is None or p in positions]
+    if not use_layers or not use_pos:
+        raise ValueError(
+            f"No candidates to score: candidate layers {candidates.layers}, allowed below "
+            f"{max_layer_frac}·{L} = {max_layer_frac * L:g}" + (f" and within {list(layers)}" if layers is not None else "") + "."
+        )
+    return [(l, p) for l in use_layers for p in use_pos]
+
+
+@torch.no_grad()
+def score_candidates(
+    model: Any,
+    candidates: CandidateDirections,
+    harmful_val: Sequence[PromptLike],
+    harmless_val: Sequence[PromptLike],
+    *,
+    max_layer_frac: float = 0.8,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    chat: bool = True,
+    system: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    done: dict[tuple[int, int], CandidateScore] | None = None,
+    on_score: Callable[[CandidateScore], None] | None = None,
+) -> CandidateScores:
+    """Bypass, induce and KL scores of every candidate (module doc); no filter is applied.
+
+    Per candidate: one pass over harmful + harmless prompts with r̂ ablated (bypass and KL) and
+    one over harmless prompts with r added, started from the cached residual entering block ℓ.
+    ``done`` maps (layer, pos) to scores from an interrupted run (not recomputed); ``on_score``
+    is called after each new candidate (e.g. to checkpoint).
+    """
+    from melbo_tl.generate import prepare_prompts
+
+    if candidates.directions.shape[-1] != d_model(model):
+        raise ValueError(f"Candidates have width {candidates.directions.shape[-1]} but the model has d_model = {d_model(model)}.")
+    pairs = candidate_pairs(model, candidates, max_layer_frac=max_layer_frac, layers=layers, positions=positions)
+    bad = prepare_prompts(model, harmful_val, chat=chat, system=system)
+    good = prepare_prompts(model, harmless_val, chat=chat, system=system)
+    ids = refusal_token_ids(chat_tokenizer(model))
+    both = bad + good
+
+    base = last_logprobs(model, both, batch_size=batch_size)
+    base_good = base[len(bad) :]
+    baseline = {"harmful": float(log_odds(base[: len(bad)], ids).mean()), "harmless": float(log_odds(base_good, ids).mean())}
+
+    done = dict(done or {})
+    todo = [pair for pair in pairs if pair not in done]
+    good_batches = _batches(model, good, batch_size)
+    L = n_layers(model)
+    segments: dict[int, list[ResidualSegment]] = {}
+    scores: dict[tuple[int, int], CandidateScore] = {pair: done[pair] for pair in pairs if pair in done}
+    started = time.perf_counter()
+    for layer, pos in tqdm(todo, desc="scoring candidates", disable=not progress):
+        raw = candidates.vector(layer, pos)
+        scale = float(candidates.harmful_mean[candidates.layers.index(layer), candidates.positions.index(pos)].norm())
+        if not float(raw.norm()) > 1e-6 * scale:
+            # Identical means (e.g. layer 0, where a template token's residual is its embedding):
+            # adding r changes nothing and there is no direction to ablate: the scores are the baseline's.
+            score = CandidateScore(layer, pos, float(raw.norm()), baseline["harmful"], baseline["harmless"], 0.0, zero_vector=True)
+        else:
+            ablated = last_logprobs(model, both, [AblateDirection(raw)], batch_size=batch_size)
+            if layer not in segments:  # residual entering block ℓ, shared by every position at ℓ
+                segments = {layer: [ResidualSegment.capture(model, b.tokens, start=layer, stop=L) for b in good_batches]}
+            steer = AddVector(raw, f"blocks.{layer}.hook_resid_pre")
+            added = _added_logprobs(model, good_batches, segments[layer], len(good), steer)
+            score = CandidateScore(
+                layer=layer,
+                pos=pos,
+                norm=float(raw.norm()),
+                bypass=float(log_odds(ablated[: len(bad)], ids).mean()),
+                induce=float(log_odds(added, ids).mean()),
+                kl=mean_kl(base_good, ablated[len(bad) :]),
+            )
+        scores[(layer, pos)] = score
+        if on_score is not None:
+            on_score(score)
+    seconds = (time.perf_counter() - started) / len(todo) if todo else 0.0
+    return CandidateScores([scores[p] for p in pairs], baseline, max_layer_frac, len(bad), len(good), seconds)
+
+
+def choose_direction(
+    candidates: CandidateDirections,
+    scored: CandidateScores,
+    *,
+    kl_threshold: float = 0.1,
+    induce_threshold: float = 0.0,
+) -> Selection:
+    """Apply the filters to scored candidates and return the lowest-bypass survivor.
+
+    Cheap: re-run it with other thresholds on the same :class:`CandidateScores`. Raises
+    :class:`NoDirectionError` (naming the best candidate per criterion) if none survives.
+    """
+    scores = []
+    for s in scored.scores:
+        why = []
+        if s.zero_vector:
+            why.append("zero vector")
+        else:
+            if not (_finite(s.kl) and s.kl <= kl_threshold):
+                why.append(f"kl {s.kl:.3g} > {kl_threshold:g}")
+            if not (_finite(s.induce) and s.induce > induce_threshold):
+                why.append(f"induce {s.induce:.3g} ≤ {induce_threshold:g}")
+            if not _finite(s.bypass):
+                why.append("bypass not finite")
+        scores.append(replace(s, rejected="; ".join(why)))
+    thresholds = {"max_layer_frac": scored.max_layer_frac, "kl_threshold": kl_threshold, "induce_threshold": induce_threshold}
+
+    passing = [s for s in scores if not s.rejected]
+    if not passing:
+        real = [s for s in scores if not s.zero_vector]
+
+        def best(key: str, lowest: bool) -> str:
+            finite = [s for s in real if _finite(getattr(s, key))]
+            if not finite:
+                return f"{key}: no finite score"
+            s = (min if lowest else max)(finite, key=lambda c: getattr(c, key))
+            return f"{'lowest' if lowest else 'highest'} {key} {getattr(s, key):.4g} at layer {s.layer}, pos {s.pos}"
+
+        raise NoDirectionError(
+            f"No candidate direction passed the filters (kl ≤ {kl_threshold:g} and induce > {induce_threshold:g}) "
+            f"among {len(scores)} candidates; best per criterion: {best('kl', True)}; {best('induce', False)}; "
+            f"{best('bypass', True)} (baseline refusal log-odds: harmful {scored.baseline['harmful']:.3g}, harmless "
+            f"{scored.baseline['harmless']:.3g}). Use more or different prompts or other layers/positions, or set the "
+            f"thresholds deliberately.",
+            scores,
+            scored.baseline,
+        )
+    chosen = min(passing, key=lambda s: s.bypass)
+    raw = candidates.vector(chosen.layer, chosen.pos).clone()
+    return Selection(
+        layer=chosen.layer,
+        pos=chosen.pos,
+        direction=raw / raw.norm(),
+        raw=raw,
+        scores=scores,
+        baseline=dict(scored.baseline),
+        thresholds=thresholds,
+        n_harmful_val=scored.n_harmful_val,
+        n_harmless_val=scored.n_harmless_val,
+        seconds_per_candidate=scored.seconds_per_candidate,
+    )
+
+
+def select_direction(
+    model: Any,
+    candidates: CandidateDirections,
+    harmful_val: Sequence[PromptLike],
+    harmless_val: Sequence[PromptLike],
+    *,
+    max_layer_frac: float = 0.8,
+    kl_threshold: float = 0.1,
+    induce_threshold: float = 0.0,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    chat: bool = True,
+    system: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Selection:
+    """Score the candidates on validation prompts and pick the refusal direction (see module doc):
+    :func:`score_candidates` then :func:`choose_direction`.
+
+    ``layers``/``positions`` restrict which candidates are scored (to save compute); candidates
+    at layers ≥ ``max_layer_frac``·n_layers are never scored. Prompts are user messages
+    (``chat=False``: already formatted texts).
+    """
+    scored = score_candidates(
+        model, candidates, harmful_val, harmless_val, max_layer_frac=max_layer_frac, layers=layers,
+        positions=positions, chat=chat, system=system, batch_size=batch_size, progress=progress,
+    )
+    return choose_direction(candidates, scored, kl_threshold=kl_threshold, induce_threshold=induce_threshold)
