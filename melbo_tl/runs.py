@@ -91,6 +91,26 @@ def n_interventions(run: Run) -> int:
     return int(run.vectors.shape[0])
 
 
+def stack_rows(groups: Sequence[AddVector | None], rows_per_group: int) -> list[AddVector]:
+    """Per-row AddVectors that run several conditions in one batched generate.
+
+    Batch rows come in groups of ``rows_per_group``; group g is steered by ``groups[g]`` (None:
+    unsteered). One AddVector per distinct (hook, positions), whose rows carry the group's
+    vector times its scale, and zeros for groups that act elsewhere or not at all (adding zero
+    leaves those rows bit-identical to unsteered).
+    """
+    steers = [s for s in groups if s is not None]
+    out: list[AddVector] = []
+    for hook, positions in dict.fromkeys((s.hook, s.positions) for s in steers):
+        first = next(s for s in steers if (s.hook, s.positions) == (hook, positions))
+        rows = torch.zeros(len(groups) * rows_per_group, first.vector.shape[-1], dtype=first.vector.dtype)
+        for g, steer in enumerate(groups):
+            if steer is not None and (steer.hook, steer.positions) == (hook, positions):
+                rows[g * rows_per_group : (g + 1) * rows_per_group] = steer.vector * steer.scale
+        out.append(AddVector(rows, hook, positions, 1.0))
+    return out
+
+
 def write_generations(
     model: Any,
     run: Run,
@@ -129,16 +149,8 @@ def write_generations(
             completions += generate(model, prompts, steering, **options)
     else:
         steers = [intervention_from_run(run, i, scale=scale) for i in range(n)]
-        width = int(run.vectors.shape[-1])
         batch: list[PromptLike] = [p for _ in plan for p in prompts]
-        # One per-row AddVector per distinct (hook, positions); rows that use another site get zeros.
-        interventions: list[Intervention] = []
-        for hook, positions in dict.fromkeys((s.hook, s.positions) for s in steers):
-            rows = torch.zeros(len(batch), width, dtype=run.vectors.dtype)
-            for g, index in enumerate(plan):
-                if index is not None and (steers[index].hook, steers[index].positions) == (hook, positions):
-                    rows[g * len(prompts) : (g + 1) * len(prompts)] = steers[index].vector * scale
-            interventions.append(AddVector(rows, hook, positions, 1.0))
+        interventions = stack_rows([None if i is None else steers[i] for i in plan], len(prompts))
         completions = generate(model, batch, interventions, **options)
     rows_out = [
         {

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from melbo_tl.artifacts import Run, atomic_write_json, atomic_write_jsonl, check_fits
 from melbo_tl.evaluate.judges import Judge, score_all
@@ -38,8 +37,8 @@ from melbo_tl.evaluate.stats import RateCI, rate_with_ci
 from melbo_tl.generate import Completion, generate
 from melbo_tl.models.loading import model_info
 from melbo_tl.prompts import PromptLike
-from melbo_tl.runs import ADAPTER_METHOD, intervention_from_run
-from melbo_tl.steering.interventions import AddVector, Intervention
+from melbo_tl.runs import ADAPTER_METHOD, intervention_from_run, stack_rows
+from melbo_tl.steering.interventions import Intervention
 
 ALIGNED_BELOW = 30.0
 COHERENT_ABOVE = 50.0
@@ -254,16 +253,7 @@ def evaluate_run(
         completions = [generate(model, prompts, **gen_kwargs)] if include_unsteered else []
         completions += [generate(model, prompts, [steer], **gen_kwargs) for steer in steers]
     else:
-        offset = 1 if include_unsteered else 0
-        n_rows = len(conditions) * n
-        merged: list[Intervention] = []
-        for hook in dict.fromkeys(s.hook for s in steers):  # one AddVector per hook, in order
-            first = next(s for s in steers if s.hook == hook)
-            rows = torch.zeros(n_rows, first.vector.shape[-1], dtype=first.vector.dtype)
-            for j, steer in enumerate(steers):
-                if steer.hook == hook:
-                    rows[(j + offset) * n : (j + offset + 1) * n] = steer.vector
-            merged.append(AddVector(rows, hook, first.positions, scale))
+        merged = stack_rows([None] * include_unsteered + list(steers), n)
         flat = generate(model, list(prompts) * len(conditions), merged, **gen_kwargs)
         completions = [flat[j * n : (j + 1) * n] for j in range(len(conditions))]
     seconds = time.perf_counter() - started

@@ -45,9 +45,28 @@ def publish(staging: Path, final: Path, marker: dict[str, Any]) -> Path:
     return final
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(final: Path) -> None:
+    """Delete staging folders left by builds that were killed (their process is gone)."""
+    for leftover in final.parent.glob(f"{final.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def staging_dir(final: Path) -> Path:
     """A fresh sibling folder to build a cache entry in (same filesystem, so rename is atomic)."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(final)
     staging = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)

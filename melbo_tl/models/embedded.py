@@ -133,7 +133,7 @@ def dequantize_to_cache(model: EmbeddedModel) -> Path:
     final = model.cache_dir
     staging = cache.staging_dir(final)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=staging.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=staging) as tmp:  # inside staging: a killed build leaves one folder
         gguf = assemble_gguf(model, Path(tmp) / f"{model.name}.gguf")
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
         hf_model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name)

@@ -9,16 +9,19 @@ eval mode with frozen weights (steering optimizes vectors, never the model), and
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
 
+from melbo_tl.models import cache
 from melbo_tl.models.embedded import DEFAULT_MODEL, EMBEDDED, ModelFileError, ensure_cached
+
+if TYPE_CHECKING:  # imported inside load_model: it takes seconds, and `melbo models` needs none of it
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)
@@ -75,13 +78,14 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
-) -> TransformerBridge:
+) -> "TransformerBridge":
     """Load a model as a frozen, eval-mode ``TransformerBridge``.
 
     >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
     >>> model = load_model("path/to/model_dir")    # any save_pretrained directory
     >>> model = load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cuda")  # hub id (needs network)
     """
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoTokenizer
 
     if not spec or not spec.strip():
@@ -126,7 +130,7 @@ def load_model(
     return bridge
 
 
-def model_info(model: TransformerBridge) -> ModelInfo:
+def model_info(model: "TransformerBridge") -> ModelInfo:
     info = getattr(model, "melbo_info", None)
     if info is None:
         cfg = model.cfg
@@ -135,7 +139,7 @@ def model_info(model: TransformerBridge) -> ModelInfo:
     return info
 
 
-def chat_tokenizer(model: TransformerBridge) -> Any:
+def chat_tokenizer(model: "TransformerBridge") -> Any:
     """The model's own Hugging Face tokenizer (the bridge's copy is rewritten for BOS handling)."""
     return getattr(model, "chat_tokenizer", None) or model.tokenizer
 
@@ -145,7 +149,7 @@ def describe_cache() -> list[dict[str, Any]]:
     rows = []
     for model in EMBEDDED.values():
         cached = model.is_cached()
-        marker = json.loads((model.cache_dir / "melbo_cache.json").read_text()) if cached else {}
+        marker = cache.read_marker(model.cache_dir) if cached else {}
         rows.append(
             {
                 "name": model.name,

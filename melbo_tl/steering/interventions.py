@@ -15,7 +15,6 @@ import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
