@@ -81,7 +81,7 @@ def test_interrupted_train_resumes_after_last_finished_vector(tiny_model_dir, tm
     interrupted = load_run(out)
     assert interrupted.meta["status"] == "running"
     kept = interrupted.vectors.clone()
-    assert 1 <= kept.shape[0] < 3
+    assert kept.shape[0] in (1, 2)
 
     res = run_cli(*args, "--resume")
     assert res.returncode == 0, res.stderr

@@ -103,7 +103,7 @@ def refusal_direction_cmd(
     from melbo_tl.cli.basic import load, status
     from melbo_tl.directions import NoDirectionError, choose_direction, diff_in_means, save_refusal_direction, score_candidates
     from melbo_tl.directions.io import SCORES_FILE, load_candidates, save_candidates, save_scores
-    from melbo_tl.directions.selection import format_table
+    from melbo_tl.directions.scores import format_table
 
     if resume and not (out / SCORES_FILE).is_file():
         raise ValueError(f"--resume: {out} has no {SCORES_FILE} to resume from; run without --resume first.")

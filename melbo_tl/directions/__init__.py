@@ -12,15 +12,8 @@ from melbo_tl.directions.io import (
     load_refusal_direction,
     save_refusal_direction,
 )
-from melbo_tl.directions.selection import (
-    CandidateScore,
-    CandidateScores,
-    NoDirectionError,
-    Selection,
-    choose_direction,
-    score_candidates,
-    select_direction,
-)
+from melbo_tl.directions.scores import CandidateScore, CandidateScores, NoDirectionError, Selection
+from melbo_tl.directions.selection import choose_direction, score_candidates, select_direction
 
 __all__ = [
     "METHOD",

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from melbo_tl.artifacts import Run, atomic_write_json, load_run, run_meta, save_run, save_tensors
 from melbo_tl.directions.diff_in_means import CandidateDirections
-from melbo_tl.directions.selection import CandidateScore, Selection
+from melbo_tl.directions.scores import CandidateScore, Selection
 from melbo_tl.steering.sites import d_model, n_layers
 
 METHOD = "refusal-direction"
