@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from melbo_tl.directions.diff_in_means import CandidateDirections
 from melbo_tl.directions.scores import CandidateScore, CandidateScores, NoDirectionError, Selection, _finite
-from melbo_tl.evaluate.refusal import refusal_token_ids
+from melbo_tl.evaluate.refusal import log_odds, refusal_token_ids
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.prompts import PromptLike, TokenBatch, tokenize
 from melbo_tl.segment import ResidualSegment
@@ -140,12 +140,6 @@ def _added_logprobs(model: Any, batches: list[_Batch], segments: list[ResidualSe
                 final = segment.run(segment.residual)
             per_batch.append(_readout(model, final[:, -1, :]))
     return _gather(n, batches, per_batch)
-
-
-def log_odds(logprobs: Float[Tensor, "n vocab"], token_ids: Sequence[int]) -> Float[Tensor, " n"]:
-    """log p − log(1 − p), p = total probability of ``token_ids`` (the refusal score)."""
-    log_p = torch.logsumexp(logprobs[:, list(token_ids)], dim=-1)
-    return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
 
 
 def mean_kl(base: Float[Tensor, "n vocab"], other: Float[Tensor, "n vocab"]) -> float:

@@ -65,6 +65,12 @@ def refusal_token_ids(tokenizer: Any, words: Sequence[str] = REFUSAL_START_WORDS
     return ids
 
 
+def log_odds(logprobs: Float[Tensor, "n vocab"], token_ids: Sequence[int]) -> Float[Tensor, " n"]:
+    """log p − log(1 − p) with p the total probability of ``token_ids`` (the refusal score)."""
+    log_p = torch.logsumexp(logprobs[:, list(token_ids)], dim=-1)
+    return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
+
+
 @torch.no_grad()
 def refusal_log_odds(
     model: Any,
@@ -85,7 +91,7 @@ def refusal_log_odds(
     from melbo_tl.steering.layout import TokenLayout, token_layout
 
     tok = chat_tokenizer(model)
-    ids = torch.tensor(list(token_ids) if token_ids is not None else refusal_token_ids(tok))
+    ids = list(token_ids) if token_ids is not None else refusal_token_ids(tok)
     device = next(model.parameters()).device
     out = []
     with apply(model, *interventions):
@@ -93,7 +99,5 @@ def refusal_log_odds(
             batch = tokenize(tok, list(texts[start : start + batch_size])).to(device)
             with token_layout(TokenLayout(batch.token_index, batch.lengths)):
                 logits = model(batch.input_ids, attention_mask=batch.attention_mask)
-            logprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
-            log_p = torch.logsumexp(logprobs[:, ids.to(device)], dim=-1)
-            out.append(log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-7)))
+            out.append(log_odds(torch.log_softmax(logits[:, -1, :].float(), dim=-1), ids))
     return torch.cat(out).cpu()
