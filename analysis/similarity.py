@@ -1,0 +1,292 @@
+"""How alike are steering vectors, and the changes they cause downstream?
+
+Two comparisons, because they answer different questions. Vectors are compared directly only
+when they act at the same residual site (a direction at layer 8 and one at layer 14 live in
+different bases); the user may map sites explicitly to compare anyway. The activation changes
+Δ they cause are compared at one later hook, where every vector's effect can be seen side by
+side, including against the refusal direction read at that hook.
+
+Each cosine comes with what chance looks like: two random directions in d_model dimensions
+have cosine ≈ N(0, 1/d_model), and the Δ's of random vectors of matched norm (run through the
+same model) give the empirical baseline for Δ cosines, which is not isotropic.
+
+>>> sim = vector_similarity({"melbo 0": (v0, "blocks.8.hook_resid_pre"), "r̂": (r, "blocks.8.hook_resid_pre")})
+>>> sim.cosine[0, 1], sim.random_q95
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.prompts import tokenize
+from melbo_tl.steering.interventions import AddVector, Intervention, apply
+from melbo_tl.steering.layout import TokenLayout, token_layout
+from melbo_tl.steering.sites import check_hook
+
+_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+
+
+def canonical_site(hook: str) -> str:
+    """``blocks.L.hook_resid_post`` is the same residual as ``blocks.{L+1}.hook_resid_pre``."""
+    m = _RESID_POST.match(hook)
+    return f"blocks.{int(m.group(1)) + 1}.hook_resid_pre" if m else hook
+
+
+def _cosine_matrix(rows: Float[Tensor, "n d"], cols: Float[Tensor, "m d"]) -> Float[Tensor, "n m"]:
+    a = rows.float() / rows.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    b = cols.float() / cols.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return a @ b.T
+
+
+@dataclass
+class VectorSimilarity:
+    """Cosines between vectors acting at one residual site.
+
+    Fields:
+        names: a label per vector.
+        sites: the hook each vector was given at (before mapping).
+        site: the common (canonical) site they were compared at.
+        cosine: ``[n, n]`` cosine similarities.
+        norms: the vectors' L2 norms.
+        d_model: the width, which sets the random baseline.
+        random_std: std of the cosine of two random directions, 1/√d_model.
+        random_q95: |cos| that two random directions exceed 5% of the time (1.96/√d_model).
+    """
+
+    names: list[str]
+    sites: list[str]
+    site: str
+    cosine: list[list[float]]
+    norms: list[float]
+    d_model: int
+    random_std: float
+    random_q95: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def vector_similarity(
+    vectors: Mapping[str, tuple[Float[Tensor, " d_model"], str]],
+    *,
+    site_map: Mapping[str, str] | None = None,
+) -> VectorSimilarity:
+    """Cosine matrix of ``{name: (vector, hook)}``, all at one site.
+
+    ``site_map`` maps a hook to the site it should be read as (e.g. ``{"blocks.14.hook_resid_pre":
+    "blocks.8.hook_resid_pre"}`` to compare a layer-14 refusal direction with layer-8 vectors); without
+    it, vectors at different sites raise an error naming them.
+    """
+    if len(vectors) < 1:
+        raise ValueError("vector_similarity needs at least one vector.")
+    mapping = dict(site_map or {})
+    names, hooks, rows = [], [], []
+    for name, (vector, hook) in vectors.items():
+        if vector.ndim != 1:
+            raise ValueError(f"Vector {name!r} has shape {tuple(vector.shape)}; expected [d_model].")
+        names.append(name)
+        hooks.append(hook)
+        rows.append(vector.detach().float().cpu())
+    widths = {r.shape[0] for r in rows}
+    if len(widths) != 1:
+        raise ValueError(f"Vectors have different widths {sorted(widths)}; they come from different models.")
+    sites = [canonical_site(mapping.get(h, h)) for h in hooks]
+    if len(set(sites)) != 1:
+        found = sorted(set(zip(names, sites)), key=lambda x: x[1])
+        raise ValueError(
+            f"Vectors act at different sites {found}; vectors at different layers live in different bases. "
+            f"Compare them at one site, or pass site_map={{hook: site}} to read one site as another."
+        )
+    d = rows[0].shape[0]
+    stacked = torch.stack(rows)
+    return VectorSimilarity(
+        names=names,
+        sites=hooks,
+        site=sites[0],
+        cosine=_cosine_matrix(stacked, stacked).tolist(),
+        norms=stacked.norm(dim=-1).tolist(),
+        d_model=d,
+        random_std=1 / math.sqrt(d),
+        random_q95=1.96 / math.sqrt(d),
+    )
+
+
+@dataclass
+class DeltaSimilarity:
+    """Cosines between the mean activation changes Δ that interventions cause at hook ``at``.
+
+    Fields:
+        names: a label per intervention.
+        at: the hook where Δ = steered − unsteered activation is read.
+        token_sets: the token sets Δ was averaged over ("all" prompt tokens, and "last:k").
+        cosine: ``{token_set: [n, n]}`` cosines between the interventions' mean Δ's.
+        against: labels of the reference directions (e.g. the refusal direction at ``at``).
+        cosine_against: ``{token_set: [n, len(against)]}`` cosines of mean Δ with each reference.
+        delta_norm: ``{token_set: [n]}`` the norm of each mean Δ.
+        random_abs_cos: ``{token_set: mean |cos|}`` between the Δ's of ``n_random`` random vectors
+            of matched norm (same hook and positions as the first vector) and every other Δ and
+            reference: what an unrelated perturbation scores here.
+        random_abs_cos_q95: ``{token_set: 95th percentile}`` of the same.
+        n_prompts: how many prompts Δ was averaged over.
+    """
+
+    names: list[str]
+    at: str
+    token_sets: list[str]
+    cosine: dict[str, list[list[float]]]
+    against: list[str]
+    cosine_against: dict[str, list[list[float]]]
+    delta_norm: dict[str, list[float]]
+    random_abs_cos: dict[str, float]
+    random_abs_cos_q95: dict[str, float]
+    n_prompts: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def _activations(model: Any, texts: Sequence[str], at: str, interventions: Sequence[Intervention]) -> tuple[Tensor, Tensor]:
+    """Activations at ``at`` [batch, pos, d] and the token mask [batch, pos] of real tokens."""
+    batch = tokenize(chat_tokenizer(model), list(texts)).to(next(model.parameters()).device)
+    store: dict[str, Tensor] = {}
+
+    def keep(acts: Tensor, hook: Any) -> Tensor:
+        store["acts"] = acts.detach().float()
+        return acts
+
+    with apply(model, *interventions), model.hooks(fwd_hooks=[(at, keep)]):
+        with token_layout(TokenLayout(batch.token_index, batch.lengths)):
+            model(batch.input_ids, attention_mask=batch.attention_mask)
+    return store["acts"].cpu(), (batch.token_index >= 0).cpu()
+
+
+def _mean_deltas(model: Any, texts: Sequence[str], at: str, steers: Sequence[Intervention], last: int) -> dict[str, Tensor]:
+    base, mask = _activations(model, texts, at, [])
+    out: dict[str, list[Tensor]] = {"all": [], f"last:{last}": []}
+    last_mask = torch.zeros_like(mask)
+    last_mask[:, -last:] = True
+    last_mask &= mask
+    for steer in steers:
+        delta = _activations(model, texts, at, [steer])[0] - base
+        for key, m in (("all", mask), (f"last:{last}", last_mask)):
+            out[key].append((delta * m[..., None]).sum((0, 1)) / m.sum())
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def delta_similarity(
+    model: Any,
+    texts: Sequence[str],
+    steers: Mapping[str, Intervention],
+    *,
+    at: str,
+    against: Mapping[str, Float[Tensor, " d_model"]] | None = None,
+    last: int = 4,
+    n_random: int = 8,
+    seed: int = 0,
+) -> DeltaSimilarity:
+    """Cosines of the mean Δ each steer causes at ``at`` over chat-formatted ``texts``.
+
+    Δ is averaged over all real tokens and over the last ``last`` tokens (the assistant-turn
+    template, where refusal is decided). ``against`` adds reference directions (e.g. the refusal
+    direction computed at ``at``). The random baseline runs ``n_random`` random vectors with the
+    mean norm of the AddVector steers, at the first AddVector's hook and positions.
+    """
+    check_hook(model, at)
+    if not texts:
+        raise ValueError("delta_similarity needs at least one prompt.")
+    if not steers:
+        raise ValueError("delta_similarity needs at least one intervention.")
+    if last < 1:
+        raise ValueError(f"last must be ≥ 1, got {last}.")
+    names = list(steers)
+    refs = {k: v.detach().float().cpu() for k, v in (against or {}).items()}
+    deltas = _mean_deltas(model, texts, at, list(steers.values()), last)
+    adds = [s for s in steers.values() if isinstance(s, AddVector) and s.vector.ndim == 1]
+    randoms: dict[str, Tensor] = {}
+    if adds and n_random > 0:
+        gen = torch.Generator().manual_seed(seed)
+        norm = float(torch.stack([a.vector.float().norm() * abs(a.scale) for a in adds]).mean())
+        d = adds[0].vector.shape[-1]
+        rand = torch.randn(n_random, d, generator=gen)
+        rand = rand / rand.norm(dim=-1, keepdim=True) * norm
+        rand_steers = [AddVector(r.to(adds[0].vector.dtype), adds[0].hook, adds[0].positions) for r in rand]
+        randoms = _mean_deltas(model, texts, at, rand_steers, last)
+    ref_matrix = torch.stack(list(refs.values())) if refs else torch.zeros(0, deltas["all"].shape[-1])
+    cosine, cos_against, norms, rand_mean, rand_q95 = {}, {}, {}, {}, {}
+    for key, d_mat in deltas.items():
+        cosine[key] = _cosine_matrix(d_mat, d_mat).tolist()
+        cos_against[key] = _cosine_matrix(d_mat, ref_matrix).tolist() if refs else [[] for _ in names]
+        norms[key] = d_mat.norm(dim=-1).tolist()
+        if key in randoms:
+            others = torch.cat([d_mat, ref_matrix])
+            vals = _cosine_matrix(randoms[key], others).abs().flatten()
+            rand_mean[key] = float(vals.mean())
+            rand_q95[key] = float(vals.quantile(0.95))
+    return DeltaSimilarity(
+        names=names,
+        at=at,
+        token_sets=list(deltas),
+        cosine=cosine,
+        against=list(refs),
+        cosine_against=cos_against,
+        delta_norm=norms,
+        random_abs_cos=rand_mean,
+        random_abs_cos_q95=rand_q95,
+        n_prompts=len(texts),
+    )
+
+
+def subspace_overlap(
+    basis: Float[Tensor, "k d_model"], direction: Float[Tensor, " d_model"]
+) -> dict[str, float]:
+    """The fraction of ``direction``'s squared norm inside the span of ``basis`` rows.
+
+    Computed as TransformerLens' projection kernel between the k-plane and the line. Its random
+    reference is exact for a random line against a fixed k-plane: Beta(k/2, (d−k)/2), mean k/d
+    (TransformerLens' own moments are for two planes of equal rank, which this is not).
+    """
+    from transformer_lens.tools.analysis import projection_kernel
+    from transformer_lens.tools.analysis.projection_kernel import orthonormal_subspace
+
+    if basis.ndim != 2 or basis.shape[-1] != direction.shape[-1]:
+        raise ValueError(f"basis {tuple(basis.shape)} and direction {tuple(direction.shape)} do not match: expected [k, d] and [d].")
+    span = orthonormal_subspace(basis.detach().float().T.cpu())
+    line = orthonormal_subspace(direction.detach().float().cpu()[:, None])
+    result = projection_kernel(span, line)
+    k, d = int(result.rank_a), int(result.ambient_dim)
+    return {
+        "rank": k,
+        "overlap": float(result.score),
+        "random_mean": k / d,
+        "random_std": math.sqrt(2 * k * (d - k) / (d * d * (d + 2))),
+    }
+
+
+def cosine_heatmap(names: Sequence[str], cosine: Sequence[Sequence[float]], *, title: str, cols: Sequence[str] | None = None, baseline: float | None = None) -> go.Figure:
+    """A labelled cosine heatmap on a fixed [-1, 1] scale; ``baseline`` goes into the title."""
+    note = f" (random |cos| ≈ {baseline:.3f})" if baseline is not None else ""
+    fig = go.Figure(
+        go.Heatmap(
+            z=[list(r) for r in cosine],
+            x=list(cols if cols is not None else names),
+            y=list(names),
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=True,
+            text=[[f"{v:.2f}" for v in r] for r in cosine],
+            texttemplate="%{text}",
+        )
+    )
+    fig.update_layout(title=title + note, template="plotly_white", yaxis_autorange="reversed")
+    return fig
