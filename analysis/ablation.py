@@ -88,6 +88,10 @@ class Condition:
     refusal: dict[str, Any] | None = None
     examples: list[str] = field(default_factory=list)
 
+    @property
+    def n_prompts(self) -> int:
+        return len(self.log_odds_per_prompt)
+
 
 @dataclass
 class Mediation:
@@ -99,14 +103,15 @@ class Mediation:
             ablated − ablated), ``effect_projected`` (v with r̂ projected out − unsteered),
             ``effect_restored`` (r̂-coordinate restored − unsteered), ``fraction_carried_by_r``
             (1 − effect_restored/effect), ``cos_v_r`` (cosine of v and r̂ at v's site).
-        layer_sweep: log-odds under steering with r̂ ablated at one layer only, per layer.
+        layer_sweep: ``{"layers": […], "log_odds": […]}`` log-odds under steering with r̂ ablated
+            at one layer only.
         scale_sweep: ``{"scales": […], "log_odds": […]}`` log-odds against the vector's multiplier.
         n_prompts: how many prompts.
     """
 
     conditions: dict[str, Condition]
     summary: dict[str, float]
-    layer_sweep: list[float]
+    layer_sweep: dict[str, list[float]]
     scale_sweep: dict[str, list[float]]
     n_prompts: int
 
@@ -139,13 +144,17 @@ def mediation(
     *,
     site_direction: Float[Tensor, " d_model"] | None = None,
     scales: Sequence[float] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
+    sweep_layers: Sequence[int] | None = None,
     max_new_tokens: int = 32,
+    baseline: dict[str, Condition] | None = None,
 ) -> Mediation:
     """Run every mediation condition of ``steer`` against refusal direction ``direction``.
 
     ``texts`` are chat-formatted prompts. ``site_direction`` is r̂ as read at the steer's own
     site (for projecting it out of v; default ``direction``). ``max_new_tokens=0`` skips
-    generation (log-odds only).
+    generation (log-odds only). ``sweep_layers`` limits the one-layer ablation sweep (default:
+    every layer). ``baseline``: the steer-free conditions from :func:`baseline_conditions` with the
+    same texts, direction and length, to share them between several vectors.
     """
     if not texts:
         raise ValueError("mediation needs at least one prompt.")
@@ -156,15 +165,12 @@ def mediation(
     at_site = direction if site_direction is None else site_direction
     ablate = AblateDirection(direction)
     projected = AddVector(project_out(steer.vector, at_site), steer.hook, steer.positions, steer.scale)
-    conds = {}
-    for name, ivs in (
-        (UNSTEERED, []),
-        (STEERED, [steer]),
-        (ABLATED, [ablate]),
-        (STEERED_ABLATED, [steer, ablate]),
-        (PROJECTED, [projected]),
-    ):
+    conds = dict(baseline) if baseline is not None else baseline_conditions(model, texts, direction, max_new_tokens=max_new_tokens)
+    if set(conds) != {UNSTEERED, ABLATED} or conds[UNSTEERED].n_prompts != len(texts):
+        raise ValueError(f"baseline must hold the {UNSTEERED!r} and {ABLATED!r} conditions of these {len(texts)} prompts.")
+    for name, ivs in ((STEERED, [steer]), (STEERED_ABLATED, [steer, ablate]), (PROJECTED, [projected])):
         conds[name] = _condition(model, name, texts, ivs, max_new_tokens)
+    conds = {k: conds[k] for k in (UNSTEERED, STEERED, ABLATED, STEERED_ABLATED, PROJECTED)}
     restore = RestoreCoordinate(direction, unsteered_coordinates(model, texts, direction))
     conds[RESTORED] = _condition(model, RESTORED, texts, [steer, restore], 0)
     base = conds[UNSTEERED].log_odds
@@ -178,9 +184,18 @@ def mediation(
         "fraction_carried_by_r": 1 - restored / effect if abs(effect) > 1e-6 else float("nan"),
         "cos_v_r": float(torch.nn.functional.cosine_similarity(steer.vector.float(), at_site.float(), dim=0)),
     }
-    layer_sweep = [float(refusal_log_odds(model, texts, [steer, AblateDirection(direction, [layer])]).mean()) for layer in range(n_layers(model))]
+    layers = list(range(n_layers(model)) if sweep_layers is None else sweep_layers)
+    layer_sweep = [float(refusal_log_odds(model, texts, [steer, AblateDirection(direction, [layer])]).mean()) for layer in layers]
     scale_lo = [float(refusal_log_odds(model, texts, [steer.scaled(steer.scale * s)]).mean()) for s in scales]
-    return Mediation(conds, summary, layer_sweep, {"scales": list(scales), "log_odds": scale_lo}, len(texts))
+    return Mediation(conds, summary, {"layers": layers, "log_odds": layer_sweep}, {"scales": list(scales), "log_odds": scale_lo}, len(texts))
+
+
+def baseline_conditions(model: Any, texts: Sequence[str], direction: Float[Tensor, " d_model"], *, max_new_tokens: int = 32) -> dict[str, Condition]:
+    """The conditions without a steer (unsteered; r̂ ablated), shared by every vector's mediation."""
+    return {
+        UNSTEERED: _condition(model, UNSTEERED, texts, [], max_new_tokens),
+        ABLATED: _condition(model, ABLATED, texts, [AblateDirection(direction)], max_new_tokens),
+    }
 
 
 def mediation_figure(med: Mediation, *, title: str = "Mediation by the refusal direction") -> go.Figure:
@@ -205,8 +220,8 @@ def sweep_figure(med: Mediation, *, title: str = "Sweeps") -> go.Figure:
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("steered, r̂ ablated at one layer", "scale sweep"))
-    layers = list(range(len(med.layer_sweep)))
-    fig.add_trace(go.Scatter(x=layers, y=med.layer_sweep, mode="lines+markers", name="r̂ ablated at layer"), 1, 1)
+    layers = med.layer_sweep["layers"]
+    fig.add_trace(go.Scatter(x=layers, y=med.layer_sweep["log_odds"], mode="lines+markers", name="r̂ ablated at layer"), 1, 1)
     for name, dash in ((UNSTEERED, "dot"), (STEERED, "dash")):
         y = med.conditions[name].log_odds
         fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[y, y], mode="lines", name=name, line={"dash": dash}), 1, 1)

@@ -9,7 +9,8 @@ Vectors from other runs (``compare``) join the comparisons: each vector is compa
 refusal direction *at its own site* (the difference-in-means candidate the refusal run computed
 at that layer and the selected position), vectors at one site with each other, and the
 activation changes of all of them at one later hook (the refusal direction's own, when it lies
-after every steering site).
+after every steering site). The costly steps (attribution, mediation, token views) run for the
+main run's ``mediate_top`` most refusal-lowering vectors and vector 0 of each compared run.
 
 >>> analyze_run(model, "runs/demo/melbo", against="runs/demo/refusal_direction", compare=["runs/demo/oneshot"])
 """
@@ -40,6 +41,7 @@ from melbo_tl.steering.sites import hook_layer, n_layers, resid_hook
 ANALYSIS_DIR = "analysis"
 FIGURES_DIR = "figures"
 SETTINGS_FILE = "settings.json"
+SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)  # multipliers of each mediated vector in the scale sweep
 
 
 @dataclass
@@ -236,7 +238,9 @@ def analyze_run(
             w.figure(name.replace(".", "_"), fig)
 
     def deltas() -> None:
-        ds = similarity.delta_similarity(model, texts, {s.name: s.intervention for s in steers}, at=at, against={"r̂": r_at} if r_at is not None else None)
+        ds = similarity.delta_similarity(
+            model, texts, {s.name: s.intervention for s in steers}, at=at, against={"r̂": r_at} if r_at is not None else None, n_random=4
+        )
         w.table("delta_cosines", ds.to_dict())
         for key in ds.token_sets:
             cols = ds.names + ds.against
@@ -260,18 +264,22 @@ def analyze_run(
 
     def attributions() -> None:
         data = {}
-        for s in steers:
+        for s in _mediated(steers, w, settings.mediate_top):
             att = attribution.steering_attribution(model, texts, s.intervention)
             data[s.name] = att.to_dict()
             w.figure(f"attribution_{s.name}", attribution.attribution_figure(att, title=f"Attribution, {s.name}"))
         w.table("attribution", data)
 
     def mediations() -> None:
+        assert refusal is not None
         chosen = _mediated(steers, w, settings.mediate_top)
         data, rows = {}, []
+        base = ablation.baseline_conditions(model, texts, refusal.direction, max_new_tokens=settings.max_new_tokens)
         for s in chosen:
-            r_site = refusal.at(s.site)[0] if refusal else None
-            med = ablation.mediation(model, texts, s.intervention, refusal.direction, site_direction=r_site, max_new_tokens=settings.max_new_tokens)  # type: ignore[union-attr]
+            med = ablation.mediation(
+                model, texts, s.intervention, refusal.direction, site_direction=refusal.at(s.site)[0], max_new_tokens=settings.max_new_tokens,
+                baseline=base, sweep_layers=range(s.layer, n_layers(model)), scales=SCALES,
+            )
             data[s.name] = med.to_dict()
             rows.append({"vector": s.name, **med.summary, **{f"refusal {k}": (c.refusal or {}).get("rate") for k, c in med.conditions.items() if c.refusal}})
             w.figure(f"mediation_{s.name}", ablation.mediation_figure(med, title=f"Mediation, {s.name}"))

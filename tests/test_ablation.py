@@ -12,6 +12,7 @@ from analysis.ablation import (
     STEERED,
     STEERED_ABLATED,
     UNSTEERED,
+    baseline_conditions,
     mediation,
     mediation_figure,
     project_out,
@@ -60,10 +61,10 @@ def test_sweeps(tiny_model, texts):
     assert med.scale_sweep["scales"] == [-1.0, 0.0, 1.0]
     assert med.scale_sweep["log_odds"][1] == pytest.approx(med.conditions[UNSTEERED].log_odds, abs=1e-5)
     assert med.scale_sweep["log_odds"][2] == pytest.approx(med.conditions[STEERED].log_odds, abs=1e-5)
-    assert len(med.layer_sweep) == tiny_model.cfg.n_layers
+    assert med.layer_sweep["layers"] == list(range(tiny_model.cfg.n_layers)) and len(med.layer_sweep["log_odds"]) == 4
     assert len(mediation_figure(med).data[0].x) == 6
     fig = sweep_figure(med)
-    assert list(fig.data[0].y) == med.layer_sweep and list(fig.data[-1].x) == [-1.0, 0.0, 1.0]
+    assert list(fig.data[0].y) == med.layer_sweep["log_odds"] and list(fig.data[-1].x) == [-1.0, 0.0, 1.0]
 
 
 def test_errors(tiny_model, texts):
@@ -73,3 +74,15 @@ def test_errors(tiny_model, texts):
         mediation(tiny_model, [], AddVector(torch.randn(64), HOOK), torch.randn(64))
     with pytest.raises(ValueError, match="one AddVector"):
         mediation(tiny_model, texts, AddVector(torch.randn(3, 64), HOOK), torch.randn(64))
+
+
+def test_shared_baseline_gives_the_same_result(tiny_model, texts):
+    r = torch.randn(64)
+    steer = AddVector(2 * torch.randn(64), HOOK)
+    base = baseline_conditions(tiny_model, texts, r, max_new_tokens=0)
+    shared = mediation(tiny_model, texts, steer, r, max_new_tokens=0, baseline=base, sweep_layers=[2, 3], scales=(1.0,))
+    alone = mediation(tiny_model, texts, steer, r, max_new_tokens=0, sweep_layers=[2, 3], scales=(1.0,))
+    assert shared.summary == alone.summary and shared.layer_sweep == alone.layer_sweep
+    assert shared.layer_sweep["layers"] == [2, 3]
+    with pytest.raises(ValueError, match="baseline must hold"):
+        mediation(tiny_model, texts[:2], steer, r, max_new_tokens=0, baseline=base)
