@@ -36,6 +36,9 @@ LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 
 @dataclass
 class PageCheck:
+    """What Chromium saw: the page title, console errors, uncaught page errors, requests that left
+    the file system (blocked), the screenshot path if one was taken, h1/h2 texts and section ids."""
+
     title: str
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)

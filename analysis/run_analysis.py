@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -126,7 +126,8 @@ class _Writer:
         (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
         path = out / SETTINGS_FILE
         if path.is_file() and json.loads(path.read_text()) != settings.to_dict():
-            for old in out.glob("*.json"):
+            stale = [*out.glob("*.json"), *out.glob("*.csv"), *(out / FIGURES_DIR).glob("*.json"), *(out / FIGURES_DIR).glob("*.html")]
+            for old in stale:
                 old.unlink()
         atomic_write_json(path, settings.to_dict())
         js = out / FIGURES_DIR / "plotly.min.js"
@@ -212,9 +213,7 @@ def analyze_run(
 ) -> Path:
     """Run every analysis of ``run_dir`` (see the module docstring); return the analysis folder."""
     run_dir = Path(run_dir)
-    settings = settings or AnalysisSettings()
-    settings.against = str(against) if against is not None else None
-    settings.compare = [str(c) for c in compare]
+    settings = replace(settings or AnalysisSettings(), against=str(against) if against is not None else None, compare=[str(c) for c in compare])
     if settings.n_prompts < 1:
         raise ValueError(f"n_prompts must be ≥ 1, got {settings.n_prompts}.")
     steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir)

@@ -274,7 +274,7 @@ def subspace_overlap(
 
 def cosine_heatmap(names: Sequence[str], cosine: Sequence[Sequence[float]], *, title: str, cols: Sequence[str] | None = None, baseline: float | None = None) -> go.Figure:
     """A labelled cosine heatmap on a fixed [-1, 1] scale; ``baseline`` goes into the title."""
-    note = f" (random |cos| ≈ {baseline:.3f})" if baseline is not None else ""
+    note = f" (random: |cos| < {baseline:.3f} in 95% of draws)" if baseline is not None else ""
     fig = go.Figure(
         go.Heatmap(
             z=[list(r) for r in cosine],

@@ -69,7 +69,10 @@ def test_analysis_resumes_and_restarts_on_new_settings(demo, tiny_model_dir):
     assert result.exit_code == 0, result.output
     after = {p.name: p.stat().st_mtime_ns for p in analysis.glob("*.json") if p.name != "settings.json"}
     assert after == {k: v for k, v in before.items() if k != "settings.json"}  # nothing recomputed
+    stale = analysis / "figures" / "lens_gone[0].json"
+    stale.write_text("{}")
     result = CliRunner().invoke(app, [*args[:-1], "1", "--max-new-tokens", "0"])
+    assert not stale.exists()  # new settings: old tables and figures are cleared
     assert result.exit_code == 0, result.output
     assert json.loads((analysis / "delta_cosines.json").read_text())["n_prompts"] == 1
     med = json.loads((analysis / "mediation.json").read_text())
