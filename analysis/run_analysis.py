@@ -218,13 +218,12 @@ def analyze_run(
         raise ValueError(f"n_prompts must be ≥ 1, got {settings.n_prompts}.")
     steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir)
     refusal = load_refusal(model, against) if against is not None else None
-    prompts = load_prompts(settings.prompts, split=settings.split)[: settings.n_prompts]
+    prompts = load_prompts(settings.prompts, split=settings.split, limit=settings.n_prompts)
     texts = prepare_prompts(model, prompts)
     run_prompt = (load_run(run_dir).meta.get("prompts") or [prompts[0]])[0]
     w = _Writer(run_dir / ANALYSIS_DIR, settings)
     at = _delta_hook(model, steers, refusal)
     r_at = refusal.at(at)[0] if refusal else None
-    steps: list[tuple[str, Callable[[], None]]] = []
 
     def effects() -> None:
         data = _effects(model, texts, steers)
@@ -294,7 +293,7 @@ def analyze_run(
             data[s.name] = {"tokens": tv.to_dict(), "attention": av.to_dict()}
         w.table("token_views", data)
 
-    steps = [("vector_effects", effects), ("vector_cosines", sims), ("delta_cosines", deltas), ("readout", readouts), ("lens", lenses), ("attribution", attributions)]
+    steps: list[tuple[str, Callable[[], None]]] = [("vector_effects", effects), ("vector_cosines", sims), ("delta_cosines", deltas), ("readout", readouts), ("lens", lenses), ("attribution", attributions)]
     if refusal is not None:
         steps.append(("mediation", mediations))
     steps.append(("token_views", views))
