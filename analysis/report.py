@@ -166,7 +166,7 @@ def _token_views(folder: Path) -> str:
         tv = token_views.TokenView.from_dict(v["tokens"])
         av = token_views.AttentionView.from_dict(v["attention"])
         parts.append(f"<h3>{_esc(name)}: ‖Δ‖ per token at {_esc(tv.hook)}</h3>" + token_views.token_view_html(tv, values="delta_norm", bundle=False))
-        parts.append(f"<h3>{_esc(name)}: projection onto r̂ per token</h3>" + token_views.token_view_html(tv, values="projection", bundle=False))
+        parts.append(f"<h3>{_esc(name)}: projection onto {_esc(v.get('direction', 'r̂'))} per token</h3>" + token_views.token_view_html(tv, values="projection", bundle=False))
         parts.append(f"<h3>{_esc(name)}: attention at layer {av.layer}</h3>" + token_views.attention_view_html(av, bundle=False))
     return "".join(parts)
 

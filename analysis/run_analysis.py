@@ -290,7 +290,7 @@ def analyze_run(
         for s in chosen:
             tv = token_views.delta_token_view(model, run_prompt, s.intervention, at=at, direction=r_at, max_new_tokens=settings.max_new_tokens or 16)
             av = token_views.attention_view(model, run_prompt, s.intervention, layer=hook_layer(at) or 0)
-            data[s.name] = {"tokens": tv.to_dict(), "attention": av.to_dict()}
+            data[s.name] = {"tokens": tv.to_dict(), "attention": av.to_dict(), "direction": "r̂" if r_at is not None else "the vector's own direction"}
         w.table("token_views", data)
 
     steps: list[tuple[str, Callable[[], None]]] = [("vector_effects", effects), ("vector_cosines", sims), ("delta_cosines", deltas), ("readout", readouts), ("lens", lenses), ("attribution", attributions)]

@@ -51,6 +51,10 @@ def test_report_renders_offline_in_chromium(demo, tmp_path):
     page = report.read_text()
     assert "unpkg.com" not in page and "src='http" not in page and 'src="http' not in page
     assert page.count("var CircuitsVis") == 1  # the circuitsvis bundle is inlined once
+    # Views project onto r̂ where the refusal run has it at the Δ hook, else onto the vector itself.
+    has_r = json.loads((out / "melbo" / "analysis" / "delta_cosines.json").read_text())["against"] == ["r̂"]
+    assert ("projection onto r̂ per token" in page) == has_r
+    assert ("projection onto the vector&#x27;s own direction per token" in page) == (not has_r)
     check = check_page(report, screenshot=tmp_path / "report.png")
     assert check.console_errors == [] and check.page_errors == [] and check.external_requests == []
     assert check.element_ids == list(SECTIONS)
