@@ -74,8 +74,10 @@ def unsteered_coordinates(model: Any, texts: Sequence[str], direction: Tensor) -
 
     unit = direction.float() / direction.float().norm()
     batch = tokenize(chat_tokenizer(model), list(texts)).to(next(model.parameters()).device)
-    _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter=lambda n: n in set(_coordinate_hooks(model)))
-    return {name: cache[name].float() @ unit.to(cache[name].device) for name in _coordinate_hooks(model)}
+    hooks = _coordinate_hooks(model)
+    wanted = set(hooks)
+    _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter=lambda n: n in wanted)
+    return {name: cache[name].float() @ unit.to(cache[name].device) for name in hooks}
 
 
 @dataclass

@@ -18,6 +18,7 @@ main run's ``mediate_top`` most refusal-lowering vectors and vector 0 of each co
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass, field, replace
@@ -69,6 +70,7 @@ class Steer:
     site: str
     layer: int
     main: bool
+    prompts: list[str] = field(default_factory=list)  # the prompts its run was fitted on
 
 
 def _steers(model: Any, run_dirs: Sequence[Path], main: Path) -> list[Steer]:
@@ -80,7 +82,7 @@ def _steers(model: Any, run_dirs: Sequence[Path], main: Path) -> list[Steer]:
             if not isinstance(iv, AddVector):
                 raise ValueError(f"{run_dir} holds {type(iv).__name__}s; analyze works on steering-vector runs.")
             site = similarity.canonical_site(iv.hook)
-            out.append(Steer(f"{run_dir.name}[{i}]", iv, site, hook_layer(site) or 0, run_dir == main))
+            out.append(Steer(f"{run_dir.name}[{i}]", iv, site, hook_layer(site) or 0, run_dir == main, list(run.meta.get("prompts") or [])))
     return out
 
 
@@ -220,10 +222,14 @@ def analyze_run(
     refusal = load_refusal(model, against) if against is not None else None
     prompts = load_prompts(settings.prompts, split=settings.split, limit=settings.n_prompts)
     texts = prepare_prompts(model, prompts)
-    run_prompt = (load_run(run_dir).meta.get("prompts") or [prompts[0]])[0]
+    run_prompt = (_run_prompts(steers) or [prompts[0]])[0]
     w = _Writer(run_dir / ANALYSIS_DIR, settings)
     at = _delta_hook(model, steers, refusal)
     r_at = refusal.at(at)[0] if refusal else None
+
+    @functools.cache
+    def chosen() -> list[Steer]:  # needs vector_effects.json, written by the first step
+        return _mediated(steers, w, settings.mediate_top)
 
     def effects() -> None:
         data = _effects(model, texts, steers)
@@ -262,7 +268,7 @@ def analyze_run(
 
     def attributions() -> None:
         data = {}
-        for s in _mediated(steers, w, settings.mediate_top):
+        for s in chosen():
             att = attribution.steering_attribution(model, texts, s.intervention)
             data[s.name] = att.to_dict()
             w.figure(f"attribution_{s.name}", attribution.attribution_figure(att, title=f"Attribution, {s.name}"))
@@ -270,10 +276,9 @@ def analyze_run(
 
     def mediations() -> None:
         assert refusal is not None
-        chosen = _mediated(steers, w, settings.mediate_top)
         data, rows = {}, []
         base = ablation.baseline_conditions(model, texts, refusal.direction, max_new_tokens=settings.max_new_tokens)
-        for s in chosen:
+        for s in chosen():
             med = ablation.mediation(
                 model, texts, s.intervention, refusal.direction, site_direction=refusal.at(s.site)[0], max_new_tokens=settings.max_new_tokens,
                 baseline=base, sweep_layers=range(s.layer, n_layers(model)), scales=SCALES,
@@ -285,9 +290,8 @@ def analyze_run(
         w.table("mediation", data, rows)
 
     def views() -> None:
-        chosen = _mediated(steers, w, settings.mediate_top)
         data = {}
-        for s in chosen:
+        for s in chosen():
             tv = token_views.delta_token_view(model, run_prompt, s.intervention, at=at, direction=r_at, max_new_tokens=settings.max_new_tokens or 16)
             av = token_views.attention_view(model, run_prompt, s.intervention, layer=hook_layer(at) or 0)
             data[s.name] = {"tokens": tv.to_dict(), "attention": av.to_dict(), "direction": "r̂" if r_at is not None else "the vector's own direction"}
@@ -301,6 +305,11 @@ def analyze_run(
         if not w.done(name):
             step()
     return w.out
+
+
+def _run_prompts(steers: list[Steer]) -> list[str]:
+    """The main run's training prompts (read with its vectors)."""
+    return next((s.prompts for s in steers if s.main), [])
 
 
 def _mediated(steers: list[Steer], w: _Writer, top: int) -> list[Steer]:

@@ -170,8 +170,10 @@ def _activations(model: Any, texts: Sequence[str], at: str, interventions: Seque
     return store["acts"].cpu(), (batch.token_index >= 0).cpu()
 
 
-def _mean_deltas(model: Any, texts: Sequence[str], at: str, steers: Sequence[Intervention], last: int) -> dict[str, Tensor]:
-    base, mask = _activations(model, texts, at, [])
+def _mean_deltas(
+    model: Any, texts: Sequence[str], at: str, steers: Sequence[Intervention], last: int, unsteered: tuple[Tensor, Tensor]
+) -> dict[str, Tensor]:
+    base, mask = unsteered
     out: dict[str, list[Tensor]] = {"all": [], f"last:{last}": []}
     last_mask = torch.zeros_like(mask)
     last_mask[:, -last:] = True
@@ -210,7 +212,8 @@ def delta_similarity(
         raise ValueError(f"last must be ≥ 1, got {last}.")
     names = list(steers)
     refs = {k: v.detach().float().cpu() for k, v in (against or {}).items()}
-    deltas = _mean_deltas(model, texts, at, list(steers.values()), last)
+    unsteered = _activations(model, texts, at, [])
+    deltas = _mean_deltas(model, texts, at, list(steers.values()), last, unsteered)
     adds = [s for s in steers.values() if isinstance(s, AddVector) and s.vector.ndim == 1]
     randoms: dict[str, Tensor] = {}
     if adds and n_random > 0:
@@ -220,7 +223,7 @@ def delta_similarity(
         rand = torch.randn(n_random, d, generator=gen)
         rand = rand / rand.norm(dim=-1, keepdim=True) * norm
         rand_steers = [AddVector(r.to(adds[0].vector.dtype), adds[0].hook, adds[0].positions) for r in rand]
-        randoms = _mean_deltas(model, texts, at, rand_steers, last)
+        randoms = _mean_deltas(model, texts, at, rand_steers, last, unsteered)
     ref_matrix = torch.stack(list(refs.values())) if refs else torch.zeros(0, deltas["all"].shape[-1])
     cosine, cos_against, norms, rand_mean, rand_q95 = {}, {}, {}, {}, {}
     for key, d_mat in deltas.items():
