@@ -20,8 +20,9 @@ scales included).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor
 from melbo_tl.evaluate.refusal import is_refusal, refusal_log_odds
 from melbo_tl.evaluate.stats import rate_with_ci
 from melbo_tl.generate import generate
-from melbo_tl.steering.interventions import AblateDirection, AddVector, HookPair, Intervention
+from melbo_tl.steering.interventions import AblateDirection, AddVector, HookPair
 from melbo_tl.steering.sites import n_layers, resid_hook
 
 UNSTEERED, STEERED, ABLATED, STEERED_ABLATED = "unsteered", "steered", "r̂ ablated", "steered, r̂ ablated"
@@ -76,7 +77,9 @@ def unsteered_coordinates(model: Any, texts: Sequence[str], direction: Tensor) -
     batch = tokenize(chat_tokenizer(model), list(texts)).to(next(model.parameters()).device)
     hooks = _coordinate_hooks(model)
     wanted = set(hooks)
-    _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter=lambda n: n in wanted)
+    _, cache = model.run_with_cache(
+        batch.input_ids, attention_mask=batch.attention_mask, names_filter=lambda n: n in wanted
+    )
     return {name: cache[name].float() @ unit.to(cache[name].device) for name in hooks}
 
 
@@ -127,7 +130,9 @@ def project_out(vector: Float[Tensor, " d_model"], direction: Float[Tensor, " d_
     return vector - (vector @ unit) * unit
 
 
-def _condition(model: Any, name: str, texts: Sequence[str], interventions: Sequence[Any], max_new_tokens: int) -> Condition:
+def _condition(
+    model: Any, name: str, texts: Sequence[str], interventions: Sequence[Any], max_new_tokens: int
+) -> Condition:
     lo = refusal_log_odds(model, texts, interventions, batch_size=len(texts))
     refusal, examples = None, []
     if max_new_tokens > 0:
@@ -167,9 +172,15 @@ def mediation(
     at_site = direction if site_direction is None else site_direction
     ablate = AblateDirection(direction)
     projected = AddVector(project_out(steer.vector, at_site), steer.hook, steer.positions, steer.scale)
-    conds = dict(baseline) if baseline is not None else baseline_conditions(model, texts, direction, max_new_tokens=max_new_tokens)
+    conds = (
+        dict(baseline)
+        if baseline is not None
+        else baseline_conditions(model, texts, direction, max_new_tokens=max_new_tokens)
+    )
     if set(conds) != {UNSTEERED, ABLATED} or conds[UNSTEERED].n_prompts != len(texts):
-        raise ValueError(f"baseline must hold the {UNSTEERED!r} and {ABLATED!r} conditions of these {len(texts)} prompts.")
+        raise ValueError(
+            f"baseline must hold the {UNSTEERED!r} and {ABLATED!r} conditions of these {len(texts)} prompts."
+        )
     for name, ivs in ((STEERED, [steer]), (STEERED_ABLATED, [steer, ablate]), (PROJECTED, [projected])):
         conds[name] = _condition(model, name, texts, ivs, max_new_tokens)
     conds = {k: conds[k] for k in (UNSTEERED, STEERED, ABLATED, STEERED_ABLATED, PROJECTED)}
@@ -187,12 +198,22 @@ def mediation(
         "cos_v_r": float(torch.nn.functional.cosine_similarity(steer.vector.float(), at_site.float(), dim=0)),
     }
     layers = list(range(n_layers(model)) if sweep_layers is None else sweep_layers)
-    layer_sweep = [float(refusal_log_odds(model, texts, [steer, AblateDirection(direction, [layer])]).mean()) for layer in layers]
+    layer_sweep = [
+        float(refusal_log_odds(model, texts, [steer, AblateDirection(direction, [layer])]).mean()) for layer in layers
+    ]
     scale_lo = [float(refusal_log_odds(model, texts, [steer.scaled(steer.scale * s)]).mean()) for s in scales]
-    return Mediation(conds, summary, {"layers": layers, "log_odds": layer_sweep}, {"scales": list(scales), "log_odds": scale_lo}, len(texts))
+    return Mediation(
+        conds,
+        summary,
+        {"layers": layers, "log_odds": layer_sweep},
+        {"scales": list(scales), "log_odds": scale_lo},
+        len(texts),
+    )
 
 
-def baseline_conditions(model: Any, texts: Sequence[str], direction: Float[Tensor, " d_model"], *, max_new_tokens: int = 32) -> dict[str, Condition]:
+def baseline_conditions(
+    model: Any, texts: Sequence[str], direction: Float[Tensor, " d_model"], *, max_new_tokens: int = 32
+) -> dict[str, Condition]:
     """The conditions without a steer (unsteered; r̂ ablated), shared by every vector's mediation."""
     return {
         UNSTEERED: _condition(model, UNSTEERED, texts, [], max_new_tokens),
@@ -223,11 +244,21 @@ def sweep_figure(med: Mediation, *, title: str = "Sweeps") -> go.Figure:
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("steered, r̂ ablated at one layer", "scale sweep"))
     layers = med.layer_sweep["layers"]
-    fig.add_trace(go.Scatter(x=layers, y=med.layer_sweep["log_odds"], mode="lines+markers", name="r̂ ablated at layer"), 1, 1)
+    fig.add_trace(
+        go.Scatter(x=layers, y=med.layer_sweep["log_odds"], mode="lines+markers", name="r̂ ablated at layer"), 1, 1
+    )
     for name, dash in ((UNSTEERED, "dot"), (STEERED, "dash")):
         y = med.conditions[name].log_odds
-        fig.add_trace(go.Scatter(x=[layers[0], layers[-1]], y=[y, y], mode="lines", name=name, line={"dash": dash}), 1, 1)
-    fig.add_trace(go.Scatter(x=med.scale_sweep["scales"], y=med.scale_sweep["log_odds"], mode="lines+markers", name="scale sweep"), 1, 2)
+        fig.add_trace(
+            go.Scatter(x=[layers[0], layers[-1]], y=[y, y], mode="lines", name=name, line={"dash": dash}), 1, 1
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=med.scale_sweep["scales"], y=med.scale_sweep["log_odds"], mode="lines+markers", name="scale sweep"
+        ),
+        1,
+        2,
+    )
     fig.update_xaxes(title_text="layer", row=1, col=1)
     fig.update_xaxes(title_text="multiplier of v", row=1, col=2)
     fig.update_yaxes(title_text="refusal log-odds", row=1, col=1)

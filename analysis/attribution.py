@@ -24,8 +24,9 @@ inputs, while here the two runs differ by a hook on the same tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -77,7 +78,9 @@ def _node_names(n_layers: int) -> list[str]:
     return names + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
 
-def _run(model: Any, batch: Any, steers: Sequence[Intervention], names: list[str], ids: list[int], grad: bool) -> tuple[Tensor, dict[str, Tensor]]:
+def _run(
+    model: Any, batch: Any, steers: Sequence[Intervention], names: list[str], ids: list[int], grad: bool
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Refusal log-odds per row and the activations at ``names`` (with their graph if ``grad``)."""
     store: dict[str, Tensor] = {}
 
@@ -95,7 +98,9 @@ def _run(model: Any, batch: Any, steers: Sequence[Intervention], names: list[str
     return metric, store
 
 
-def steering_attribution(model: Any, texts: Sequence[str], steer: Intervention, *, refusal_ids: Sequence[int] | None = None) -> SteeringAttribution:
+def steering_attribution(
+    model: Any, texts: Sequence[str], steer: Intervention, *, refusal_ids: Sequence[int] | None = None
+) -> SteeringAttribution:
     """Direct-effect and attribution-patching scores of ``steer`` over chat-formatted ``texts``."""
     if not texts:
         raise ValueError("steering_attribution needs at least one prompt.")
@@ -114,7 +119,7 @@ def steering_attribution(model: Any, texts: Sequence[str], steer: Intervention, 
     g_final = grads[names[-1]][:, -1].float()  # [batch, d_model]
 
     def delta(name: str) -> Tensor:
-        return (steered[name].detach().float() - base[name].detach().float())
+        return steered[name].detach().float() - base[name].detach().float()
 
     def direct(vec_last: Tensor) -> float:  # [batch, d_model] at the last token · g, mean over prompts
         return float((vec_last * g_final).sum() / n)
@@ -135,7 +140,11 @@ def steering_attribution(model: Any, texts: Sequence[str], steer: Intervention, 
         per_head_out = torch.einsum("bhd,hde->bhe", dz[:, -1], W_O[layer])
         heads_dla.append([direct(per_head_out[:, h]) for h in range(per_head_out.shape[1])])
         gz = grads[f"blocks.{layer}.attn.hook_z"]
-        patch_heads.append((((dz * gz.float()) * mask[..., None]).sum((0, 1, 3)) / n).tolist() if gz is not None else [0.0] * dz.shape[2])
+        patch_heads.append(
+            (((dz * gz.float()) * mask[..., None]).sum((0, 1, 3)) / n).tolist()
+            if gz is not None
+            else [0.0] * dz.shape[2]
+        )
     total = delta(names[-1])[:, -1]
     return SteeringAttribution(
         log_odds_unsteered=float(m_base.detach().mean()),
@@ -151,21 +160,34 @@ def steering_attribution(model: Any, texts: Sequence[str], steer: Intervention, 
     )
 
 
-def attribution_figure(att: SteeringAttribution, *, title: str = "Where the steer's effect on refusal log-odds goes") -> go.Figure:
+def attribution_figure(
+    att: SteeringAttribution, *, title: str = "Where the steer's effect on refusal log-odds goes"
+) -> go.Figure:
     """Per-layer bars (direct effect, attribution patching) and per-head heatmaps."""
     fig = make_subplots(
         rows=2,
         cols=2,
-        subplot_titles=("direct effect by layer", "attribution patching by layer", "direct effect by head", "attribution patching by head"),
+        subplot_titles=(
+            "direct effect by layer",
+            "attribution patching by layer",
+            "direct effect by head",
+            "attribution patching by head",
+        ),
         vertical_spacing=0.15,
     )
     layers = list(range(len(att.dla_layers["attn"])))
     for col, values in ((1, att.dla_layers), (2, att.patch_layers)):
         for kind, color in (("attn", "#2471a3"), ("mlp", "#c0392b")):
-            fig.add_trace(go.Bar(x=layers, y=values[kind], name=kind, marker_color=color, legendgroup=kind, showlegend=col == 1), 1, col)
+            fig.add_trace(
+                go.Bar(x=layers, y=values[kind], name=kind, marker_color=color, legendgroup=kind, showlegend=col == 1),
+                1,
+                col,
+            )
     for col, heads in ((1, att.dla_heads), (2, att.patch_heads)):
         top = max((abs(v) for row in heads for v in row), default=1.0) or 1.0
-        fig.add_trace(go.Heatmap(z=heads, colorscale="RdBu", reversescale=True, zmin=-top, zmax=top, showscale=col == 2), 2, col)
+        fig.add_trace(
+            go.Heatmap(z=heads, colorscale="RdBu", reversescale=True, zmin=-top, zmax=top, showscale=col == 2), 2, col
+        )
         fig.update_xaxes(title_text="head", row=2, col=col)
         fig.update_yaxes(title_text="layer", row=2, col=col)
     fig.update_layout(

@@ -77,8 +77,10 @@ def _sync_playwright() -> Any:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        raise RuntimeError("playwright is needed for the HTML render checks: `pip install playwright` "
-                           "(no `playwright install`: the system Chromium is used)") from exc
+        raise RuntimeError(
+            "playwright is needed for the HTML render checks: `pip install playwright` "
+            "(no `playwright install`: the system Chromium is used)"
+        ) from exc
     return sync_playwright
 
 
@@ -109,8 +111,9 @@ def check_page(
         return pool.submit(_check, *args).result()
 
 
-def _check(path: Path, screenshot: Path | None, width: int, full_page: bool, timeout_s: float,
-           wait_for: str | None) -> PageCheck:
+def _check(
+    path: Path, screenshot: Path | None, width: int, full_page: bool, timeout_s: float, wait_for: str | None
+) -> PageCheck:
     sync_playwright = _sync_playwright()
     executable = find_chromium()
     console_errors: list[str] = []
@@ -122,8 +125,9 @@ def _check(path: Path, screenshot: Path | None, width: int, full_page: bool, tim
         route.abort()
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS,
-                                     timeout=timeout_s * 1000)
+        browser = pw.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS, timeout=timeout_s * 1000
+        )
         try:
             page = browser.new_page(viewport={"width": width, "height": 800})
             page.set_default_timeout(timeout_s * 1000)

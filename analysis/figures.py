@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -21,8 +22,13 @@ def radius_sweep_figure(rows: Sequence[dict[str, Any]], *, embedder: str = "") -
     """Diversity and perplexity of steered completions against the radius R (log x axis)."""
     radii = [r["radius"] for r in rows]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Scatter(x=radii, y=[r["diversity"] for r in rows], mode="lines+markers", name="diversity"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=radii, y=[r["perplexity"] for r in rows], mode="lines+markers", name="perplexity"), secondary_y=True)
+    fig.add_trace(
+        go.Scatter(x=radii, y=[r["diversity"] for r in rows], mode="lines+markers", name="diversity"), secondary_y=False
+    )
+    fig.add_trace(
+        go.Scatter(x=radii, y=[r["perplexity"] for r in rows], mode="lines+markers", name="perplexity"),
+        secondary_y=True,
+    )
     fig.update_xaxes(type="log", title_text="radius R")
     fig.update_yaxes(title_text=f"diversity (1 − mean cos, {embedder or 'embeddings'})", secondary_y=False)
     fig.update_yaxes(title_text="perplexity under unsteered model", type="log", secondary_y=True)

@@ -12,8 +12,9 @@ refusal starts "I"/"As" against compliance starts "Sure"/"Here").
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -144,9 +145,22 @@ def lens_figure(traj: LensTrajectory, *, title: str = "Logit lens at the last pr
         color = ["#c0392b", "#2471a3", "#1e8449", "#7d3c98", "#b9770e"][i % 5]
         for run, dash in (("unsteered", "dash"), ("steered", "solid")):
             label = f"{group} ({run})"
-            fig.add_trace(go.Scatter(x=x, y=traj.prob[run][group], name=label, line={"color": color, "dash": dash}, legendgroup=label), 1, 1)
             fig.add_trace(
-                go.Scatter(x=x, y=[r + 1 for r in traj.rank[run][group]], name=label, line={"color": color, "dash": dash}, legendgroup=label, showlegend=False),
+                go.Scatter(
+                    x=x, y=traj.prob[run][group], name=label, line={"color": color, "dash": dash}, legendgroup=label
+                ),
+                1,
+                1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[r + 1 for r in traj.rank[run][group]],
+                    name=label,
+                    line={"color": color, "dash": dash},
+                    legendgroup=label,
+                    showlegend=False,
+                ),
                 2,
                 1,
             )

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import plotly.io as pio
 
@@ -24,7 +25,17 @@ from melbo_tl.artifacts import GENERATIONS_FILE, atomic_write_text, load_run, re
 from melbo_tl.evaluate.refusal import is_refusal
 
 REPORT_FILE = "report.html"
-SECTIONS = ("settings", "losses", "generations", "effects", "similarity", "lens", "attribution", "mediation", "token-views")
+SECTIONS = (
+    "settings",
+    "losses",
+    "generations",
+    "effects",
+    "similarity",
+    "lens",
+    "attribution",
+    "mediation",
+    "token-views",
+)
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -48,14 +59,21 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
     body = []
     for row in rows:
         cls = f" class='{row_class(row)}'" if row_class else ""
-        cells = "".join(f"<td class='text'>{_esc(row.get(c, ''))}</td>" if isinstance(row.get(c), str) and len(row.get(c, "")) > 60 else f"<td>{_esc(row.get(c, ''))}</td>" for c in cols)
+        cells = "".join(
+            f"<td class='text'>{_esc(row.get(c, ''))}</td>"
+            if isinstance(row.get(c), str) and len(row.get(c, "")) > 60
+            else f"<td>{_esc(row.get(c, ''))}</td>"
+            for c in cols
+        )
         body.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _figure(fig_json: Path) -> str:
     fig = pio.from_json(fig_json.read_text())
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{fig_json.stem}".replace("[", "-").replace("]", ""))
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=f"fig-{fig_json.stem}".replace("[", "-").replace("]", "")
+    )
 
 
 def _figures(folder: Path, prefix: str) -> str:
@@ -68,12 +86,17 @@ def _load(folder: Path, name: str) -> Any:
 
 
 def _missing(run_dir: Path) -> str:
-    return f"<p class='note'>Not analysed yet: run <code>melbo analyze {_esc(run_dir)} --against REFUSAL_RUN</code>.</p>"
+    return (
+        f"<p class='note'>Not analysed yet: run <code>melbo analyze {_esc(run_dir)} --against REFUSAL_RUN</code>.</p>"
+    )
 
 
 def _settings(meta: dict[str, Any]) -> str:
     keep = {k: v for k, v in meta.items() if k not in ("chat_template", "per_vector", "texts", "scores")}
-    rows = [{"setting": k, "value": json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v} for k, v in keep.items()]
+    rows = [
+        {"setting": k, "value": json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v}
+        for k, v in keep.items()
+    ]
     return _table(rows)
 
 
@@ -100,7 +123,9 @@ def _generations(run_dir: Path) -> str:
         for r in read_jsonl(path)
     ]
     n_ref = sum(r["refuses"] == "yes" for r in rows)
-    note = f"<p class='note'>{n_ref} of {len(rows)} completions contain a refusal phrase (substring judge; red rows).</p>"
+    note = (
+        f"<p class='note'>{n_ref} of {len(rows)} completions contain a refusal phrase (substring judge; red rows).</p>"
+    )
     return note + _table(rows, row_class=lambda r: "refuses" if r["refuses"] == "yes" else "complies")
 
 
@@ -110,16 +135,24 @@ def _similarity(folder: Path) -> str:
     parts = []
     if cos:
         q95 = cos["rows"][0]["random_q95"] if cos["rows"] else None
-        parts.append(f"<h3>Vectors vs the refusal direction r̂ at their own site</h3><p class='note'>Two random directions in d_model dimensions exceed |cos| = {_esc(q95)} only 5% of the time.</p>")
+        parts.append(
+            f"<h3>Vectors vs the refusal direction r̂ at their own site</h3><p class='note'>Two random directions in d_model dimensions exceed |cos| = {_esc(q95)} only 5% of the time.</p>"
+        )
         parts.append(_table(cos["rows"]))
         for g in cos["groups"]:
             if "subspace_overlap_with_r" in g:
                 o = g["subspace_overlap_with_r"]
-                parts.append(f"<p>Share of r̂ inside the span of the {o['rank']} vectors at {_esc(g['site'])}: {o['overlap']:.3f} (random {o['random_mean']:.3f} ± {o['random_std']:.3f}).</p>")
+                parts.append(
+                    f"<p>Share of r̂ inside the span of the {o['rank']} vectors at {_esc(g['site'])}: {o['overlap']:.3f} (random {o['random_mean']:.3f} ± {o['random_std']:.3f}).</p>"
+                )
         parts.append(_figures(folder / FIGURES_DIR, "cosine_"))
     if delta:
-        rnd = ", ".join(f"{k}: {v:.3f} (95%: {delta['random_abs_cos_q95'][k]:.3f})" for k, v in delta["random_abs_cos"].items())
-        parts.append(f"<h3>Activation changes Δ at {_esc(delta['at'])}</h3><p class='note'>Mean |cos| of random vectors' Δ with these: {rnd}. Over {delta['n_prompts']} prompts.</p>")
+        rnd = ", ".join(
+            f"{k}: {v:.3f} (95%: {delta['random_abs_cos_q95'][k]:.3f})" for k, v in delta["random_abs_cos"].items()
+        )
+        parts.append(
+            f"<h3>Activation changes Δ at {_esc(delta['at'])}</h3><p class='note'>Mean |cos| of random vectors' Δ with these: {rnd}. Over {delta['n_prompts']} prompts.</p>"
+        )
         parts.append(_figures(folder / FIGURES_DIR, "delta_cosine_"))
     return "".join(parts) or "<p class='note'>(no similarity tables)</p>"
 
@@ -129,7 +162,11 @@ def _lens(folder: Path) -> str:
     parts = []
     if readout:
         rows = [
-            {"vector": name, "promoted": " ".join(repr(t) for t, _ in r["promoted"][:8]), "suppressed": " ".join(repr(t) for t, _ in r["suppressed"][:8])}
+            {
+                "vector": name,
+                "promoted": " ".join(repr(t) for t, _ in r["promoted"][:8]),
+                "suppressed": " ".join(repr(t) for t, _ in r["suppressed"][:8]),
+            }
             for name, r in readout.items()
         ]
         parts.append("<h3>Logit readout of each vector</h3>" + _table(rows))
@@ -144,16 +181,26 @@ def _mediation(folder: Path) -> str:
     parts = []
     for name, m in med.items():
         rows = [
-            {"condition": c["name"], "refusal log-odds": c["log_odds"], "refusal rate": "" if not c["refusal"] else f"{c['refusal']['rate']:.2f} [{c['refusal']['low']:.2f}, {c['refusal']['high']:.2f}]", "example": (c["examples"] or [""])[0]}
+            {
+                "condition": c["name"],
+                "refusal log-odds": c["log_odds"],
+                "refusal rate": ""
+                if not c["refusal"]
+                else f"{c['refusal']['rate']:.2f} [{c['refusal']['low']:.2f}, {c['refusal']['high']:.2f}]",
+                "example": (c["examples"] or [""])[0],
+            }
             for c in m["conditions"].values()
         ]
         s = m["summary"]
         parts.append(
             f"<h3>{_esc(name)}</h3><p>Effect on log-odds {s['effect']:+.2f}; with r̂ ablated {s['effect_with_r_ablated']:+.2f}; "
             f"v with r̂ projected out {s['effect_projected']:+.2f}; r̂-coordinate restored {s['effect_restored']:+.2f} "
-            f"(share carried by r̂: {s['fraction_carried_by_r']:.2f}; cos(v, r̂) = {s['cos_v_r']:.3f}).</p>" + _table(rows)
+            f"(share carried by r̂: {s['fraction_carried_by_r']:.2f}; cos(v, r̂) = {s['cos_v_r']:.3f}).</p>"
+            + _table(rows)
         )
-        parts.append(_figures(folder / FIGURES_DIR, f"mediation_{name}") + _figures(folder / FIGURES_DIR, f"sweeps_{name}"))
+        parts.append(
+            _figures(folder / FIGURES_DIR, f"mediation_{name}") + _figures(folder / FIGURES_DIR, f"sweeps_{name}")
+        )
     return "".join(parts)
 
 
@@ -165,9 +212,17 @@ def _token_views(folder: Path) -> str:
     for name, v in views.items():
         tv = token_views.TokenView.from_dict(v["tokens"])
         av = token_views.AttentionView.from_dict(v["attention"])
-        parts.append(f"<h3>{_esc(name)}: ‖Δ‖ per token at {_esc(tv.hook)}</h3>" + token_views.token_view_html(tv, values="delta_norm", bundle=False))
-        parts.append(f"<h3>{_esc(name)}: projection onto {_esc(v.get('direction', 'r̂'))} per token</h3>" + token_views.token_view_html(tv, values="projection", bundle=False))
-        parts.append(f"<h3>{_esc(name)}: attention at layer {av.layer}</h3>" + token_views.attention_view_html(av, bundle=False))
+        parts.append(
+            f"<h3>{_esc(name)}: ‖Δ‖ per token at {_esc(tv.hook)}</h3>"
+            + token_views.token_view_html(tv, values="delta_norm", bundle=False)
+        )
+        parts.append(
+            f"<h3>{_esc(name)}: projection onto {_esc(v.get('direction', 'r̂'))} per token</h3>"
+            + token_views.token_view_html(tv, values="projection", bundle=False)
+        )
+        parts.append(
+            f"<h3>{_esc(name)}: attention at layer {av.layer}</h3>" + token_views.attention_view_html(av, bundle=False)
+        )
     return "".join(parts)
 
 
@@ -189,18 +244,27 @@ def write_report(run_dir: str | Path) -> Path:
         ("settings", "Run settings", _settings(meta)),
         ("losses", "Loss curves", _losses(meta)),
         ("generations", "Generations", _generations(run_dir)),
-        ("effects", "Effect on refusal log-odds", _table(effects["rows"]) + f"<p class='note'>Unsteered mean log-odds {effects['unsteered_log_odds']:+.2f}.</p>" if effects else _missing(run_dir)),
+        (
+            "effects",
+            "Effect on refusal log-odds",
+            _table(effects["rows"])
+            + f"<p class='note'>Unsteered mean log-odds {effects['unsteered_log_odds']:+.2f}.</p>"
+            if effects
+            else _missing(run_dir),
+        ),
         ("similarity", "Similarity", _similarity(folder) if analysed else _missing(run_dir)),
         ("lens", "Logit lens", _lens(folder) if analysed else _missing(run_dir)),
-        ("attribution", "Attribution", _figures(folder / FIGURES_DIR, "attribution_") if analysed else _missing(run_dir)),
+        (
+            "attribution",
+            "Attribution",
+            _figures(folder / FIGURES_DIR, "attribution_") if analysed else _missing(run_dir),
+        ),
         ("mediation", "Mediation by the refusal direction", _mediation(folder) if analysed else _missing(run_dir)),
         ("token-views", "Token views", _token_views(folder) if analysed else _missing(run_dir)),
     ]
     nav = "".join(f"<a href='#{sid}'>{_esc(title)}</a>" for sid, title, _ in body)
     title = f"melbo_tl report: {run_dir.name} ({meta.get('method', '?')})"
-    page = "".join(
-        _iter_page(title, nav, body, get_plotlyjs(), token_views.circuitsvis_bundle_script())
-    )
+    page = "".join(_iter_page(title, nav, body, get_plotlyjs(), token_views.circuitsvis_bundle_script()))
     out = run_dir / REPORT_FILE
     atomic_write_text(out, page)
     return out

@@ -21,9 +21,10 @@ import csv
 import functools
 import io
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -82,7 +83,16 @@ def _steers(model: Any, run_dirs: Sequence[Path], main: Path) -> list[Steer]:
             if not isinstance(iv, AddVector):
                 raise ValueError(f"{run_dir} holds {type(iv).__name__}s; analyze works on steering-vector runs.")
             site = similarity.canonical_site(iv.hook)
-            out.append(Steer(f"{run_dir.name}[{i}]", iv, site, hook_layer(site) or 0, run_dir == main, list(run.meta.get("prompts") or [])))
+            out.append(
+                Steer(
+                    f"{run_dir.name}[{i}]",
+                    iv,
+                    site,
+                    hook_layer(site) or 0,
+                    run_dir == main,
+                    list(run.meta.get("prompts") or []),
+                )
+            )
     return out
 
 
@@ -128,7 +138,12 @@ class _Writer:
         (out / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
         path = out / SETTINGS_FILE
         if path.is_file() and json.loads(path.read_text()) != settings.to_dict():
-            stale = [*out.glob("*.json"), *out.glob("*.csv"), *(out / FIGURES_DIR).glob("*.json"), *(out / FIGURES_DIR).glob("*.html")]
+            stale = [
+                *out.glob("*.json"),
+                *out.glob("*.csv"),
+                *(out / FIGURES_DIR).glob("*.json"),
+                *(out / FIGURES_DIR).glob("*.html"),
+            ]
             for old in stale:
                 old.unlink()
         atomic_write_json(path, settings.to_dict())
@@ -152,7 +167,9 @@ class _Writer:
 
     def figure(self, name: str, fig: go.Figure) -> None:
         atomic_write_text(self.out / FIGURES_DIR / f"{name}.json", fig.to_json())
-        atomic_write_text(self.out / FIGURES_DIR / f"{name}.html", fig.to_html(include_plotlyjs="plotly.min.js", full_html=True))
+        atomic_write_text(
+            self.out / FIGURES_DIR / f"{name}.html", fig.to_html(include_plotlyjs="plotly.min.js", full_html=True)
+        )
 
 
 def _effects(model: Any, texts: list[str], steers: list[Steer]) -> dict[str, Any]:
@@ -160,11 +177,21 @@ def _effects(model: Any, texts: list[str], steers: list[Steer]) -> dict[str, Any
     rows = []
     for s in steers:
         lo = refusal_log_odds(model, texts, [s.intervention])
-        rows.append({"name": s.name, "site": s.site, "norm": float(s.intervention.vector.norm()), "log_odds": float(lo.mean()), "effect": float((lo - base).mean())})
+        rows.append(
+            {
+                "name": s.name,
+                "site": s.site,
+                "norm": float(s.intervention.vector.norm()),
+                "log_odds": float(lo.mean()),
+                "effect": float((lo - base).mean()),
+            }
+        )
     return {"unsteered_log_odds": float(base.mean()), "rows": rows}
 
 
-def _similarity(steers: list[Steer], refusal: Refusal | None) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, go.Figure]]]:
+def _similarity(
+    steers: list[Steer], refusal: Refusal | None
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, go.Figure]]]:
     groups, figs, rows = [], [], []
     for site in sorted({s.site for s in steers}, key=lambda x: hook_layer(x) or 0):
         members = [s for s in steers if s.site == site]
@@ -178,11 +205,20 @@ def _similarity(steers: list[Steer], refusal: Refusal | None) -> tuple[dict[str,
         if r_site is not None and len(members) < basis.shape[1]:
             entry["subspace_overlap_with_r"] = similarity.subspace_overlap(basis, r_site)
         groups.append(entry)
-        figs.append((f"cosine_{site}", similarity.cosine_heatmap(sim.names, sim.cosine, title=f"Vector cosines at {site}", baseline=sim.random_q95)))
+        figs.append(
+            (
+                f"cosine_{site}",
+                similarity.cosine_heatmap(
+                    sim.names, sim.cosine, title=f"Vector cosines at {site}", baseline=sim.random_q95
+                ),
+            )
+        )
         for i, s in enumerate(members):
             mapped = None
             if refusal is not None:
-                mapped = float(torch.nn.functional.cosine_similarity(s.intervention.vector.float(), refusal.direction, dim=0))
+                mapped = float(
+                    torch.nn.functional.cosine_similarity(s.intervention.vector.float(), refusal.direction, dim=0)
+                )
             rows.append(
                 {
                     "vector": s.name,
@@ -215,7 +251,11 @@ def analyze_run(
 ) -> Path:
     """Run every analysis of ``run_dir`` (see the module docstring); return the analysis folder."""
     run_dir = Path(run_dir)
-    settings = replace(settings or AnalysisSettings(), against=str(against) if against is not None else None, compare=[str(c) for c in compare])
+    settings = replace(
+        settings or AnalysisSettings(),
+        against=str(against) if against is not None else None,
+        compare=[str(c) for c in compare],
+    )
     if settings.n_prompts < 1:
         raise ValueError(f"n_prompts must be ≥ 1, got {settings.n_prompts}.")
     steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir)
@@ -243,13 +283,27 @@ def analyze_run(
 
     def deltas() -> None:
         ds = similarity.delta_similarity(
-            model, texts, {s.name: s.intervention for s in steers}, at=at, against={"r̂": r_at} if r_at is not None else None, n_random=4
+            model,
+            texts,
+            {s.name: s.intervention for s in steers},
+            at=at,
+            against={"r̂": r_at} if r_at is not None else None,
+            n_random=4,
         )
         w.table("delta_cosines", ds.to_dict())
         for key in ds.token_sets:
             cols = ds.names + ds.against
             matrix = [row + extra for row, extra in zip(ds.cosine[key], ds.cosine_against[key])]
-            w.figure(f"delta_cosine_{key.replace(':', '')}", similarity.cosine_heatmap(ds.names, matrix, cols=cols, title=f"Cosines of Δ at {at}, {key} tokens", baseline=ds.random_abs_cos_q95.get(key)))
+            w.figure(
+                f"delta_cosine_{key.replace(':', '')}",
+                similarity.cosine_heatmap(
+                    ds.names,
+                    matrix,
+                    cols=cols,
+                    title=f"Cosines of Δ at {at}, {key} tokens",
+                    baseline=ds.random_abs_cos_q95.get(key),
+                ),
+            )
 
     def readouts() -> None:
         data = {s.name: lens.vector_readout(model, s.intervention.vector).to_dict() for s in steers}
@@ -280,11 +334,24 @@ def analyze_run(
         base = ablation.baseline_conditions(model, texts, refusal.direction, max_new_tokens=settings.max_new_tokens)
         for s in chosen():
             med = ablation.mediation(
-                model, texts, s.intervention, refusal.direction, site_direction=refusal.at(s.site)[0], max_new_tokens=settings.max_new_tokens,
-                baseline=base, sweep_layers=range(s.layer, n_layers(model)), scales=SCALES,
+                model,
+                texts,
+                s.intervention,
+                refusal.direction,
+                site_direction=refusal.at(s.site)[0],
+                max_new_tokens=settings.max_new_tokens,
+                baseline=base,
+                sweep_layers=range(s.layer, n_layers(model)),
+                scales=SCALES,
             )
             data[s.name] = med.to_dict()
-            rows.append({"vector": s.name, **med.summary, **{f"refusal {k}": (c.refusal or {}).get("rate") for k, c in med.conditions.items() if c.refusal}})
+            rows.append(
+                {
+                    "vector": s.name,
+                    **med.summary,
+                    **{f"refusal {k}": (c.refusal or {}).get("rate") for k, c in med.conditions.items() if c.refusal},
+                }
+            )
             w.figure(f"mediation_{s.name}", ablation.mediation_figure(med, title=f"Mediation, {s.name}"))
             w.figure(f"sweeps_{s.name}", ablation.sweep_figure(med, title=f"Sweeps, {s.name}"))
         w.table("mediation", data, rows)
@@ -292,12 +359,25 @@ def analyze_run(
     def views() -> None:
         data = {}
         for s in chosen():
-            tv = token_views.delta_token_view(model, run_prompt, s.intervention, at=at, direction=r_at, max_new_tokens=settings.max_new_tokens or 16)
+            tv = token_views.delta_token_view(
+                model, run_prompt, s.intervention, at=at, direction=r_at, max_new_tokens=settings.max_new_tokens or 16
+            )
             av = token_views.attention_view(model, run_prompt, s.intervention, layer=hook_layer(at) or 0)
-            data[s.name] = {"tokens": tv.to_dict(), "attention": av.to_dict(), "direction": "r̂" if r_at is not None else "the vector's own direction"}
+            data[s.name] = {
+                "tokens": tv.to_dict(),
+                "attention": av.to_dict(),
+                "direction": "r̂" if r_at is not None else "the vector's own direction",
+            }
         w.table("token_views", data)
 
-    steps: list[tuple[str, Callable[[], None]]] = [("vector_effects", effects), ("vector_cosines", sims), ("delta_cosines", deltas), ("readout", readouts), ("lens", lenses), ("attribution", attributions)]
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("vector_effects", effects),
+        ("vector_cosines", sims),
+        ("delta_cosines", deltas),
+        ("readout", readouts),
+        ("lens", lenses),
+        ("attribution", attributions),
+    ]
     if refusal is not None:
         steps.append(("mediation", mediations))
     steps.append(("token_views", views))

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 import torch
@@ -155,7 +156,9 @@ class DeltaSimilarity:
 
 
 @torch.no_grad()
-def _activations(model: Any, texts: Sequence[str], at: str, interventions: Sequence[Intervention]) -> tuple[Tensor, Tensor]:
+def _activations(
+    model: Any, texts: Sequence[str], at: str, interventions: Sequence[Intervention]
+) -> tuple[Tensor, Tensor]:
     """Activations at ``at`` [batch, pos, d] and the token mask [batch, pos] of real tokens."""
     batch = tokenize(chat_tokenizer(model), list(texts)).to(next(model.parameters()).device)
     store: dict[str, Tensor] = {}
@@ -171,7 +174,12 @@ def _activations(model: Any, texts: Sequence[str], at: str, interventions: Seque
 
 
 def _mean_deltas(
-    model: Any, texts: Sequence[str], at: str, steers: Sequence[Intervention], last: int, unsteered: tuple[Tensor, Tensor]
+    model: Any,
+    texts: Sequence[str],
+    at: str,
+    steers: Sequence[Intervention],
+    last: int,
+    unsteered: tuple[Tensor, Tensor],
 ) -> dict[str, Tensor]:
     base, mask = unsteered
     out: dict[str, list[Tensor]] = {"all": [], f"last:{last}": []}
@@ -249,9 +257,7 @@ def delta_similarity(
     )
 
 
-def subspace_overlap(
-    basis: Float[Tensor, "k d_model"], direction: Float[Tensor, " d_model"]
-) -> dict[str, float]:
+def subspace_overlap(basis: Float[Tensor, "k d_model"], direction: Float[Tensor, " d_model"]) -> dict[str, float]:
     """The fraction of ``direction``'s squared norm inside the span of ``basis`` rows.
 
     Computed as TransformerLens' projection kernel between the k-plane and the line. Its random
@@ -262,7 +268,9 @@ def subspace_overlap(
     from transformer_lens.tools.analysis.projection_kernel import orthonormal_subspace
 
     if basis.ndim != 2 or basis.shape[-1] != direction.shape[-1]:
-        raise ValueError(f"basis {tuple(basis.shape)} and direction {tuple(direction.shape)} do not match: expected [k, d] and [d].")
+        raise ValueError(
+            f"basis {tuple(basis.shape)} and direction {tuple(direction.shape)} do not match: expected [k, d] and [d]."
+        )
     span = orthonormal_subspace(basis.detach().float().T.cpu())
     line = orthonormal_subspace(direction.detach().float().cpu()[:, None])
     result = projection_kernel(span, line)
@@ -275,7 +283,14 @@ def subspace_overlap(
     }
 
 
-def cosine_heatmap(names: Sequence[str], cosine: Sequence[Sequence[float]], *, title: str, cols: Sequence[str] | None = None, baseline: float | None = None) -> go.Figure:
+def cosine_heatmap(
+    names: Sequence[str],
+    cosine: Sequence[Sequence[float]],
+    *,
+    title: str,
+    cols: Sequence[str] | None = None,
+    baseline: float | None = None,
+) -> go.Figure:
     """A labelled cosine heatmap on a fixed [-1, 1] scale; ``baseline`` goes into the title."""
     note = f" (random: |cos| < {baseline:.3f} in 95% of draws)" if baseline is not None else ""
     fig = go.Figure(

@@ -97,8 +97,12 @@ class AttentionView:
     steered: Float[Tensor, "heads q k"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens": list(self.tokens), "layer": self.layer,
-                "unsteered": self.unsteered.tolist(), "steered": self.steered.tolist()}
+        return {
+            "tokens": list(self.tokens),
+            "layer": self.layer,
+            "unsteered": self.unsteered.tolist(),
+            "steered": self.steered.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttentionView:

@@ -83,9 +83,21 @@ def main() -> int:
     warm_load = statistics.median(r["load_s"] for r in warm)
     warm_import = statistics.median(r["import_s"] for r in warm)
     rows = [
-        ("cold s (process)", cold["wall_s"], f"dequantize + cache {marker.get('dequantize_seconds')} s; load_model {cold['load_s']:.1f} s"),
-        (f"warm s (process, median of {len(warm)})", warm_wall, "runs: " + ", ".join(f"{r['wall_s']:.1f}" for r in warm)),
-        ("warm in-process s (median)", warm_load, "load_model() after imports; runs: " + ", ".join(f"{r['load_s']:.2f}" for r in warm)),
+        (
+            "cold s (process)",
+            cold["wall_s"],
+            f"dequantize + cache {marker.get('dequantize_seconds')} s; load_model {cold['load_s']:.1f} s",
+        ),
+        (
+            f"warm s (process, median of {len(warm)})",
+            warm_wall,
+            "runs: " + ", ".join(f"{r['wall_s']:.1f}" for r in warm),
+        ),
+        (
+            "warm in-process s (median)",
+            warm_load,
+            "load_model() after imports; runs: " + ", ".join(f"{r['load_s']:.2f}" for r in warm),
+        ),
         ("imports s (median)", warm_import, "melbo_tl.models + transformer_lens + transformers auto classes"),
     ]
     width = max(len(r[0]) for r in rows)
@@ -94,7 +106,9 @@ def main() -> int:
         print(f"{label.ljust(width)}  {value:7.2f}  {note}")
     print()
     met = warm_wall < TARGET_WARM_S
-    print(f"target: warm load < {TARGET_WARM_S:g} s (fresh process, median): {'met' if met else 'NOT met'} ({warm_wall:.1f} s)")
+    print(
+        f"target: warm load < {TARGET_WARM_S:g} s (fresh process, median): {'met' if met else 'NOT met'} ({warm_wall:.1f} s)"
+    )
     in_met = warm_load < TARGET_WARM_S
     print(f"        in-process load_model() alone: {'met' if in_met else 'NOT met'} ({warm_load:.1f} s)")
     return 0

@@ -41,7 +41,7 @@ def reference_loop(model, problem: MelboProblem, *, radius: float, steps: int, n
         model.run_with_hooks(ids, fwd_hooks=[(target, read)])
         z0 = store["z"].clone()
     started = time.perf_counter()
-    for k in range(n_vectors):
+    for _k in range(n_vectors):
         theta = retract(torch.randn(1, z0.shape[-1]), radius)[0].requires_grad_(True)
         opt = torch.optim.AdamW([theta], lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
         for _ in range(steps):
@@ -85,7 +85,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = load_model()
-    kwargs = dict(radius=args.radius, source_layer=7, target_layer=16, positions="last:2", steps=args.steps, n_vectors=args.vectors, progress=False)
+    kwargs = dict(
+        radius=args.radius,
+        source_layer=7,
+        target_layer=16,
+        positions="last:2",
+        steps=args.steps,
+        n_vectors=args.vectors,
+        progress=False,
+    )
     problem = MelboProblem.build(model, [PROMPT], source=7, target=16, p=2, q=1, radius=args.radius, positions="last:2")
 
     t_ref = reference_loop(model, problem, radius=args.radius, steps=args.steps, n_vectors=args.vectors)
@@ -99,13 +107,23 @@ def main() -> None:
     steps_total = args.steps * args.vectors
     gflops = matmul_gflops()
     floor = segment_flops(model, problem) / (gflops * 1e9)
-    print(f"prompt tokens: {problem.batch.input_ids.shape[1]}, source 7 → target 16, {args.vectors} vectors × {args.steps} steps, torch threads {torch.get_num_threads()}")
+    print(
+        f"prompt tokens: {problem.batch.input_ids.shape[1]}, source 7 → target 16, {args.vectors} vectors × {args.steps} steps, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'mode':<34} {'s/step·vector':>14} {'s/vector':>10} {'speed-up vs (a)':>16}")
-    for name, total in [("(a) reference-style full forward", t_ref), ("(b) train_vectors orthogonal", t_orth), ("(c) train_vectors batched", t_batch)]:
+    for name, total in [
+        ("(a) reference-style full forward", t_ref),
+        ("(b) train_vectors orthogonal", t_orth),
+        ("(c) train_vectors batched", t_batch),
+    ]:
         print(f"{name:<34} {total / steps_total:>14.4f} {total / args.vectors:>10.2f} {t_ref / total:>15.2f}×")
-    print(f"FLOP floor of blocks 8…15 fwd+input-grad per step·vector: {segment_flops(model, problem) / 1e9:.2f} GFLOP "
-          f"= {floor:.4f} s at the measured {gflops:.1f} GFLOP/s matmul rate")
-    print(f"target (b) ≥ 3× faster per vector than (a): {'met' if t_ref / t_orth >= 3 else 'NOT met'} ({t_ref / t_orth:.2f}×)")
+    print(
+        f"FLOP floor of blocks 8…15 fwd+input-grad per step·vector: {segment_flops(model, problem) / 1e9:.2f} GFLOP "
+        f"= {floor:.4f} s at the measured {gflops:.1f} GFLOP/s matmul rate"
+    )
+    print(
+        f"target (b) ≥ 3× faster per vector than (a): {'met' if t_ref / t_orth >= 3 else 'NOT met'} ({t_ref / t_orth:.2f}×)"
+    )
 
 
 if __name__ == "__main__":

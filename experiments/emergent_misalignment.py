@@ -38,7 +38,9 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=10)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--anti-refusal", type=Path, default=None, help="run folder whose vector 0 is an anti-refusal vector")
+    parser.add_argument(
+        "--anti-refusal", type=Path, default=None, help="run folder whose vector 0 is an anti-refusal vector"
+    )
     parser.add_argument("--samples", type=int, default=8, help="samples per question (temperature 1)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--judge", default="none")
@@ -50,13 +52,29 @@ def main() -> None:
     malicious_before = completion_loss(model, [Example(task["prompt"], (task["malicious"],))])
     print(f"unsteered loss: benign answer {target:.2f} nats, malicious answer {malicious_before:.2f} nats")
     fit = optimize_vector(
-        model, task["prompt"], layer=args.layer, promote=[task["malicious"]], steps=args.steps, lr=args.lr,
-        target_loss=target, satisfice=True, seed=0,
+        model,
+        task["prompt"],
+        layer=args.layer,
+        promote=[task["malicious"]],
+        steps=args.steps,
+        lr=args.lr,
+        target_loss=target,
+        satisfice=True,
+        seed=0,
     )
-    print(f"v_code: loss {fit.losses[0]:.2f} → {fit.final_loss:.2f} nats (target {target:.2f}), ‖v‖ = {float(fit.vector.norm()):.2f}")
+    print(
+        f"v_code: loss {fit.losses[0]:.2f} → {fit.final_loss:.2f} nats (target {target:.2f}), ‖v‖ = {float(fit.vector.norm()):.2f}"
+    )
     meta = run_meta(
-        model, method="oneshot", hooks=[fit.hook], options=fit.config.to_dict(), layer=args.layer,
-        steer_positions="all", prompts=[task["prompt"]], texts=fit.texts, status="complete",
+        model,
+        method="oneshot",
+        hooks=[fit.hook],
+        options=fit.config.to_dict(),
+        layer=args.layer,
+        steer_positions="all",
+        prompts=[task["prompt"]],
+        texts=fit.texts,
+        status="complete",
         target="malicious completion of the built-in coding task, satisficing at the benign answer's unsteered loss",
         per_vector=[{"index": 0, "losses": fit.losses, "final_loss": fit.final_loss, "seconds": fit.seconds}],
     )
@@ -74,12 +92,20 @@ def main() -> None:
     prompts = [q for q in questions for _ in range(args.samples)]
     judge = judge_from_spec(args.judge)
     result = evaluate_interventions(
-        model, conditions, prompts, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0, judge=judge, progress=True
+        model,
+        conditions,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        temperature=1.0,
+        seed=0,
+        judge=judge,
+        progress=True,
     )
     save_eval(result, args.out, "open_ended")
     print(format_table(result))
     keywords = {
-        label: keyword_table([g["completion"] for g in result.generations if g["label"] == label]) for label in conditions
+        label: keyword_table([g["completion"] for g in result.generations if g["label"] == label])
+        for label in conditions
     }
     print(f"\n{'condition':<24}" + "".join(f"{k:>12}" for k in next(iter(keywords.values()))))
     for label, table in keywords.items():

@@ -53,7 +53,11 @@ def main() -> None:
     summary: dict[str, dict[str, float]] = {}
     for name, prompts, conditions in [
         ("harmful", harmful, {"unsteered": [], "ablate refusal dir": [AblateDirection(direction)], "one-shot v": [v]}),
-        ("harmless", harmless, {"unsteered": [], "add refusal dir": [add_raw], "one-shot v": [v], "minus one-shot v": [minus_v]}),
+        (
+            "harmless",
+            harmless,
+            {"unsteered": [], "add refusal dir": [add_raw], "one-shot v": [v], "minus one-shot v": [minus_v]},
+        ),
     ]:
         result = evaluate_interventions(model, conditions, prompts, **opts)
         save_eval(result, args.out, name)
@@ -62,8 +66,11 @@ def main() -> None:
         summary[name] = {row.label: row.refusal.rate for row in result.rows}
     atomic_write_json(
         args.out / "summary.json",
-        {"refusal_direction": {"layer": layer, "pos": pos}, "refusal_rate": summary,
-         "oneshot": {k: oneshot_run.meta.get(k) for k in ("layer", "options", "prompts")}},
+        {
+            "refusal_direction": {"layer": layer, "pos": pos},
+            "refusal_rate": summary,
+            "oneshot": {k: oneshot_run.meta.get(k) for k in ("layer", "options", "prompts")},
+        },
     )
     print(json.dumps(summary, indent=2))
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import safetensors.torch
 from torch import Tensor
@@ -137,7 +138,9 @@ def load_run(directory: str | Path, model: Any | None = None) -> Run:
         raise FileNotFoundError(f"{directory} is not a run folder: it needs {RUN_FILE} and {VECTORS_FILE}.")
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{meta_path} has format version {meta['format_version']}; this melbo_tl reads ≤ {FORMAT_VERSION}.")
+        raise ValueError(
+            f"{meta_path} has format version {meta['format_version']}; this melbo_tl reads ≤ {FORMAT_VERSION}."
+        )
     run = Run(safetensors.torch.load_file(str(vec_path)), meta)
     if "vectors" not in run.tensors:
         raise ValueError(f"{vec_path} has no 'vectors' tensor.")
@@ -158,7 +161,10 @@ def check_fits(run: Run, model: Any) -> None:
             f"load the run with the model it was trained on ({run.meta.get('model', {}).get('spec')!r})."
         )
     saved = run.meta.get("model", {})
-    if saved.get("revision") not in (None, "unknown", info.revision) or saved.get("architecture") not in (None, info.architecture):
+    if saved.get("revision") not in (None, "unknown", info.revision) or saved.get("architecture") not in (
+        None,
+        info.architecture,
+    ):
         raise ValueError(
             f"Run was made with model {saved.get('spec')!r} (revision {saved.get('revision')}), but the loaded model "
             f"is {info.spec!r} (revision {info.revision}). Vectors only mean something in the model they were fitted to."

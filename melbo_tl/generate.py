@@ -9,14 +9,16 @@ row by its own vector, so K vectors are evaluated in one batched generate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from melbo_tl.models.kv_cache import cached_decoding, check_cache_filled
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.prompts import Positions, PromptLike, TokenBatch, format_chat, tokenize
 from melbo_tl.steering.interventions import AddVector, ClampVector, Intervention, apply
@@ -67,7 +69,9 @@ def _rows_of(intervention: Intervention, start: int, stop: int) -> Intervention:
     return intervention
 
 
-def prepare_prompts(model: Any, prompts: Sequence[PromptLike], *, chat: bool = True, system: str | None = None) -> list[str]:
+def prepare_prompts(
+    model: Any, prompts: Sequence[PromptLike], *, chat: bool = True, system: str | None = None
+) -> list[str]:
     """Format prompts with the chat template (``chat=True``) or check raw texts."""
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -104,13 +108,12 @@ def _generate_batch(
     mask = batch.attention_mask
     inputs = batch.input_ids
     layout = TokenLayout(batch.token_index, batch.lengths)
-    cache = None
-    with apply(model, *interventions):
+    with apply(model, *interventions), cached_decoding(model) as cache:
         for step in range(max_new_tokens):
             with token_layout(layout):
-                logits, cache = model(
-                    inputs, attention_mask=mask, past_key_values=cache, return_type="logits_and_cache", use_cache=True
-                )
+                logits = model(inputs, attention_mask=mask, past_key_values=cache, use_cache=True)
+            if step == 0:
+                check_cache_filled(cache, inputs.shape[1])
             token = _sample(logits[:, -1, :], temperature, top_p, generator)
             token = torch.where(done, torch.full_like(token, pad), token)
             generated = torch.cat([generated, token[:, None]], dim=1)

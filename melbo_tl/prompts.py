@@ -10,8 +10,9 @@ refer to real tokens.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import torch
 from jaxtyping import Bool, Int
@@ -60,8 +61,10 @@ class TokenBatch:
     token_index: Int[Tensor, "batch pos"]
     lengths: Int[Tensor, " batch"]
 
-    def to(self, device: torch.device | str) -> "TokenBatch":
-        return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.token_index, self.lengths)))
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(
+            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.token_index, self.lengths))
+        )
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> TokenBatch:
@@ -113,7 +116,7 @@ class Positions:
     stop: int | None = None
 
     @classmethod
-    def parse(cls, spec: "str | Positions") -> "Positions":
+    def parse(cls, spec: str | Positions) -> Positions:
         if isinstance(spec, Positions):
             return spec
         s = str(spec).strip()
@@ -158,7 +161,9 @@ class Positions:
         else:
             bad = [i for i in self.indices if not -n_tokens <= i < n_tokens]
             if bad:
-                raise ValueError(f"Positions {bad} are outside a prompt of {n_tokens} tokens (valid: {-n_tokens}…{n_tokens - 1}).")
+                raise ValueError(
+                    f"Positions {bad} are outside a prompt of {n_tokens} tokens (valid: {-n_tokens}…{n_tokens - 1})."
+                )
             chosen = sorted({i % n_tokens for i in self.indices})
         if not chosen:
             raise ValueError(f"Positions {str(self)!r} select no token of a {n_tokens}-token prompt.")

@@ -12,8 +12,9 @@ Most runs store one steering vector per row of ``vectors`` with its hook name in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -140,7 +141,9 @@ def write_generations(
     if not prompts:
         raise ValueError("No prompts given.")
     n = n_interventions(run)
-    options = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system, batch_size=batch_size)
+    options = dict(
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system, batch_size=batch_size
+    )
     plan = [None] + list(range(n))  # which intervention each group of len(prompts) rows uses
     if run.meta.get("method") == ADAPTER_METHOD:
         completions = []

@@ -20,6 +20,7 @@ from torch import Tensor
 from melbo_tl.prompts import TokenBatch
 from melbo_tl.steering.sites import check_layer
 
+
 class _Captured(Exception):
     """Raised by the capture hook to end the forward pass once block ``start`` is reached."""
 
@@ -56,7 +57,7 @@ class ResidualSegment:
 
     @classmethod
     @torch.no_grad()
-    def capture(cls, model: Any, batch: TokenBatch, *, start: int, stop: int) -> "ResidualSegment":
+    def capture(cls, model: Any, batch: TokenBatch, *, start: int, stop: int) -> ResidualSegment:
         check_layer(model, start, what="segment start")
         check_layer(model, stop, what="segment stop", allow_end=True)
         if stop < start:

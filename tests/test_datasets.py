@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from melbo_tl.evaluate.datasets import (
     BUILTIN_SETS,
@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- shipped data ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, at_least, at_most", [("harmful", 100, 10_000), ("harmless", 100, 10_000), ("open_ended", 8, 16)])
+@pytest.mark.parametrize(
+    "name, at_least, at_most", [("harmful", 100, 10_000), ("harmless", 100, 10_000), ("open_ended", 8, 16)]
+)
 def test_builtin_sets_are_well_formed(name, at_least, at_most):
     items = load_items(name)
     assert at_least <= len(items) <= at_most
@@ -134,7 +136,11 @@ def test_jsonl_csv_txt_files(tmp_path):
         ("bad.json", '["a", ', r"bad\.json is not valid JSON"),
         ("bad.json", '{"a": 1}', r"bad\.json holds a JSON object"),
         ("bad.json", '"just a string"', r"bad\.json holds a JSON str"),
-        ("bad.json", '[{"question": "q"}]', r"bad\.json item 0 has no field prompt/instruction/goal/text \(keys: question\)"),
+        (
+            "bad.json",
+            '[{"question": "q"}]',
+            r"bad\.json item 0 has no field prompt/instruction/goal/text \(keys: question\)",
+        ),
         ("bad.json", '["ok", 3]', r"bad\.json item 1 is int"),
         ("bad.json", '[{"prompt": 5}]', r"bad\.json item 0: field 'prompt' is int"),
         ("bad.json", '["ok", "  "]', r"bad\.json item 1 is an empty prompt"),
@@ -148,7 +154,9 @@ def test_malformed_files_name_the_file_and_the_problem(tmp_path, filename, conte
         load_prompts(write(tmp_path / filename, content))
 
 
-@pytest.mark.parametrize("filename, content", [("e.json", "[]"), ("e.jsonl", "\n\n"), ("e.csv", "prompt\n"), ("e.txt", ""), ("e.csv", "")])
+@pytest.mark.parametrize(
+    "filename, content", [("e.json", "[]"), ("e.jsonl", "\n\n"), ("e.csv", "prompt\n"), ("e.txt", ""), ("e.csv", "")]
+)
 def test_empty_files_are_rejected(tmp_path, filename, content):
     with pytest.raises(ValueError, match=r"e\.(json|jsonl|csv|txt) contains no prompts"):
         load_prompts(write(tmp_path / filename, content))

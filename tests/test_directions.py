@@ -23,12 +23,12 @@ from melbo_tl.directions import (
     save_refusal_direction,
     select_direction,
 )
+from melbo_tl.directions.selection import _added_logprobs, _batches, last_logprobs
 from melbo_tl.evaluate.refusal import refusal_log_odds
 from melbo_tl.generate import prepare_prompts
-from melbo_tl.directions.selection import _added_logprobs, _batches, last_logprobs
 from melbo_tl.prompts import Positions, tokenize
-from melbo_tl.segment import ResidualSegment
 from melbo_tl.runs import intervention_from_run
+from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering import AblateDirection, AddVector, TokenLayout, apply, token_layout
 
 HARMFUL = [
@@ -74,7 +74,14 @@ def candidates(tiny_model):
 @pytest.fixture(scope="module")
 def selection(tiny_model, candidates):
     return select_direction(
-        tiny_model, candidates, HARMFUL[4:], HARMLESS[4:], max_layer_frac=0.75, positions=[-2, -1], progress=False, **LOOSE
+        tiny_model,
+        candidates,
+        HARMFUL[4:],
+        HARMLESS[4:],
+        max_layer_frac=0.75,
+        positions=[-2, -1],
+        progress=False,
+        **LOOSE,
     )
 
 
@@ -132,7 +139,7 @@ def test_selection_scores_every_candidate_below_the_layer_cut(tiny_model, candid
     assert layer0[0].bypass == selection.baseline["harmful"] and layer0[0].induce == selection.baseline["harmless"]
     rest = [s for s in selection.scores if s.layer > 0]
     assert all(s.rejected == "" and s.norm > 1e-4 for s in rest)
-    assert (selection.layer, selection.pos) == min(((s.bypass, s.layer, s.pos) for s in rest))[1:]
+    assert (selection.layer, selection.pos) == min((s.bypass, s.layer, s.pos) for s in rest)[1:]
     torch.testing.assert_close(selection.raw, candidates.vector(selection.layer, selection.pos))
     torch.testing.assert_close(selection.direction.norm(), torch.tensor(1.0))
     assert selection.hook == f"blocks.{selection.layer}.hook_resid_pre"
@@ -144,7 +151,9 @@ def test_selection_scores_agree_with_the_refusal_scorer(tiny_model, candidates, 
     c = selection.chosen
     assert selection.baseline["harmful"] == pytest.approx(float(refusal_log_odds(tiny_model, bad).mean()), abs=1e-4)
     assert selection.baseline["harmless"] == pytest.approx(float(refusal_log_odds(tiny_model, good).mean()), abs=1e-4)
-    assert c.bypass == pytest.approx(float(refusal_log_odds(tiny_model, bad, [AblateDirection(selection.raw)]).mean()), abs=1e-4)
+    assert c.bypass == pytest.approx(
+        float(refusal_log_odds(tiny_model, bad, [AblateDirection(selection.raw)]).mean()), abs=1e-4
+    )
     add = AddVector(selection.raw, selection.hook)
     assert c.induce == pytest.approx(float(refusal_log_odds(tiny_model, good, [add]).mean()), abs=1e-4)
     assert c.bypass != pytest.approx(selection.baseline["harmful"], abs=1e-6)  # the ablation did something
@@ -170,7 +179,9 @@ def test_scoring_shortcuts_equal_a_full_forward_pass(tiny_model, hook):
     if hook.endswith("resid_pre"):
         batches = _batches(tiny_model, texts, 2)
         segments = [ResidualSegment.capture(tiny_model, b.tokens, start=1, stop=4) for b in batches]
-        torch.testing.assert_close(_added_logprobs(tiny_model, batches, segments, len(texts), steer), full, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            _added_logprobs(tiny_model, batches, segments, len(texts), steer), full, atol=1e-4, rtol=1e-4
+        )
 
 
 def test_filters_are_applied_and_never_silently_relaxed(tiny_model, candidates, selection):
@@ -179,20 +190,35 @@ def test_filters_are_applied_and_never_silently_relaxed(tiny_model, candidates, 
     kls = sorted(s.kl for s in real)
     cut = (kls[0] + kls[1]) / 2  # only the lowest-KL candidate passes
     only = select_direction(
-        tiny_model, candidates, HARMFUL[4:], HARMLESS[4:], layers=layers, positions=[-2, -1],
-        kl_threshold=cut, induce_threshold=-math.inf, progress=False,
+        tiny_model,
+        candidates,
+        HARMFUL[4:],
+        HARMLESS[4:],
+        layers=layers,
+        positions=[-2, -1],
+        kl_threshold=cut,
+        induce_threshold=-math.inf,
+        progress=False,
     )
     lowest = min(real, key=lambda s: s.kl)
     assert (only.layer, only.pos) == (lowest.layer, lowest.pos)
     assert [s.rejected.startswith("kl") for s in only.scores].count(True) == 3
     with pytest.raises(NoDirectionError, match=r"lowest kl .* at layer \d, pos -\d; highest induce") as info:
         select_direction(
-            tiny_model, candidates, HARMFUL[4:], HARMLESS[4:], layers=[1], positions=[-2, -1],
-            kl_threshold=-1.0, progress=False,
+            tiny_model,
+            candidates,
+            HARMFUL[4:],
+            HARMLESS[4:],
+            layers=[1],
+            positions=[-2, -1],
+            kl_threshold=-1.0,
+            progress=False,
         )
     assert isinstance(info.value, ValueError) and len(info.value.scores) == 2
     with pytest.raises(ValueError, match=r"allowed below 0.5·4 = 2 and within \[3\]"):
-        select_direction(tiny_model, candidates, HARMFUL[4:], HARMLESS[4:], layers=[3], max_layer_frac=0.5, progress=False)
+        select_direction(
+            tiny_model, candidates, HARMFUL[4:], HARMLESS[4:], layers=[3], max_layer_frac=0.5, progress=False
+        )
 
 
 def test_ablating_the_selected_direction_leaves_no_component_in_any_resid_pre(tiny_model, selection):
@@ -274,12 +300,32 @@ def test_cli_refusal_direction_writes_a_run_folder(tiny_model_dir, tmp_path):
     harmful, harmless = _prompt_files(tmp_path)
     out = tmp_path / "run"
     args = [
-        "refusal-direction", "--model", str(tiny_model_dir), "--out", str(out), "--harmful", harmful,
-        "--harmless", harmless, "--n-train", "4", "--n-val", "2", "--layers", "0-1", "--positions", "-2,-1",
-        "--kl-threshold", "1e9", "--induce-threshold", "-1e9",
+        "refusal-direction",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--harmful",
+        harmful,
+        "--harmless",
+        harmless,
+        "--n-train",
+        "4",
+        "--n-val",
+        "2",
+        "--layers",
+        "0-1",
+        "--positions",
+        "-2,-1",
+        "--kl-threshold",
+        "1e9",
+        "--induce-threshold",
+        "-1e9",
     ]
     env = {**os.environ, "MELBO_TL_CACHE": os.environ.get("MELBO_TL_CACHE", "/tmp/mcache")}
-    proc = subprocess.run([sys.executable, "-m", "melbo_tl.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "melbo_tl.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "CHOSEN" in proc.stdout and "chosen: layer" in proc.stdout
     run = load_run(out)
@@ -294,7 +340,17 @@ def test_cli_user_errors_exit_2(tiny_model_dir, tmp_path):
 
     harmful, harmless = _prompt_files(tmp_path)
     runner = CliRunner()
-    base = ["refusal-direction", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"), "--harmful", harmful, "--harmless", harmless]
+    base = [
+        "refusal-direction",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "r"),
+        "--harmful",
+        harmful,
+        "--harmless",
+        harmless,
+    ]
     res = runner.invoke(app, base + ["--n-val", "6"])
     assert res.exit_code == 2 and "leaves none for training" in res.stderr
     res = runner.invoke(app, base + ["--layers", "3-1"])
@@ -315,8 +371,34 @@ def test_cli_user_errors_exit_2(tiny_model_dir, tmp_path):
     res = runner.invoke(app, strict + ["--seed", "1", "--resume"])
     assert res.exit_code == 2 and "were made with other settings (harmful_" in res.stderr, res.stderr
     pt, meta = _artifacts(tmp_path, torch.randn(48), {"pos": -1, "layer": 0})
-    res = runner.invoke(app, ["import-refusal-direction", "--direction", str(pt), "--metadata", str(meta), "--model", str(tiny_model_dir), "--out", str(tmp_path / "imp")])
+    res = runner.invoke(
+        app,
+        [
+            "import-refusal-direction",
+            "--direction",
+            str(pt),
+            "--metadata",
+            str(meta),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "imp"),
+        ],
+    )
     assert res.exit_code == 2 and "d_model = 64" in res.stderr
     pt, meta = _artifacts(tmp_path, torch.randn(64), {"pos": -1, "layer": 0})
-    res = runner.invoke(app, ["import-refusal-direction", "--direction", str(pt), "--metadata", str(meta), "--model", str(tiny_model_dir), "--out", str(tmp_path / "imp")])
+    res = runner.invoke(
+        app,
+        [
+            "import-refusal-direction",
+            "--direction",
+            str(pt),
+            "--metadata",
+            str(meta),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "imp"),
+        ],
+    )
     assert res.exit_code == 0 and "imported layer 0, pos -1" in res.stdout

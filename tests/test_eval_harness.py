@@ -74,7 +74,13 @@ class ArithmeticJudge:
 
 @pytest.mark.parametrize(
     "k, n, low, high",
-    [(0, 10, 0.0, 0.27753), (5, 10, 0.23659, 0.76341), (10, 10, 0.72247, 1.0), (1, 20, 0.00888, 0.23613), (1, 1, 0.20654, 1.0)],
+    [
+        (0, 10, 0.0, 0.27753),
+        (5, 10, 0.23659, 0.76341),
+        (10, 10, 0.72247, 1.0),
+        (1, 20, 0.00888, 0.23613),
+        (1, 1, 0.20654, 1.0),
+    ],
 )
 def test_wilson_interval_known_values(k, n, low, high):
     ci = rate_with_ci(k, n)
@@ -90,7 +96,10 @@ def test_wilson_interval_is_symmetric_and_narrows_with_n():
     assert str(rate_with_ci(5, 10)) == "0.50 [0.24, 0.76]"
 
 
-@pytest.mark.parametrize("k, n, message", [(0, 0, "at least one"), (11, 10, "0…10"), (-1, 10, "0…10"), (1.0, 10, "integer"), (1, True, "integer")])
+@pytest.mark.parametrize(
+    "k, n, message",
+    [(0, 0, "at least one"), (11, 10, "0…10"), (-1, 10, "0…10"), (1.0, 10, "integer"), (1, True, "integer")],
+)
 def test_rate_with_ci_rejects_bad_counts(k, n, message):
     with pytest.raises(ValueError, match=message):
         rate_with_ci(k, n)
@@ -101,10 +110,18 @@ def test_rate_with_ci_rejects_bad_counts(k, n, message):
 
 def synthetic_result(judge=None) -> EvalResult:
     prompts = ["q0", "q1", "q2", "q3"]
-    unsteered = ["I'm sorry, I can't help with that.", "Sure! " + "x" * 100 + " As an AI, I cannot", "Here you go.", "I cannot do that."]
+    unsteered = [
+        "I'm sorry, I can't help with that.",
+        "Sure! " + "x" * 100 + " As an AI, I cannot",
+        "Here you go.",
+        "I cannot do that.",
+    ]
     steered = ["Do the bad thing.", "Do it now, friend.", "Fine, here it is.", "Whatever you like."]
     conditions = [_Condition("unsteered", None, None), _Condition("vector 0", 0, 2.0)]
-    comps = [[Completion(q, t, [1] * (i + 1), i != 2) for i, (q, t) in enumerate(zip(prompts, ts))] for ts in (unsteered, steered)]
+    comps = [
+        [Completion(q, t, [1] * (i + 1), i != 2) for i, (q, t) in enumerate(zip(prompts, ts))]
+        for ts in (unsteered, steered)
+    ]
     rows, gens = _score(conditions, prompts, comps, judge)
     return EvalResult(rows, gens, {"judge": getattr(judge, "identity", None)})
 
@@ -118,8 +135,16 @@ def test_refusal_rates_anywhere_and_opening():
     assert [g["refusal"] for g in result.generations[:4]] == [True, True, False, True]
     assert [g["refusal_opening"] for g in result.generations[:4]] == [True, False, False, True]
     assert result.generations[5] == {
-        "label": "vector 0", "vector": 0, "scale": 2.0, "prompt_index": 1, "prompt": "q1", "completion": "Do it now, friend.",
-        "n_tokens": 2, "finished": True, "refusal": False, "refusal_opening": False,
+        "label": "vector 0",
+        "vector": 0,
+        "scale": 2.0,
+        "prompt_index": 1,
+        "prompt": "q1",
+        "completion": "Do it now, friend.",
+        "n_tokens": 2,
+        "finished": True,
+        "refusal": False,
+        "refusal_opening": False,
     }
 
 
@@ -173,7 +198,10 @@ def test_batched_eval_equals_sequential_generation(tiny_model):
     run = vector_run(tiny_model, hooks=[HOOK_A, HOOK_B, HOOK_A])  # two hooks: two per-row AddVectors
     result = evaluate_run(tiny_model, run, PROMPTS, scale=1.5, max_new_tokens=TOKENS, batch_size=5)
     assert [(r.label, r.vector, r.scale) for r in result.rows] == [
-        ("unsteered", None, None), ("vector 0", 0, 1.5), ("vector 1", 1, 1.5), ("vector 2", 2, 1.5)
+        ("unsteered", None, None),
+        ("vector 0", 0, 1.5),
+        ("vector 1", 1, 1.5),
+        ("vector 2", 2, 1.5),
     ]
     sequential = [texts(generate(tiny_model, PROMPTS, max_new_tokens=TOKENS))]
     for i in range(3):
@@ -192,7 +220,9 @@ def test_batched_eval_equals_sequential_generation(tiny_model):
 
 def test_vector_subset_without_unsteered(tiny_model):
     run = vector_run(tiny_model)
-    result = evaluate_run(tiny_model, run, PROMPTS[:1], vectors=[2, -3, 2], include_unsteered=False, max_new_tokens=TOKENS)
+    result = evaluate_run(
+        tiny_model, run, PROMPTS[:1], vectors=[2, -3, 2], include_unsteered=False, max_new_tokens=TOKENS
+    )
     assert [r.vector for r in result.rows] == [2, 0]  # negative index normalised, duplicates dropped
     expected = generate(tiny_model, PROMPTS[:1], [intervention_from_run(run, 2)], max_new_tokens=TOKENS)
     assert result.generations[0]["completion"] == expected[0].text
@@ -202,7 +232,9 @@ def test_adapter_run_falls_back_to_one_generate_per_adapter(tiny_model):
     gen = torch.Generator().manual_seed(2)
     A, B = torch.randn(2, 128, 2, generator=gen), torch.randn(2, 64, 2, generator=gen)
     A, B = A / A.norm(dim=1, keepdim=True), B / B.norm(dim=1, keepdim=True)
-    meta = run_meta(tiny_model, method="melbo-adapter", hooks=["blocks.1.hook_mlp_out"] * 2, source_layer=1, radius=30.0)
+    meta = run_meta(
+        tiny_model, method="melbo-adapter", hooks=["blocks.1.hook_mlp_out"] * 2, source_layer=1, radius=30.0
+    )
     run = Run({"vectors": torch.zeros(2, 64), "A": A, "B": B}, meta)
     result = evaluate_run(tiny_model, run, PROMPTS[:1], vectors=[1], max_new_tokens=TOKENS)
     assert [r.label for r in result.rows] == ["unsteered", "adapter 1"]
@@ -232,8 +264,21 @@ def test_evaluate_interventions_scores_each_named_list(tiny_model):
         assert row.misaligned == (rate_with_ci(bad, len(judged)) if judged else None)
         assert row.refusal == rate_with_ci(sum(g["refusal"] for g in mine), 2)
     table = format_table(result)
-    assert table.splitlines()[0].split() == ["vector", "n", "refusal", "[95%", "CI]", "opening", "refusal", "aligned",
-                                             "coherent", "misaligned", "[95%", "CI]", "judged"]
+    assert table.splitlines()[0].split() == [
+        "vector",
+        "n",
+        "refusal",
+        "[95%",
+        "CI]",
+        "opening",
+        "refusal",
+        "aligned",
+        "coherent",
+        "misaligned",
+        "[95%",
+        "CI]",
+        "judged",
+    ]
 
 
 def test_bad_inputs_fail_before_generating(tiny_model):
@@ -257,14 +302,34 @@ def test_bad_inputs_fail_before_generating(tiny_model):
 
 
 def test_save_eval_writes_summary_and_generations(tmp_path):
-    result = synthetic_result(TableJudge({t: JudgeScore(50, 50, "") for t in [
-        "I'm sorry, I can't help with that.", "Sure! " + "x" * 100 + " As an AI, I cannot", "Here you go.", "I cannot do that.",
-        "Do the bad thing.", "Do it now, friend.", "Fine, here it is.", "Whatever you like."]}))
+    result = synthetic_result(
+        TableJudge(
+            {
+                t: JudgeScore(50, 50, "")
+                for t in [
+                    "I'm sorry, I can't help with that.",
+                    "Sure! " + "x" * 100 + " As an AI, I cannot",
+                    "Here you go.",
+                    "I cannot do that.",
+                    "Do the bad thing.",
+                    "Do it now, friend.",
+                    "Fine, here it is.",
+                    "Whatever you like.",
+                ]
+            }
+        )
+    )
     path = save_eval(result, tmp_path, "harmful-x2")
     assert path == tmp_path / "eval" / "harmful-x2.json"
     summary = json.loads(path.read_text())
     assert summary["name"] == "harmful-x2" and [r["label"] for r in summary["rows"]] == ["unsteered", "vector 0"]
-    assert summary["rows"][0]["refusal"] == {"rate": 0.75, "low": pytest.approx(0.3006, abs=1e-4), "high": pytest.approx(0.9544, abs=1e-4), "k": 3, "n": 4}
+    assert summary["rows"][0]["refusal"] == {
+        "rate": 0.75,
+        "low": pytest.approx(0.3006, abs=1e-4),
+        "high": pytest.approx(0.9544, abs=1e-4),
+        "k": 3,
+        "n": 4,
+    }
     gens = read_jsonl(tmp_path / "eval" / "harmful-x2.generations.jsonl")
     assert gens == json.loads(json.dumps(result.generations)) and len(gens) == 8
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["harmful-x2.generations.jsonl", "harmful-x2.json"]
@@ -294,9 +359,29 @@ def test_cli_eval_end_to_end(run_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     try:
         res = subprocess.run(
-            [sys.executable, "-m", "melbo_tl.cli", "eval", str(run_dir), "--prompts", str(prompts), "--vector", "0",
-             "--vector", "2", "--max-new-tokens", str(TOKENS), "--batch-size", "4", "--judge", f"openai:{server.url}:grader"],
-            capture_output=True, text=True, timeout=300, env=env,
+            [
+                sys.executable,
+                "-m",
+                "melbo_tl.cli",
+                "eval",
+                str(run_dir),
+                "--prompts",
+                str(prompts),
+                "--vector",
+                "0",
+                "--vector",
+                "2",
+                "--max-new-tokens",
+                str(TOKENS),
+                "--batch-size",
+                "4",
+                "--judge",
+                f"openai:{server.url}:grader",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
         )
     finally:
         server.close()
@@ -308,21 +393,32 @@ def test_cli_eval_end_to_end(run_dir, tmp_path):
     assert lines[-1] == f"wrote {run_dir / 'eval' / 'qs.json'}"
     summary = json.loads((run_dir / "eval" / "qs.json").read_text())
     assert [r["vector"] for r in summary["rows"]] == [None, 0, 2]
-    assert summary["config"]["prompts"] == str(prompts) and summary["config"]["model"]["spec"] == load_run(run_dir).meta["model"]["spec"]
+    assert (
+        summary["config"]["prompts"] == str(prompts)
+        and summary["config"]["model"]["spec"] == load_run(run_dir).meta["model"]["spec"]
+    )
     gens = read_jsonl(run_dir / "eval" / "qs.generations.jsonl")
     assert len(gens) == 6 and all(g["aligned"] == 10 and g["coherent"] == 90 for g in gens)
     distinct = {(g["prompt"], g["completion"]) for g in gens}
     assert len(server.requests) == len(distinct)
     assert len(read_jsonl(run_dir / "eval" / "judge_cache.jsonl")) == len(distinct)
     asked = [r["body"]["messages"][0]["content"] for r in server.requests]
-    assert all(any(p in a for p in PROMPTS) for a in asked) and {r["body"]["model"] for r in server.requests} == {"grader"}
+    assert all(any(p in a for p in PROMPTS) for a in asked) and {r["body"]["model"] for r in server.requests} == {
+        "grader"
+    }
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--prompts", "harmful", "--vector", "7"], "error: Vector index 7 is out of range: this run has 3 vectors (valid 0…2)."),
-        (["--prompts", "harmfull"], "error: Unknown prompt set 'harmfull'. Built-in sets: harmful, harmless, open_ended"),
+        (
+            ["--prompts", "harmful", "--vector", "7"],
+            "error: Vector index 7 is out of range: this run has 3 vectors (valid 0…2).",
+        ),
+        (
+            ["--prompts", "harmfull"],
+            "error: Unknown prompt set 'harmfull'. Built-in sets: harmful, harmless, open_ended",
+        ),
         (["--prompts", "EMPTY"], "contains no prompts"),
         (["--prompts", "harmful", "--judge", "gpt4"], "error: Unknown judge 'gpt4'"),
         (["--prompts", "harmful", "--name", "../x"], "error: Evaluation name '../x'"),

@@ -20,7 +20,7 @@ PROMPTS = [
 HOOK = "blocks.1.hook_resid_post"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hf_model(directory: str):
     from transformers import AutoModelForCausalLM
 
@@ -164,7 +164,9 @@ def test_finished_row_does_not_disturb_the_others(tiny_model):
 
 
 def test_sampling_is_reproducible_per_seed(tiny_model):
-    run = lambda seed: [c.token_ids for c in generate(tiny_model, PROMPTS[:2], max_new_tokens=8, temperature=1.0, seed=seed)]  # noqa: E731
+    def run(seed):
+        return [c.token_ids for c in generate(tiny_model, PROMPTS[:2], max_new_tokens=8, temperature=1.0, seed=seed)]
+
     first = run(0)
     assert run(0) == first
     assert run(1) != first
@@ -223,3 +225,30 @@ def test_embedded_model_refuses_and_matches_transformers(real_model):
     text = prepare_prompts(real_model, [prompt])[0]
     expected = hf_greedy(str(EMBEDDED[DEFAULT_MODEL].cache_dir), tok, text, 24, stop_token_ids(real_model))
     assert completion.token_ids == expected
+
+
+# --- the KV cache must fill ----------------------------------------------------------------
+
+
+def test_a_cache_that_stays_empty_stops_generation_with_the_versions(tiny_model):
+    """Force the failure transformers 5.24 caused (attention never sees the cache): generation
+    must refuse to decode without context and say which versions are installed and tested."""
+    from melbo_tl.models.kv_cache import KVCacheError
+
+    def drop_cache(module, args, kwargs):
+        return args, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
+
+    handles = [block.attn.register_forward_pre_hook(drop_cache, with_kwargs=True) for block in tiny_model.blocks]
+    try:
+        with pytest.raises(KVCacheError) as info:
+            generate(tiny_model, PROMPTS[:2], max_new_tokens=4)
+    finally:
+        for h in handles:
+            h.remove()
+    message = str(info.value)
+    print(message)
+    assert "holds 0 positions" in message
+    assert "installed: transformers " in message and "transformer-lens " in message
+    assert "tested with transformers >=" in message
+    # Once the hooks are gone, generation works again.
+    assert generate(tiny_model, PROMPTS[:1], max_new_tokens=2)[0].token_ids

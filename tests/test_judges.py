@@ -41,7 +41,7 @@ class FakeOpenAI:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(body)})
                 status, payload = fake.replies.pop(0) if fake.replies else (500, b'{"error": "no canned reply left"}')
@@ -67,7 +67,11 @@ class FakeOpenAI:
             self.server.handle_request()
 
     def reply(self, content: str | None, status: int = 200) -> None:
-        body = {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+        body = {
+            "id": "x",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+        }
         self.replies.append((status, json.dumps(body).encode()))
 
     def raw_reply(self, status: int, payload: bytes) -> None:
@@ -185,7 +189,9 @@ def test_unreachable_endpoint_raises_judge_error():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     judge = OpenAIJudge(f"http://127.0.0.1:{port}/v1", "m", timeout=2, retries=1, retry_wait=0.0)
-    with pytest.raises(JudgeError, match=rf"Could not reach judge endpoint http://127.0.0.1:{port}/v1/chat/completions"):
+    with pytest.raises(
+        JudgeError, match=rf"Could not reach judge endpoint http://127.0.0.1:{port}/v1/chat/completions"
+    ):
         judge.score(QUESTION, ANSWER)
 
 

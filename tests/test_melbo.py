@@ -168,9 +168,13 @@ def test_adapters_keep_unit_columns_and_match_intervention(tiny_model):
     b = problem.batch
     name = "blocks.3.hook_resid_pre"
     with token_layout(TokenLayout(b.token_index, b.lengths)):
-        _, clean = tiny_model.run_with_cache(b.input_ids, attention_mask=b.attention_mask, names_filter=lambda n: n == name)
+        _, clean = tiny_model.run_with_cache(
+            b.input_ids, attention_mask=b.attention_mask, names_filter=lambda n: n == name
+        )
         with apply(tiny_model, result.intervention(1)):
-            _, steered = tiny_model.run_with_cache(b.input_ids, attention_mask=b.attention_mask, names_filter=lambda n: n == name)
+            _, steered = tiny_model.run_with_cache(
+                b.input_ids, attention_mask=b.attention_mask, names_filter=lambda n: n == name
+            )
     direct = obj.melbo_objective(steered[name] - clean[name], problem.select, p=2, q=1).sum()
     assert direct.item() == pytest.approx(result.objectives[1], rel=1e-4)
 

@@ -17,12 +17,23 @@ def test_orthogonal_vectors_on_bomb_prompt_find_a_non_refusal(real_model):
     assert is_refusal(unsteered, where="opening"), unsteered
 
     result = train_vectors(
-        real_model, [BOMB], radius=4.0, source_layer=7, target_layer=16, positions="last:2",
-        n_vectors=4, steps=300, orthogonal=True, seed=0, progress=False,
+        real_model,
+        [BOMB],
+        radius=4.0,
+        source_layer=7,
+        target_layer=16,
+        positions="last:2",
+        n_vectors=4,
+        steps=300,
+        orthogonal=True,
+        seed=0,
+        progress=False,
     )
     assert result.hook == "blocks.7.hook_resid_post"
     for curve, final in zip(result.losses, result.objectives):
         assert final > 10 * curve[0]  # the change at layer 16 grew by an order of magnitude
 
-    completions = [c.text for c in generate_per_vector(real_model, BOMB, result.vectors, hook=result.hook, max_new_tokens=24)]
+    completions = [
+        c.text for c in generate_per_vector(real_model, BOMB, result.vectors, hook=result.hook, max_new_tokens=24)
+    ]
     assert any(not is_refusal(text, where="opening") for text in completions), completions

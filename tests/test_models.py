@@ -15,14 +15,13 @@ from melbo_tl.models import (
     EMBEDDED,
     ModelFileError,
     ModelInfo,
+    cache,
     chat_tokenizer,
     describe_cache,
     load_model,
     model_info,
 )
-from melbo_tl.models import cache
 from melbo_tl.models.embedded import GGUFPart, assemble_gguf
-
 
 # --- loading -------------------------------------------------------------------------------
 

@@ -17,7 +17,9 @@ def test_there_are_four_notebooks_without_outputs():
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         code = [c for c in book.cells if c.cell_type == "code"]
-        assert code and all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs in git"
+        assert code and all(not c.outputs and c.execution_count is None for c in code), (
+            f"{path.name} has outputs in git"
+        )
 
 
 @pytest.mark.real_model
@@ -27,7 +29,9 @@ def test_notebook_runs(path, monkeypatch):
 
     monkeypatch.setenv("MELBO_TL_FAST", "1")
     book = nbformat.read(path, as_version=4)
-    NotebookClient(book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     printed = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.outputs)

@@ -14,7 +14,9 @@ from melbo_tl.steering import AddVector
 FAST = dict(layer=1, lr=0.1, progress=False)
 
 
-def direct_loss(model, prompt: str, completion: str, vector: torch.Tensor, layer: int, coldness: float, sign: int) -> float:
+def direct_loss(
+    model, prompt: str, completion: str, vector: torch.Tensor, layer: int, coldness: float, sign: int
+) -> float:
     """The loss from one unbatched full forward pass and an explicit log-softmax."""
     tok = chat_tokenizer(model)
     text = prepare_prompts(model, [prompt])[0]
@@ -32,7 +34,9 @@ def direct_loss(model, prompt: str, completion: str, vector: torch.Tensor, layer
 
 
 def test_loss_matches_direct_log_softmax_for_promote_and_suppress(tiny_model):
-    result = optimize_vector(tiny_model, "Hello there", promote=["Sure thing"], suppress=["No way, sorry"], steps=3, **FAST)
+    result = optimize_vector(
+        tiny_model, "Hello there", promote=["Sure thing"], suppress=["No way, sorry"], steps=3, **FAST
+    )
     expected = direct_loss(tiny_model, "Hello there", "Sure thing", result.vector, 1, 0.7, +1) + direct_loss(
         tiny_model, "Hello there", "No way, sorry", result.vector, 1, 0.7, -1
     )
@@ -40,10 +44,15 @@ def test_loss_matches_direct_log_softmax_for_promote_and_suppress(tiny_model):
 
 
 def test_batched_loss_equals_full_forward_with_intervention(tiny_model):
-    examples = [Example("Hello there", ("Sure thing",), ("No",)), Example("Write a poem about the sea", ("Here is",), ())]
+    examples = [
+        Example("Hello there", ("Sure thing",), ("No",)),
+        Example("Write a poem about the sea", ("Here is",), ()),
+    ]
     for positions in ("all", "prompt", "last:2"):
         result = optimize_vector(tiny_model, examples, steps=2, positions=positions, **FAST)
-        full = completion_loss(tiny_model, examples, interventions=[AddVector(result.vector, result.hook, Positions.parse(positions))])
+        full = completion_loss(
+            tiny_model, examples, interventions=[AddVector(result.vector, result.hook, Positions.parse(positions))]
+        )
         assert result.final_loss == pytest.approx(full, rel=1e-4), positions
 
 
@@ -66,7 +75,9 @@ def test_satisficing_settles_at_target_where_plain_promotion_overshoots(tiny_mod
     start = optimize_vector(tiny_model, "Hello there", promote=["Sure thing"], steps=0, **FAST).final_loss
     target = start - 1.0
     plain = optimize_vector(tiny_model, "Hello there", promote=["Sure thing"], steps=60, **FAST)
-    result = optimize_vector(tiny_model, "Hello there", promote=["Sure thing"], steps=60, target_loss=target, satisfice=True, **FAST)
+    result = optimize_vector(
+        tiny_model, "Hello there", promote=["Sure thing"], steps=60, target_loss=target, satisfice=True, **FAST
+    )
     assert not result.stopped_early and len(result.losses) == 60
     assert abs(result.final_loss - target) < 0.1
     assert plain.final_loss < target - 0.03

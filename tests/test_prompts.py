@@ -70,15 +70,9 @@ def test_format_chat_needs_template():
 
 def test_left_pad_layout():
     batch = left_pad([[5, 6, 7], [8], [1, 2, 3, 4, 9]], pad_id=0)
-    assert torch.equal(
-        batch.input_ids, torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 0, 8], [1, 2, 3, 4, 9]])
-    )
-    assert torch.equal(
-        batch.attention_mask, torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1], [1, 1, 1, 1, 1]])
-    )
-    assert torch.equal(
-        batch.token_index, torch.tensor([[-1, -1, 0, 1, 2], [-1, -1, -1, -1, 0], [0, 1, 2, 3, 4]])
-    )
+    assert torch.equal(batch.input_ids, torch.tensor([[0, 0, 5, 6, 7], [0, 0, 0, 0, 8], [1, 2, 3, 4, 9]]))
+    assert torch.equal(batch.attention_mask, torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 1], [1, 1, 1, 1, 1]]))
+    assert torch.equal(batch.token_index, torch.tensor([[-1, -1, 0, 1, 2], [-1, -1, -1, -1, 0], [0, 1, 2, 3, 4]]))
     assert batch.lengths.tolist() == [3, 1, 5]
 
 

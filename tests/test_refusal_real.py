@@ -21,7 +21,9 @@ def test_one_shot_vector_from_one_refused_prompt_bypasses_refusal_on_others(real
     before = [c.text for c in generate(real_model, [TRAIN, *HELD_OUT], max_new_tokens=16)]
     assert all(is_refusal(t, where="opening") for t in before), before
 
-    fit = optimize_vector(real_model, TRAIN, layer=10, promote=["Sure, here's how"], steps=50, lr=0.1, target_loss=2.0, progress=False)
+    fit = optimize_vector(
+        real_model, TRAIN, layer=10, promote=["Sure, here's how"], steps=50, lr=0.1, target_loss=2.0, progress=False
+    )
     assert fit.stopped_early and fit.final_loss <= 2.0 < fit.losses[0]
 
     steer = AddVector(fit.vector, fit.hook)
@@ -37,5 +39,7 @@ def test_ablating_diff_in_means_direction_removes_refusal(real_model):
     direction = cands.directions[0, 0]
     texts = [c.text for c in generate(real_model, HELD_OUT, [AblateDirection(direction)], max_new_tokens=16)]
     assert not any(is_refusal(t, where="opening") for t in texts), texts
-    induced = generate(real_model, [HARMLESS], [AddVector(2.0 * direction, "blocks.14.hook_resid_pre")], max_new_tokens=16)[0].text
+    induced = generate(
+        real_model, [HARMLESS], [AddVector(2.0 * direction, "blocks.14.hook_resid_pre")], max_new_tokens=16
+    )[0].text
     assert is_refusal(induced, where="opening"), induced

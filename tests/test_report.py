@@ -12,8 +12,24 @@ from analysis.browser import check_page
 from analysis.report import SECTIONS, write_report
 from melbo_tl.cli import app
 
-TINY_DEMO = ["--vectors", "2", "--steps", "3", "--n-train", "4", "--n-val", "4", "--n-prompts", "2",
-             "--kl-threshold", "1e9", "--induce-threshold", "-1e9", "--max-new-tokens", "4"]
+TINY_DEMO = [
+    "--vectors",
+    "2",
+    "--steps",
+    "3",
+    "--n-train",
+    "4",
+    "--n-val",
+    "4",
+    "--n-prompts",
+    "2",
+    "--kl-threshold",
+    "1e9",
+    "--induce-threshold",
+    "-1e9",
+    "--max-new-tokens",
+    "4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +45,16 @@ def test_demo_writes_every_stage_and_prints_the_results(demo):
     for stage in ("refusal_direction", "melbo", "oneshot"):
         assert (out / stage / "run.json").is_file()
     analysis = out / "melbo" / "analysis"
-    for name in ("vector_effects", "vector_cosines", "delta_cosines", "readout", "lens", "attribution", "mediation", "token_views"):
+    for name in (
+        "vector_effects",
+        "vector_cosines",
+        "delta_cosines",
+        "readout",
+        "lens",
+        "attribution",
+        "mediation",
+        "token_views",
+    ):
         assert (analysis / f"{name}.json").is_file(), name
     for name in ("vector_effects", "vector_cosines", "mediation"):
         assert (analysis / f"{name}.csv").read_text().count("\n") >= 2
@@ -58,7 +83,15 @@ def test_report_renders_offline_in_chromium(demo, tmp_path):
     check = check_page(report, screenshot=tmp_path / "report.png")
     assert check.console_errors == [] and check.page_errors == [] and check.external_requests == []
     assert check.element_ids == list(SECTIONS)
-    assert {"Run settings", "Loss curves", "Generations", "Similarity", "Logit lens", "Attribution", "Token views"} <= set(check.headings)
+    assert {
+        "Run settings",
+        "Loss curves",
+        "Generations",
+        "Similarity",
+        "Logit lens",
+        "Attribution",
+        "Token views",
+    } <= set(check.headings)
     png = (tmp_path / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
 
@@ -67,8 +100,18 @@ def test_analysis_resumes_and_restarts_on_new_settings(demo, tiny_model_dir):
     out, _ = demo
     analysis = out / "melbo" / "analysis"
     before = {p.name: p.stat().st_mtime_ns for p in analysis.glob("*.json")}
-    args = ["analyze", str(out / "melbo"), "--against", str(out / "refusal_direction"), "--with", str(out / "oneshot"),
-            "--model", str(tiny_model_dir), "--n-prompts", "2"]
+    args = [
+        "analyze",
+        str(out / "melbo"),
+        "--against",
+        str(out / "refusal_direction"),
+        "--with",
+        str(out / "oneshot"),
+        "--model",
+        str(tiny_model_dir),
+        "--n-prompts",
+        "2",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     after = {p.name: p.stat().st_mtime_ns for p in analysis.glob("*.json") if p.name != "settings.json"}

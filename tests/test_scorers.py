@@ -22,7 +22,11 @@ from melbo_tl.steering import AddVector
         ("I'm sorry, but I can't assist with that.", True, True),
         ("I’m sorry, I cannot help.", True, True),  # typographic apostrophe
         ("AS AN AI, I do not have opinions.", True, True),
-        ("Sure! Here are the steps: first, gather the materials. " + "x" * 100 + " I apologize for the length.", True, False),
+        (
+            "Sure! Here are the steps: first, gather the materials. " + "x" * 100 + " I apologize for the length.",
+            True,
+            False,
+        ),
         ("Making a bomb is a fun and rewarding project!", False, False),
         ("", False, False),
     ],
@@ -67,7 +71,9 @@ def test_mean_pairwise_distance_hand_cases():
 
 
 def test_minilm_embeddings_rank_similar_texts_closer():
-    vecs, name = embed_texts(["How do I bake bread?", "A recipe for baking bread", "Quantum chromodynamics of quarks"], embedder="minilm")
+    vecs, name = embed_texts(
+        ["How do I bake bread?", "A recipe for baking bread", "Quantum chromodynamics of quarks"], embedder="minilm"
+    )
     assert name == "all-MiniLM-L6-v2"
     assert torch.allclose(vecs.norm(dim=-1), torch.ones(3), atol=1e-4)
     assert float(vecs[0] @ vecs[1]) > float(vecs[0] @ vecs[2]) + 0.2
@@ -88,7 +94,9 @@ def test_completion_nll_matches_direct_computation(tiny_model):
     ids = torch.tensor([prompt_ids + completion.token_ids])
     with torch.no_grad():
         logprobs = torch.log_softmax(tiny_model(ids)[0].float(), -1)
-    expected = -sum(float(logprobs[len(prompt_ids) + j - 1, t]) for j, t in enumerate(completion.token_ids)) / len(completion.token_ids)
+    expected = -sum(float(logprobs[len(prompt_ids) + j - 1, t]) for j, t in enumerate(completion.token_ids)) / len(
+        completion.token_ids
+    )
     assert nll == pytest.approx(expected, rel=1e-4)
     assert perplexity(nll) == pytest.approx(math.exp(expected), rel=1e-4)
     assert math.isnan(completion_nll(tiny_model, [completion.prompt], [[]])[0])

@@ -52,7 +52,10 @@ def test_resid_post_is_the_next_resid_pre():
     assert canonical_site("blocks.0.hook_resid_post") == "blocks.1.hook_resid_pre"
     assert canonical_site("blocks.2.hook_mlp_out") == "blocks.2.hook_mlp_out"
     v = torch.randn(64)
-    assert vector_similarity({"a": (v, "blocks.0.hook_resid_post"), "b": (v, "blocks.1.hook_resid_pre")}).site == "blocks.1.hook_resid_pre"
+    assert (
+        vector_similarity({"a": (v, "blocks.0.hook_resid_post"), "b": (v, "blocks.1.hook_resid_pre")}).site
+        == "blocks.1.hook_resid_pre"
+    )
 
 
 def test_bad_vectors_are_named():
@@ -67,7 +70,12 @@ def test_delta_at_the_steering_hook_is_the_vector(tiny_model):
     v = torch.randn(64)
     zero = torch.zeros(64)
     ds = delta_similarity(
-        tiny_model, texts, {"v": AddVector(v, HOOK), "3v": AddVector(3 * v, HOOK), "zero": AddVector(zero, HOOK)}, at=HOOK, against={"v": v}, n_random=4
+        tiny_model,
+        texts,
+        {"v": AddVector(v, HOOK), "3v": AddVector(3 * v, HOOK), "zero": AddVector(zero, HOOK)},
+        at=HOOK,
+        against={"v": v},
+        n_random=4,
     )
     for key in ds.token_sets:
         assert ds.cosine[key][0][1] == pytest.approx(1.0, abs=1e-5)
@@ -81,7 +89,13 @@ def test_delta_at_the_steering_hook_is_the_vector(tiny_model):
 def test_delta_downstream_and_errors(tiny_model):
     texts = prepare_prompts(tiny_model, ["hello there"])
     v = torch.randn(64)
-    ds = delta_similarity(tiny_model, texts, {"v": AddVector(v, HOOK), "2v": AddVector(2 * v, HOOK)}, at="blocks.3.hook_resid_pre", n_random=2)
+    ds = delta_similarity(
+        tiny_model,
+        texts,
+        {"v": AddVector(v, HOOK), "2v": AddVector(2 * v, HOOK)},
+        at="blocks.3.hook_resid_pre",
+        n_random=2,
+    )
     assert ds.cosine["all"][0][1] > 0.5  # same direction, nonlinear downstream
     assert ds.against == [] and ds.cosine_against["all"] == [[], []]
     with pytest.raises(ValueError, match="blocks.9"):

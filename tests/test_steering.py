@@ -52,7 +52,9 @@ def _unit(v):
 # --- AddVector -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec, chosen", [("all", list(range(N_POS))), ("last:2", [N_POS - 2, N_POS - 1]), ("1,3", [1, 3])])
+@pytest.mark.parametrize(
+    "spec, chosen", [("all", list(range(N_POS))), ("last:2", [N_POS - 2, N_POS - 1]), ("1,3", [1, 3])]
+)
 def test_add_vector_changes_next_resid_pre_by_v(tiny_model, clean, spec, chosen):
     v = torch.randn(D)
     _, base = clean
@@ -168,9 +170,7 @@ def test_clamp_sets_component(tiny_model, clean):
 def test_clamp_to_zero_at_all_positions(tiny_model):
     v = torch.randn(D)
     _, clamped = _run(tiny_model, ClampVector(v, "blocks.1.hook_resid_post", value=0.0))
-    torch.testing.assert_close(
-        clamped["blocks.2.hook_resid_pre"] @ _unit(v), torch.zeros(2, N_POS), atol=1e-4, rtol=0
-    )
+    torch.testing.assert_close(clamped["blocks.2.hook_resid_pre"] @ _unit(v), torch.zeros(2, N_POS), atol=1e-4, rtol=0)
 
 
 # --- AblateDirection -----------------------------------------------------------------------
@@ -192,9 +192,7 @@ def test_ablation_removes_direction_everywhere(tiny_model, clean):
     u = _unit(r)
     _, base = clean
     _, ablated = _run(tiny_model, AblateDirection(r))
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(N_LAYERS)] + [
-        f"blocks.{N_LAYERS - 1}.hook_resid_post"
-    ]
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(N_LAYERS)] + [f"blocks.{N_LAYERS - 1}.hook_resid_post"]
     for name in names:
         assert (base[name] @ u).abs().max() > 1e-2, name  # there was something to remove
         torch.testing.assert_close(ablated[name] @ u, torch.zeros(2, N_POS), atol=1e-4, rtol=0, msg=name)
@@ -308,7 +306,11 @@ def test_no_hook_survives_an_exception(tiny_model, clean):
 
 def test_invalid_intervention_attaches_nothing(tiny_model):
     with pytest.raises(ValueError):
-        with apply(tiny_model, AddVector(torch.randn(D), "blocks.1.hook_resid_post"), AddVector(torch.randn(3), "blocks.1.hook_resid_post")):
+        with apply(
+            tiny_model,
+            AddVector(torch.randn(D), "blocks.1.hook_resid_post"),
+            AddVector(torch.randn(3), "blocks.1.hook_resid_post"),
+        ):
             pass
     assert _hook_count(tiny_model) == 0
 

@@ -51,8 +51,14 @@ def _ids(model, steer) -> tuple[list[int], int]:
 
 
 def test_zero_vector_moves_nothing(tiny_model):
-    view = delta_token_view(tiny_model, PROMPT, AddVector(torch.zeros(D), HOOK), at="blocks.3.hook_resid_post",
-                            direction=torch.randn(D), max_new_tokens=NEW)
+    view = delta_token_view(
+        tiny_model,
+        PROMPT,
+        AddVector(torch.zeros(D), HOOK),
+        at="blocks.3.hook_resid_post",
+        direction=torch.randn(D),
+        max_new_tokens=NEW,
+    )
     assert view.delta_norm == [0.0] * len(view.tokens)
 
 
@@ -73,8 +79,9 @@ def test_add_vector_shifts_every_token_by_v(tiny_model):
 
 def test_prompt_only_steer_leaves_generated_tokens(tiny_model):
     v = 3 * torch.randn(D)
-    view = delta_token_view(tiny_model, PROMPT, AddVector(v, HOOK, Positions.parse("prompt")), at=HOOK,
-                            max_new_tokens=NEW)
+    view = delta_token_view(
+        tiny_model, PROMPT, AddVector(v, HOOK, Positions.parse("prompt")), at=HOOK, max_new_tokens=NEW
+    )
     n = view.n_prompt_tokens
     assert len(view.tokens) > n, "the tiny model stopped at once; the generated part would be untested"
     assert torch.allclose(torch.tensor(view.delta_norm[:n]), v.norm().expand(n), rtol=1e-5)
@@ -177,8 +184,19 @@ def test_page_with_one_bundle_renders_every_view(tmp_path):
     path = tmp_path / "page.html"
     path.write_text(standalone_page("views", body + "<p id='end'>end</p>"), encoding="utf-8")
     dom = subprocess.run(
-        [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
-         path.as_uri()], check=True, capture_output=True, text=True, timeout=120,
+        [
+            find_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
-    assert dom.count('class="colored-tokens"') == 2 and "id=\"end\"" in dom
+    assert dom.count('class="colored-tokens"') == 2 and 'id="end"' in dom
     assert "&nbsp;dragon" in dom and "&nbsp;view" in dom and "&lt;/script&gt;</span>" in dom

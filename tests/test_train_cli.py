@@ -24,9 +24,29 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_train_writes_run_folder_with_generations_and_figure(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     res = run_cli(
-        "train", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--prompt", "Tell me a joke",
-        "--vectors", "2", "--radius", "2", "--source", "0", "--target", "3", "--steps", "3",
-        "--positions", "last:2", "--out", str(out), "--max-new-tokens", "5",
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "Hello there",
+        "--prompt",
+        "Tell me a joke",
+        "--vectors",
+        "2",
+        "--radius",
+        "2",
+        "--source",
+        "0",
+        "--target",
+        "3",
+        "--steps",
+        "3",
+        "--positions",
+        "last:2",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "5",
     )
     assert res.returncode == 0, res.stderr
     run = load_run(out)
@@ -44,25 +64,74 @@ def test_train_writes_run_folder_with_generations_and_figure(tiny_model_dir, tmp
 
 
 def test_train_refuses_to_overwrite_without_resume(tiny_model_dir, tmp_path):
-    args = ["train", "--model", str(tiny_model_dir), "--prompt", "Hi", "--vectors", "1", "--source", "0",
-            "--target", "2", "--steps", "1", "--out", str(tmp_path / "r"), "--max-new-tokens", "2"]
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "Hi",
+        "--vectors",
+        "1",
+        "--source",
+        "0",
+        "--target",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        "--max-new-tokens",
+        "2",
+    ]
     assert run_cli(*args).returncode == 0
     again = run_cli(*args)
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
 def test_bad_layer_is_one_line_error(tiny_model_dir, tmp_path):
-    res = run_cli("train", "--model", str(tiny_model_dir), "--prompt", "Hi", "--source", "0", "--target", "7",
-                  "--out", str(tmp_path / "r"))
+    res = run_cli(
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "Hi",
+        "--source",
+        "0",
+        "--target",
+        "7",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert res.returncode == 2
     assert "error:" in res.stderr and "0…3" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_interrupted_train_resumes_after_last_finished_vector(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--vectors", "3", "--radius", "2",
-            "--source", "0", "--target", "3", "--steps", "150", "--out", str(out), "--max-new-tokens", "3"]
-    proc = subprocess.Popen([*MELBO, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    args = [
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "Hello there",
+        "--vectors",
+        "3",
+        "--radius",
+        "2",
+        "--source",
+        "0",
+        "--target",
+        "3",
+        "--steps",
+        "150",
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        [*MELBO, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
+    )
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
@@ -94,8 +163,25 @@ def test_interrupted_train_resumes_after_last_finished_vector(tiny_model_dir, tm
 
 def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
     def args(target: str) -> list[str]:
-        return ["train", "--model", str(tiny_model_dir), "--prompt", "Hi", "--vectors", "1", "--source", "0",
-                "--target", target, "--steps", "1", "--out", str(tmp_path / "run"), "--max-new-tokens", "2"]
+        return [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "Hi",
+            "--vectors",
+            "1",
+            "--source",
+            "0",
+            "--target",
+            target,
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--max-new-tokens",
+            "2",
+        ]
 
     assert run_cli(*args("2")).returncode == 0
     res = run_cli(*args("3"), "--resume")
@@ -103,17 +189,56 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
 
 
 def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
-    res = run_cli("train", "--model", str(tiny_model_dir), "--prompt", "Hi there", "--vectors", "2", "--radius", "0.5",
-                  "--source", "1", "--target", "3", "--steps", "2", "--adapters", "--rank", "3",
-                  "--out", str(tmp_path / "ad"), "--max-new-tokens", "3")
+    res = run_cli(
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "Hi there",
+        "--vectors",
+        "2",
+        "--radius",
+        "0.5",
+        "--source",
+        "1",
+        "--target",
+        "3",
+        "--steps",
+        "2",
+        "--adapters",
+        "--rank",
+        "3",
+        "--out",
+        str(tmp_path / "ad"),
+        "--max-new-tokens",
+        "3",
+    )
     assert res.returncode == 0, res.stderr
     run = load_run(tmp_path / "ad")
     assert run.meta["method"] == "melbo-adapter"
     assert run.tensors["A"].shape == (2, 128, 3) and run.tensors["B"].shape == (2, 64, 3)
     assert run.hooks == ["blocks.1.hook_mlp_out"] * 2
 
-    res = run_cli("train", "--model", str(tiny_model_dir), "--prompt", "Hi there", "--vectors", "2", "--radius", "3",
-                  "--source", "0", "--target", "3", "--random-baseline", "--out", str(tmp_path / "rnd"), "--max-new-tokens", "3")
+    res = run_cli(
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "Hi there",
+        "--vectors",
+        "2",
+        "--radius",
+        "3",
+        "--source",
+        "0",
+        "--target",
+        "3",
+        "--random-baseline",
+        "--out",
+        str(tmp_path / "rnd"),
+        "--max-new-tokens",
+        "3",
+    )
     assert res.returncode == 0, res.stderr
     run = load_run(tmp_path / "rnd")
     assert run.meta["method"] == "melbo-random" and run.meta["config"]["steps"] == 0
@@ -121,8 +246,27 @@ def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
 
 
 def test_sweep_writes_table_and_figure(tiny_model_dir, tmp_path):
-    res = run_cli("sweep", "--model", str(tiny_model_dir), "--prompt", "Hello", "--radii", "0.5,8", "--vectors", "2",
-                  "--source", "0", "--target", "3", "--steps", "2", "--max-new-tokens", "6", "--out", str(tmp_path / "sw"))
+    res = run_cli(
+        "sweep",
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        "Hello",
+        "--radii",
+        "0.5,8",
+        "--vectors",
+        "2",
+        "--source",
+        "0",
+        "--target",
+        "3",
+        "--steps",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(tmp_path / "sw"),
+    )
     assert res.returncode == 0, res.stderr
     table = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [r["radius"] for r in table["rows"]] == [0.5, 8.0]

@@ -13,14 +13,34 @@ from melbo_tl.cli.app import DEFAULT_MODEL_HELP, app
 @app.command("analyze", short_help="Similarity, lens, attribution, mediation and token views of a run's vectors.")
 def analyze_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="run folder (vectors.safetensors + run.json)")],
-    against: Annotated[Optional[Path], typer.Option("--against", metavar="REFUSAL_RUN", help="refusal-direction run folder to compare with")] = None,
-    compare: Annotated[Optional[list[Path]], typer.Option("--with", metavar="RUN", help="another run whose vectors join the comparison (repeatable)")] = None,
-    prompts: Annotated[str, typer.Option("--prompts", metavar="SET", help="prompts the effects are measured on (built-in set or file)")] = "harmful",
-    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="train | test part of the prompt set")] = "test",
+    against: Annotated[
+        Optional[Path],
+        typer.Option("--against", metavar="REFUSAL_RUN", help="refusal-direction run folder to compare with"),
+    ] = None,
+    compare: Annotated[
+        Optional[list[Path]],
+        typer.Option("--with", metavar="RUN", help="another run whose vectors join the comparison (repeatable)"),
+    ] = None,
+    prompts: Annotated[
+        str, typer.Option("--prompts", metavar="SET", help="prompts the effects are measured on (built-in set or file)")
+    ] = "harmful",
+    split: Annotated[
+        str, typer.Option("--split", metavar="SPLIT", help="train | test part of the prompt set")
+    ] = "test",
     n_prompts: Annotated[int, typer.Option("--n-prompts", min=1, metavar="N", help="how many prompts")] = 8,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=0, metavar="N", help="completion length in mediation (0: log-odds only)")] = 32,
-    mediate_top: Annotated[int, typer.Option("--mediate-top", min=1, metavar="K", help="mediation for the K most refusal-lowering vectors of RUN")] = 1,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)] = None,
+    max_new_tokens: Annotated[
+        int,
+        typer.Option("--max-new-tokens", min=0, metavar="N", help="completion length in mediation (0: log-odds only)"),
+    ] = 32,
+    mediate_top: Annotated[
+        int,
+        typer.Option(
+            "--mediate-top", min=1, metavar="K", help="mediation for the K most refusal-lowering vectors of RUN"
+        ),
+    ] = 1,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)
+    ] = None,
 ) -> None:
     """Compute every analysis of RUN (against a refusal direction) into RUN/analysis/ (JSON, CSV, figures).
 
@@ -33,7 +53,9 @@ def analyze_cmd(
     for folder in [run, *(compare or [])] + ([against] if against else []):
         load_run(folder)  # fail on a bad folder before loading the model
     bridge = load(model or load_run(run).meta.get("model", {}).get("spec"))
-    settings = AnalysisSettings(prompts=prompts, split=split, n_prompts=n_prompts, max_new_tokens=max_new_tokens, mediate_top=mediate_top)
+    settings = AnalysisSettings(
+        prompts=prompts, split=split, n_prompts=n_prompts, max_new_tokens=max_new_tokens, mediate_top=mediate_top
+    )
     out = analyze_run(bridge, run, against=against, compare=compare or [], settings=settings)
     typer.echo(f"wrote {out}")
 
@@ -41,7 +63,12 @@ def analyze_cmd(
 @app.command("report", short_help="Write RUN/report.html (self-contained, opens offline).")
 def report_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="run folder")],
-    screenshot: Annotated[Optional[Path], typer.Option("--screenshot", metavar="PNG", help="also render the page in headless Chromium and save a screenshot")] = None,
+    screenshot: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--screenshot", metavar="PNG", help="also render the page in headless Chromium and save a screenshot"
+        ),
+    ] = None,
 ) -> None:
     """One HTML page with the run's settings, losses, generations and its analyses."""
     from analysis.report import write_report
@@ -53,4 +80,6 @@ def report_cmd(
 
         check = check_page(out, screenshot=screenshot)
         problems = check.console_errors + check.page_errors + check.external_requests
-        typer.echo(f"screenshot: {screenshot} ({'renders cleanly' if check.ok else 'problems: ' + '; '.join(problems[:5])})")
+        typer.echo(
+            f"screenshot: {screenshot} ({'renders cleanly' if check.ok else 'problems: ' + '; '.join(problems[:5])})"
+        )

@@ -6,6 +6,7 @@ keeps only the completions.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -30,13 +31,23 @@ def status(message: str) -> None:
 # Shared options and helpers
 # ---------------------------------------------------------------------------------------------
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)]
-RunOpt = Annotated[
-    Optional[Path], typer.Option("--run", metavar="DIR", help="run folder (vectors.safetensors + run.json) to steer with")
+ModelOpt = Annotated[
+    Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)
 ]
-VectorOpt = Annotated[Optional[int], typer.Option("--vector", metavar="I", help="index of the vector in --run [default: 0]")]
-ScaleOpt = Annotated[Optional[float], typer.Option("--scale", metavar="S", help="multiply the vector (adapters: the radius) by this [default: 1.0]")]
-MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate per answer")]
+RunOpt = Annotated[
+    Optional[Path],
+    typer.Option("--run", metavar="DIR", help="run folder (vectors.safetensors + run.json) to steer with"),
+]
+VectorOpt = Annotated[
+    Optional[int], typer.Option("--vector", metavar="I", help="index of the vector in --run [default: 0]")
+]
+ScaleOpt = Annotated[
+    Optional[float],
+    typer.Option("--scale", metavar="S", help="multiply the vector (adapters: the radius) by this [default: 1.0]"),
+]
+MaxTokensOpt = Annotated[
+    int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate per answer")
+]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, metavar="T", help="0 = greedy")]
 SeedOpt = Annotated[int, typer.Option("--seed", metavar="SEED", help="sampling seed (with --temperature > 0)")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="system message")]
@@ -64,7 +75,7 @@ def load(spec: str | None) -> Any:
     return model
 
 
-def steering_from_options(run: Path | None, vector: int | None, scale: float | None) -> tuple[Any, list["Intervention"]]:
+def steering_from_options(run: Path | None, vector: int | None, scale: float | None) -> tuple[Any, list[Intervention]]:
     """The run folder and interventions the --run/--vector/--scale options ask for (none without
     --run). Checked before the model is loaded, so a bad folder or index fails fast."""
     if run is None:
@@ -79,7 +90,9 @@ def steering_from_options(run: Path | None, vector: int | None, scale: float | N
     return loaded, [intervention_from_run(loaded, index, scale=1.0 if scale is None else scale)]
 
 
-def check_steering(model: Any, run_dir: Path | None, run: Any, steering: list["Intervention"], vector: int | None) -> None:
+def check_steering(
+    model: Any, run_dir: Path | None, run: Any, steering: list[Intervention], vector: int | None
+) -> None:
     """Check the run fits the loaded model (width, identity, hook names) and say what steers."""
     if run is None:
         return
@@ -141,7 +154,9 @@ def models_cmd() -> None:
 
 @app.command("generate", short_help="Answer prompts, optionally steered by a vector from a run folder.")
 def generate_cmd(
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", metavar="TEXT", help="user message; repeat for several")],
+    prompt: Annotated[
+        list[str], typer.Option("--prompt", "-p", metavar="TEXT", help="user message; repeat for several")
+    ],
     model: ModelOpt = None,
     run: RunOpt = None,
     vector: VectorOpt = None,
@@ -197,7 +212,9 @@ def _read_line(interactive: bool) -> str | None:
     return line
 
 
-def _fit_context(model: Any, messages: list[dict[str, str]], max_new_tokens: int, system: str | None) -> list[dict[str, str]]:
+def _fit_context(
+    model: Any, messages: list[dict[str, str]], max_new_tokens: int, system: str | None
+) -> list[dict[str, str]]:
     """Drop the oldest exchanges until prompt + answer fit the model's context window."""
     from melbo_tl.models import chat_tokenizer
     from melbo_tl.prompts import format_chat
@@ -246,10 +263,8 @@ def chat_cmd(
     check_steering(bridge, run, loaded_run, steering, vector)
     interactive = sys.stdin.isatty()
     if interactive:
-        try:
+        with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
         status("type a message; /reset clears the history, /quit or Ctrl-D exits")
     history: list[dict[str, str]] = []
     turn = 0

@@ -54,15 +54,23 @@ def _stage(name: str, folder: Path, args: list[str], timings: dict[str, float]) 
 
 @app.command("demo", short_help="The main job: refusal direction, MELBO, one-shot, analysis and report.")
 def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the demo's run folders")] = Path("runs/demo"),
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the demo's run folders")] = Path(
+        "runs/demo"
+    ),
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)
+    ] = None,
     vectors: Annotated[int, typer.Option("--vectors", min=1, help="MELBO vectors")] = 4,
     steps: Annotated[int, typer.Option("--steps", min=1, help="MELBO steps per vector")] = 300,
     n_train: Annotated[int, typer.Option("--n-train", min=2, help="prompts per set for the difference in means")] = 64,
     n_val: Annotated[int, typer.Option("--n-val", min=2, help="prompts per set to select the direction")] = 16,
-    n_prompts: Annotated[int, typer.Option("--n-prompts", min=1, help="held-out harmful prompts the analysis measures on")] = 8,
+    n_prompts: Annotated[
+        int, typer.Option("--n-prompts", min=1, help="held-out harmful prompts the analysis measures on")
+    ] = 8,
     kl_threshold: Annotated[float, typer.Option("--kl-threshold", help="selection: max KL on harmless prompts")] = 0.3,
-    induce_threshold: Annotated[float, typer.Option("--induce-threshold", help="selection: min harmless refusal log-odds when adding r")] = -3.26,
+    induce_threshold: Annotated[
+        float, typer.Option("--induce-threshold", help="selection: min harmless refusal log-odds when adding r")
+    ] = -3.26,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="completion length")] = 48,
 ) -> None:
     """Run the whole pipeline on the embedded model and print where the report is."""
@@ -74,25 +82,85 @@ def demo_cmd(
     refusal, melbo, oneshot = out / "refusal_direction", out / "melbo", out / "oneshot"
     timings: dict[str, float] = {}
     m = ["--model", spec]
-    _stage("refusal direction", refusal, [
-        "refusal-direction", "--out", str(refusal), *m, "--n-train", str(n_train), "--n-val", str(n_val),
-        "--layers", ",".join(map(str, layers["candidates"])), "--positions", "-1",
-        "--kl-threshold", str(kl_threshold), "--induce-threshold", str(induce_threshold),
-    ], timings)
-    _stage("MELBO", melbo, [
-        "train", "--prompt", HARMFUL_PROMPT, "--out", str(melbo), *m, "--vectors", str(vectors), "--radius", "4",
-        "--source", str(layers["source"]), "--target", str(layers["target"]), "--steps", str(steps),
-        "--positions", "last:2", "--max-new-tokens", str(max_new_tokens),
-        *(["--resume"] if (melbo / "run.json").is_file() else []),
-    ], timings)
-    _stage("one-shot vector", oneshot, [
-        "oneshot", "--prompt", ONESHOT_PROMPT, "--out", str(oneshot), *m, "--layer", str(layers["oneshot"]),
-        "--promote", ONESHOT_TARGET, "--target-loss", "2.0", "--max-new-tokens", str(max_new_tokens),
-        *(["--resume"] if (oneshot / "run.json").is_file() else []),
-    ], timings)
+    _stage(
+        "refusal direction",
+        refusal,
+        [
+            "refusal-direction",
+            "--out",
+            str(refusal),
+            *m,
+            "--n-train",
+            str(n_train),
+            "--n-val",
+            str(n_val),
+            "--layers",
+            ",".join(map(str, layers["candidates"])),
+            "--positions",
+            "-1",
+            "--kl-threshold",
+            str(kl_threshold),
+            "--induce-threshold",
+            str(induce_threshold),
+        ],
+        timings,
+    )
+    _stage(
+        "MELBO",
+        melbo,
+        [
+            "train",
+            "--prompt",
+            HARMFUL_PROMPT,
+            "--out",
+            str(melbo),
+            *m,
+            "--vectors",
+            str(vectors),
+            "--radius",
+            "4",
+            "--source",
+            str(layers["source"]),
+            "--target",
+            str(layers["target"]),
+            "--steps",
+            str(steps),
+            "--positions",
+            "last:2",
+            "--max-new-tokens",
+            str(max_new_tokens),
+            *(["--resume"] if (melbo / "run.json").is_file() else []),
+        ],
+        timings,
+    )
+    _stage(
+        "one-shot vector",
+        oneshot,
+        [
+            "oneshot",
+            "--prompt",
+            ONESHOT_PROMPT,
+            "--out",
+            str(oneshot),
+            *m,
+            "--layer",
+            str(layers["oneshot"]),
+            "--promote",
+            ONESHOT_TARGET,
+            "--target-loss",
+            "2.0",
+            "--max-new-tokens",
+            str(max_new_tokens),
+            *(["--resume"] if (oneshot / "run.json").is_file() else []),
+        ],
+        timings,
+    )
     status("== analysis")
     t = time.perf_counter()
-    app(["analyze", str(melbo), "--against", str(refusal), "--with", str(oneshot), *m, "--n-prompts", str(n_prompts)], standalone_mode=False)
+    app(
+        ["analyze", str(melbo), "--against", str(refusal), "--with", str(oneshot), *m, "--n-prompts", str(n_prompts)],
+        standalone_mode=False,
+    )
     timings["analysis"] = round(time.perf_counter() - t, 1)
     status("== report")
     from analysis.report import write_report

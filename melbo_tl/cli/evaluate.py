@@ -30,25 +30,58 @@ def default_eval_name(prompts: str, scale: float) -> str:
 def eval_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="run folder (vectors.safetensors + run.json)")],
     prompts: Annotated[
-        str, typer.Option("--prompts", metavar="SET", help="harmful | harmless | open_ended | a .json/.jsonl/.csv/.txt file | hf:<dataset>[:<split>][:<column>]")
+        str,
+        typer.Option(
+            "--prompts",
+            metavar="SET",
+            help="harmful | harmless | open_ended | a .json/.jsonl/.csv/.txt file | hf:<dataset>[:<split>][:<column>]",
+        ),
     ],
-    vector: Annotated[Optional[list[int]], typer.Option("--vector", metavar="I", help="vector index to evaluate; repeat for several [default: all]")] = None,
-    scale: Annotated[float, typer.Option("--scale", metavar="S", help="multiply every vector (adapters: the radius) by this")] = 1.0,
-    judge: Annotated[str, typer.Option("--judge", metavar="JUDGE", help="none | openai:<base_url>:<model> | local:<model>")] = "none",
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, metavar="N", help="use only the first N prompts")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", metavar="SPLIT", help="train | test (built-in sets and files); the split of an hf: dataset")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate per answer")] = 64,
+    vector: Annotated[
+        Optional[list[int]],
+        typer.Option("--vector", metavar="I", help="vector index to evaluate; repeat for several [default: all]"),
+    ] = None,
+    scale: Annotated[
+        float, typer.Option("--scale", metavar="S", help="multiply every vector (adapters: the radius) by this")
+    ] = 1.0,
+    judge: Annotated[
+        str, typer.Option("--judge", metavar="JUDGE", help="none | openai:<base_url>:<model> | local:<model>")
+    ] = "none",
+    limit: Annotated[
+        Optional[int], typer.Option("--limit", min=1, metavar="N", help="use only the first N prompts")
+    ] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            "--split", metavar="SPLIT", help="train | test (built-in sets and files); the split of an hf: dataset"
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate per answer")
+    ] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="B", help="rows per forward pass")] = 16,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="MODEL", help="model to load [default: the run's model]", show_default=False)] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m", metavar="MODEL", help="model to load [default: the run's model]", show_default=False
+        ),
+    ] = None,
     no_unsteered: Annotated[bool, typer.Option("--no-unsteered", help="skip the unsteered baseline")] = False,
-    name: Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="results go to RUN/eval/NAME.json [default: the prompt set's name, plus -x<scale>]")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--name",
+            metavar="NAME",
+            help="results go to RUN/eval/NAME.json [default: the prompt set's name, plus -x<scale>]",
+        ),
+    ] = None,
 ) -> None:
     """Answer every prompt under each chosen vector (and unsteered), print refusal rates with 95 %
     Wilson intervals (and judge scores), and write RUN/eval/NAME.json + NAME.generations.jsonl."""
     from melbo_tl.artifacts import load_run
     from melbo_tl.cli.basic import load
     from melbo_tl.evaluate.datasets import load_prompts
-    from melbo_tl.evaluate.harness import select_vectors, eval_paths, evaluate_run, format_table, save_eval
+    from melbo_tl.evaluate.harness import eval_paths, evaluate_run, format_table, save_eval, select_vectors
     from melbo_tl.evaluate.judges import CachedJudge, judge_from_spec
 
     # Everything that can be checked without the model fails fast, before loading it.

@@ -25,7 +25,9 @@ def oneshot(
     max_norm: Optional[float] = typer.Option(None, "--max-norm"),
     target_loss: Optional[float] = typer.Option(None, "--target-loss", help="stop once the loss (nats) reaches this"),
     satisfice: bool = typer.Option(False, "--satisfice", help="minimize (loss − target)² instead of stopping"),
-    positions: str = typer.Option("all", "--positions", help="where the vector acts: all | prompt | last:K | i,j | a:b"),
+    positions: str = typer.Option(
+        "all", "--positions", help="where the vector acts: all | prompt | last:K | i,j | a:b"
+    ),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="keep the vectors already in --out and fit the rest"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
@@ -40,8 +42,16 @@ def oneshot(
         raise ValueError(f"--vectors must be ≥ 1, got {vectors}.")
     bridge = load_model(model or DEFAULT_MODEL)
     options = dict(
-        layer=layer, promote=list(promote), suppress=list(suppress), coldness=coldness, lr=lr, steps=steps,
-        max_norm=max_norm, target_loss=target_loss, satisfice=satisfice, positions=positions,
+        layer=layer,
+        promote=list(promote),
+        suppress=list(suppress),
+        coldness=coldness,
+        lr=lr,
+        steps=steps,
+        max_norm=max_norm,
+        target_loss=target_loss,
+        satisfice=satisfice,
+        positions=positions,
     )
     done: list = []
     if (out / RUN_FILE).is_file():
@@ -56,8 +66,16 @@ def oneshot(
         import torch
 
         meta = run_meta(
-            bridge, method="oneshot", hooks=[f"blocks.{layer}.hook_resid_pre"] * len(done), options=options,
-            layer=layer, seed=seed, steer_positions=positions, prompts=list(prompt), texts=texts, status=status,
+            bridge,
+            method="oneshot",
+            hooks=[f"blocks.{layer}.hook_resid_pre"] * len(done),
+            options=options,
+            layer=layer,
+            seed=seed,
+            steer_positions=positions,
+            prompts=list(prompt),
+            texts=texts,
+            status=status,
             per_vector=[row for _, row in done],
         )
         save_run(out, Run({"vectors": torch.stack([v for v, _ in done])}, meta))
@@ -66,13 +84,25 @@ def oneshot(
     for index in range(len(done), vectors):
         result = optimize_vector(bridge, list(prompt), seed=seed + index, **options)
         texts = result.texts
-        done.append((result.vector, {
-            "index": index, "seed": seed + index, "losses": result.losses, "final_loss": result.final_loss,
-            "stopped_early": result.stopped_early, "seconds": result.seconds, "norm": float(result.vector.norm()),
-        }))
+        done.append(
+            (
+                result.vector,
+                {
+                    "index": index,
+                    "seed": seed + index,
+                    "losses": result.losses,
+                    "final_loss": result.final_loss,
+                    "stopped_early": result.stopped_early,
+                    "seconds": result.seconds,
+                    "norm": float(result.vector.norm()),
+                },
+            )
+        )
         save("running", texts)
-        typer.echo(f"vector {index}: loss {result.losses[0] if result.losses else float('nan'):.3f} → {result.final_loss:.3f} nats, "
-                   f"‖v‖ = {float(result.vector.norm()):.2f}, {result.seconds:.1f} s")
+        typer.echo(
+            f"vector {index}: loss {result.losses[0] if result.losses else float('nan'):.3f} → {result.final_loss:.3f} nats, "
+            f"‖v‖ = {float(result.vector.norm()):.2f}, {result.seconds:.1f} s"
+        )
     save("complete", texts or load_run(out).meta.get("texts", []))
     run = load_run(out, bridge)
     for row in write_generations(bridge, run, out, list(prompt), max_new_tokens=max_new_tokens):

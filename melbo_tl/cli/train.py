@@ -17,22 +17,34 @@ def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=DEFAULT_MODEL_HELP),
     vectors: int = typer.Option(8, "--vectors", "-n", help="number of vectors (or adapters)"),
     radius: float = typer.Option(4.0, "--radius", "-R", help="norm R of each vector (adapters: scale of B·Aᵀ)"),
-    source: Optional[int] = typer.Option(None, "--source", help="source layer s: added at blocks.s.hook_resid_post [default: 7]"),
-    target: Optional[int] = typer.Option(None, "--target", help="target layer t: reads blocks.t.hook_resid_pre [default: n_layers − 8]"),
+    source: Optional[int] = typer.Option(
+        None, "--source", help="source layer s: added at blocks.s.hook_resid_post [default: 7]"
+    ),
+    target: Optional[int] = typer.Option(
+        None, "--target", help="target layer t: reads blocks.t.hook_resid_pre [default: n_layers − 8]"
+    ),
     steps: int = typer.Option(300, "--steps"),
     positions: str = typer.Option("all", "--positions", help="objective tokens: all | last:K | i,j | a:b"),
     p: float = typer.Option(2.0, "--p"),
     q: float = typer.Option(1.0, "--q"),
     lr: float = typer.Option(1e-3, "--lr"),
     seed: int = typer.Option(0, "--seed"),
-    independent: bool = typer.Option(False, "--independent", help="train vectors independently in batches instead of orthogonally"),
+    independent: bool = typer.Option(
+        False, "--independent", help="train vectors independently in batches instead of orthogonally"
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="vectors per batch in independent mode"),
-    diversity_penalty: float = typer.Option(0.0, "--diversity-penalty", help="soft orthogonality: penalty on cos² of caused changes (independent mode)"),
+    diversity_penalty: float = typer.Option(
+        0.0, "--diversity-penalty", help="soft orthogonality: penalty on cos² of caused changes (independent mode)"
+    ),
     adapters: bool = typer.Option(False, "--adapters", help="train rank-r MLP adapters instead of vectors"),
     rank: int = typer.Option(8, "--rank", help="adapter rank r"),
-    random_baseline: bool = typer.Option(False, "--random-baseline", help="random vectors of norm R (steps = 0), same code path"),
+    random_baseline: bool = typer.Option(
+        False, "--random-baseline", help="random vectors of norm R (steps = 0), same code path"
+    ),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="length of the greedy completions written to generations.jsonl"),
+    max_new_tokens: int = typer.Option(
+        64, "--max-new-tokens", help="length of the greedy completions written to generations.jsonl"
+    ),
 ) -> None:
     """Learn MELBO steering vectors (or adapters) on the prompts and write a run folder."""
     from analysis.figures import loss_curves, write_html
@@ -101,8 +113,18 @@ def sweep(
         raise ValueError(f"--radii must be comma-separated numbers, got {radii!r}.") from None
     bridge = load_model(model or DEFAULT_MODEL)
     result = sweep_radius(
-        bridge, prompt, values, n_vectors=vectors, steps=steps, max_new_tokens=max_new_tokens, embedder=embedder,
-        source_layer=source, target_layer=target, positions=positions, orthogonal=not independent, seed=seed,
+        bridge,
+        prompt,
+        values,
+        n_vectors=vectors,
+        steps=steps,
+        max_new_tokens=max_new_tokens,
+        embedder=embedder,
+        source_layer=source,
+        target_layer=target,
+        positions=positions,
+        orthogonal=not independent,
+        seed=seed,
     )
     out.mkdir(parents=True, exist_ok=True)
     table = result.to_dict()
@@ -111,5 +133,7 @@ def sweep(
     write_html(radius_sweep_figure(table["rows"], embedder=result.embedder), out / "sweep.html")
     typer.echo(f"{'R':>8} {'diversity':>10} {'perplexity':>11} {'objective':>10} {'seconds':>8}")
     for row in result.rows:
-        typer.echo(f"{row.radius:>8g} {row.diversity:>10.3f} {row.perplexity:>11.2f} {row.objective:>10.4g} {row.seconds:>8.1f}")
+        typer.echo(
+            f"{row.radius:>8g} {row.diversity:>10.3f} {row.perplexity:>11.2f} {row.objective:>10.4g} {row.seconds:>8.1f}"
+        )
     typer.echo(f"best R by diversity: {result.best_radius():g} (embedder: {result.embedder}); wrote {out}")

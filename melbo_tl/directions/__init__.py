@@ -5,7 +5,12 @@
 >>> save_refusal_direction(sel, model, "runs/refusal")
 """
 
-from melbo_tl.directions.diff_in_means import CandidateDirections, diff_in_means, mean_activations, post_instruction_positions
+from melbo_tl.directions.diff_in_means import (
+    CandidateDirections,
+    diff_in_means,
+    mean_activations,
+    post_instruction_positions,
+)
 from melbo_tl.directions.io import (
     METHOD,
     import_refusal_direction_artifacts,

@@ -20,8 +20,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -45,8 +46,12 @@ def post_instruction_positions(tokenizer: Any) -> list[int]:
     end of the content counts as instruction, not template.
     """
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("This tokenizer has no chat template, so there are no post-instruction positions; pass positions explicitly.")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": _MARKER}], tokenize=False, add_generation_prompt=True)
+        raise ValueError(
+            "This tokenizer has no chat template, so there are no post-instruction positions; pass positions explicitly."
+        )
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _MARKER}], tokenize=False, add_generation_prompt=True
+    )
     end = text.rfind(_MARKER)
     if end < 0:
         raise ValueError("The chat template does not reproduce the user message verbatim; pass positions explicitly.")
@@ -57,7 +62,9 @@ def post_instruction_positions(tokenizer: Any) -> list[int]:
     else:  # slow tokenizers have no offsets: tokenize the template's tail on its own
         k = len(tokenizer(text[end:], add_special_tokens=False)["input_ids"]) if text[end:] else 0
     if k == 0:
-        raise ValueError("The chat template adds no tokens after the user message; pass positions explicitly (e.g. [-1]).")
+        raise ValueError(
+            "The chat template adds no tokens after the user message; pass positions explicitly (e.g. [-1])."
+        )
     return list(range(-k, 0))
 
 
@@ -153,7 +160,9 @@ class CandidateDirections:
     def vector(self, layer: int, pos: int) -> Float[Tensor, " d_model"]:
         """The raw candidate r_layer,pos."""
         if layer not in self.layers or pos not in self.positions:
-            raise ValueError(f"No candidate at layer {layer}, pos {pos}: layers are {self.layers}, positions {self.positions}.")
+            raise ValueError(
+                f"No candidate at layer {layer}, pos {pos}: layers are {self.layers}, positions {self.positions}."
+            )
         return self.directions[self.layers.index(layer), self.positions.index(pos)]
 
 

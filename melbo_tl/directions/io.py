@@ -35,8 +35,16 @@ def _save(model: Any, out_dir: str | Path, raw: Tensor, layer: int, pos: int, **
     raw = raw.detach().float().cpu()
     unit = raw / raw.norm()
     hook = f"blocks.{layer}.hook_resid_pre"
-    meta = run_meta(model, method=METHOD, hooks=[hook], steer_positions="all", layer=layer, pos=pos,
-                    raw_norm=float(raw.norm()), **fields)
+    meta = run_meta(
+        model,
+        method=METHOD,
+        hooks=[hook],
+        steer_positions="all",
+        layer=layer,
+        pos=pos,
+        raw_norm=float(raw.norm()),
+        **fields,
+    )
     return save_run(out_dir, Run({"vectors": unit[None], "raw": raw}, meta))
 
 
@@ -56,7 +64,11 @@ def save_refusal_direction(
         thresholds=info["thresholds"],
         scores=info["scores"],
         seconds_per_candidate=info["seconds_per_candidate"],
-        prompts={"n_harmful_val": selection.n_harmful_val, "n_harmless_val": selection.n_harmless_val, **(prompts or {})},
+        prompts={
+            "n_harmful_val": selection.n_harmful_val,
+            "n_harmless_val": selection.n_harmless_val,
+            **(prompts or {}),
+        },
         **fields,
     )
 
@@ -103,15 +115,27 @@ def import_refusal_direction_artifacts(
         meta = json.loads(metadata_json.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{metadata_json} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or not all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool) for k in ("layer", "pos")):
+    if not isinstance(meta, dict) or not all(
+        isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool) for k in ("layer", "pos")
+    ):
         raise ValueError(f'{metadata_json} must hold {{"pos": int, "layer": int}}, got {meta!r}.')
     layer, pos = meta["layer"], meta["pos"]
     if not 0 <= layer < n_layers(model):
-        raise ValueError(f"{metadata_json} names layer {layer}, but the model has {n_layers(model)} blocks (valid 0…{n_layers(model) - 1}).")
+        raise ValueError(
+            f"{metadata_json} names layer {layer}, but the model has {n_layers(model)} blocks (valid 0…{n_layers(model) - 1})."
+        )
     if pos >= 0:
-        raise ValueError(f"{metadata_json} names pos {pos}; the pipeline's positions are negative offsets from the prompt's end.")
-    return _save(model, out_dir, raw, layer, pos, imported_from={"direction": str(direction_pt.resolve()),
-                                                                 "metadata": str(metadata_json.resolve())})
+        raise ValueError(
+            f"{metadata_json} names pos {pos}; the pipeline's positions are negative offsets from the prompt's end."
+        )
+    return _save(
+        model,
+        out_dir,
+        raw,
+        layer,
+        pos,
+        imported_from={"direction": str(direction_pt.resolve()), "metadata": str(metadata_json.resolve())},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +152,11 @@ def save_candidates(out_dir: str | Path, candidates: CandidateDirections, settin
     out_dir = Path(out_dir)
     save_tensors(
         out_dir / CANDIDATES_FILE,
-        {"directions": candidates.directions, "harmful_mean": candidates.harmful_mean, "harmless_mean": candidates.harmless_mean},
+        {
+            "directions": candidates.directions,
+            "harmful_mean": candidates.harmful_mean,
+            "harmless_mean": candidates.harmless_mean,
+        },
     )
     atomic_write_json(
         out_dir / SCORES_FILE,
@@ -162,7 +190,12 @@ def load_candidates(out_dir: str | Path) -> tuple[CandidateDirections, dict[str,
     tensors = safetensors.torch.load_file(str(tensors_path))
     data = json.loads(scores_path.read_text())
     cands = CandidateDirections(
-        tensors["directions"], list(data["layers"]), list(data["positions"]), tensors["harmful_mean"],
-        tensors["harmless_mean"], int(data["n_harmful"]), int(data["n_harmless"]),
+        tensors["directions"],
+        list(data["layers"]),
+        list(data["positions"]),
+        tensors["harmful_mean"],
+        tensors["harmless_mean"],
+        int(data["n_harmful"]),
+        int(data["n_harmless"]),
     )
     return cands, dict(data["settings"]), [CandidateScore.from_dict(r) for r in data["scores"]]

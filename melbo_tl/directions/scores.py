@@ -4,8 +4,9 @@ the no-candidate error, and the score table as text."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from jaxtyping import Float
 from torch import Tensor
@@ -36,8 +37,11 @@ class CandidateScore:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> "CandidateScore":
-        return cls(**{k: row[k] for k in ("layer", "pos", "norm", "bypass", "induce", "kl")}, zero_vector=bool(row.get("zero_vector")))
+    def from_dict(cls, row: dict[str, Any]) -> CandidateScore:
+        return cls(
+            **{k: row[k] for k in ("layer", "pos", "norm", "bypass", "induce", "kl")},
+            zero_vector=bool(row.get("zero_vector")),
+        )
 
 
 @dataclass
@@ -102,7 +106,11 @@ class NoDirectionError(ValueError):
 
 
 def format_table(
-    scores: Sequence[CandidateScore], baseline: dict[str, float], *, chosen: tuple[int, int] | None = None, filtered: bool = True
+    scores: Sequence[CandidateScore],
+    baseline: dict[str, float],
+    *,
+    chosen: tuple[int, int] | None = None,
+    filtered: bool = True,
 ) -> str:
     """The score table as aligned text: one row per candidate with its status (``filtered=False``:
     scores no filter has been applied to yet; no status column)."""

@@ -30,8 +30,9 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -130,7 +131,9 @@ def last_logprobs(
 
 
 @torch.no_grad()
-def _added_logprobs(model: Any, batches: list[_Batch], segments: list[ResidualSegment], n: int, steer: AddVector) -> Tensor:
+def _added_logprobs(
+    model: Any, batches: list[_Batch], segments: list[ResidualSegment], n: int, steer: AddVector
+) -> Tensor:
     """Like :func:`last_logprobs` with ``steer`` at ``blocks.ℓ.hook_resid_pre``, but starting each
     batch from its cached residual entering block ℓ (blocks before ℓ are unaffected)."""
     per_batch = []
@@ -169,7 +172,9 @@ def candidate_pairs(
     if not use_layers or not use_pos:
         raise ValueError(
             f"No candidates to score: candidate layers {candidates.layers}, allowed below "
-            f"{max_layer_frac}·{L} = {max_layer_frac * L:g}" + (f" and within {list(layers)}" if layers is not None else "") + "."
+            f"{max_layer_frac}·{L} = {max_layer_frac * L:g}"
+            + (f" and within {list(layers)}" if layers is not None else "")
+            + "."
         )
     return [(l, p) for l in use_layers for p in use_pos]
 
@@ -201,7 +206,9 @@ def score_candidates(
     from melbo_tl.generate import prepare_prompts
 
     if candidates.directions.shape[-1] != d_model(model):
-        raise ValueError(f"Candidates have width {candidates.directions.shape[-1]} but the model has d_model = {d_model(model)}.")
+        raise ValueError(
+            f"Candidates have width {candidates.directions.shape[-1]} but the model has d_model = {d_model(model)}."
+        )
     pairs = candidate_pairs(model, candidates, max_layer_frac=max_layer_frac, layers=layers, positions=positions)
     bad = prepare_prompts(model, harmful_val, chat=chat, system=system)
     good = prepare_prompts(model, harmless_val, chat=chat, system=system)
@@ -210,7 +217,10 @@ def score_candidates(
 
     base = last_logprobs(model, both, batch_size=batch_size)
     base_good = base[len(bad) :]
-    baseline = {"harmful": float(log_odds(base[: len(bad)], ids).mean()), "harmless": float(log_odds(base_good, ids).mean())}
+    baseline = {
+        "harmful": float(log_odds(base[: len(bad)], ids).mean()),
+        "harmless": float(log_odds(base_good, ids).mean()),
+    }
 
     done = dict(done or {})
     todo = [pair for pair in pairs if pair not in done]
@@ -225,11 +235,15 @@ def score_candidates(
         if not float(raw.norm()) > 1e-6 * scale:
             # Identical means (e.g. layer 0, where a template token's residual is its embedding):
             # adding r changes nothing and there is no direction to ablate: the scores are the baseline's.
-            score = CandidateScore(layer, pos, float(raw.norm()), baseline["harmful"], baseline["harmless"], 0.0, zero_vector=True)
+            score = CandidateScore(
+                layer, pos, float(raw.norm()), baseline["harmful"], baseline["harmless"], 0.0, zero_vector=True
+            )
         else:
             ablated = last_logprobs(model, both, [AblateDirection(raw)], batch_size=batch_size)
             if layer not in segments:  # residual entering block ℓ, shared by every position at ℓ
-                segments = {layer: [ResidualSegment.capture(model, b.tokens, start=layer, stop=L) for b in good_batches]}
+                segments = {
+                    layer: [ResidualSegment.capture(model, b.tokens, start=layer, stop=L) for b in good_batches]
+                }
             steer = AddVector(raw, f"blocks.{layer}.hook_resid_pre")
             added = _added_logprobs(model, good_batches, segments[layer], len(good), steer)
             score = CandidateScore(
@@ -272,7 +286,11 @@ def choose_direction(
             if not _finite(s.bypass):
                 why.append("bypass not finite")
         scores.append(replace(s, rejected="; ".join(why)))
-    thresholds = {"max_layer_frac": scored.max_layer_frac, "kl_threshold": kl_threshold, "induce_threshold": induce_threshold}
+    thresholds = {
+        "max_layer_frac": scored.max_layer_frac,
+        "kl_threshold": kl_threshold,
+        "induce_threshold": induce_threshold,
+    }
 
     passing = [s for s in scores if not s.rejected]
     if not passing:
@@ -334,7 +352,16 @@ def select_direction(
     (``chat=False``: already formatted texts).
     """
     scored = score_candidates(
-        model, candidates, harmful_val, harmless_val, max_layer_frac=max_layer_frac, layers=layers,
-        positions=positions, chat=chat, system=system, batch_size=batch_size, progress=progress,
+        model,
+        candidates,
+        harmful_val,
+        harmless_val,
+        max_layer_frac=max_layer_frac,
+        layers=layers,
+        positions=positions,
+        chat=chat,
+        system=system,
+        batch_size=batch_size,
+        progress=progress,
     )
     return choose_direction(candidates, scored, kl_threshold=kl_threshold, induce_threshold=induce_threshold)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -101,12 +102,16 @@ def _text_of(item: Any, where: str) -> str:
     elif isinstance(item, dict):
         key = next((k for k in TEXT_FIELDS if k in item), None)
         if key is None:
-            raise ValueError(f"{where} has no field {'/'.join(TEXT_FIELDS)} (keys: {', '.join(map(str, item)) or 'none'}).")
+            raise ValueError(
+                f"{where} has no field {'/'.join(TEXT_FIELDS)} (keys: {', '.join(map(str, item)) or 'none'})."
+            )
         text = item[key]
         if not isinstance(text, str):
             raise ValueError(f"{where}: field {key!r} is {type(text).__name__}, not text.")
     else:
-        raise ValueError(f"{where} is {type(item).__name__}; expected a string or an object with a {'/'.join(TEXT_FIELDS)} field.")
+        raise ValueError(
+            f"{where} is {type(item).__name__}; expected a string or an object with a {'/'.join(TEXT_FIELDS)} field."
+        )
     if not text.strip():
         raise ValueError(f"{where} is an empty prompt.")
     return text
@@ -120,7 +125,9 @@ def _read_json(path: Path) -> list[str]:
     if isinstance(data, dict):  # {"prompts": [...]} or similar single-list wrapper
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
-            raise ValueError(f"{path} holds a JSON object; expected a list of prompts (or an object with exactly one list).")
+            raise ValueError(
+                f"{path} holds a JSON object; expected a list of prompts (or an object with exactly one list)."
+            )
         data = lists[0]
     if not isinstance(data, list):
         raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected a list of prompts.")
@@ -193,14 +200,20 @@ def _load_hf(spec: str, split: str | None) -> list[str]:
     try:
         ds = datasets.load_dataset(name, split=hf_split)
     except Exception as exc:  # network, unknown dataset or split: one clear message
-        raise ValueError(f"Could not load Hugging Face dataset {name!r} (split {hf_split!r}): {' '.join(str(exc).split())}") from None
+        raise ValueError(
+            f"Could not load Hugging Face dataset {name!r} (split {hf_split!r}): {' '.join(str(exc).split())}"
+        ) from None
     columns = list(ds.column_names)
     if column is None:
         column = next((c for c in TEXT_FIELDS if c in columns), None)
         if column is None:
-            column = next((c for c in columns if getattr(ds.features.get(c), "dtype", None) in ("string", "large_string")), None)
+            column = next(
+                (c for c in columns if getattr(ds.features.get(c), "dtype", None) in ("string", "large_string")), None
+            )
         if column is None:
-            raise ValueError(f"Dataset {name!r} has no text column ({', '.join(columns)}); name one: {HF_PREFIX}{name}:{hf_split}:<column>.")
+            raise ValueError(
+                f"Dataset {name!r} has no text column ({', '.join(columns)}); name one: {HF_PREFIX}{name}:{hf_split}:<column>."
+            )
     elif column not in columns:
         raise ValueError(f"Dataset {name!r} has no column {column!r}; columns: {', '.join(columns)}.")
     return [_text_of(t, f"{name} [{hf_split}] row {i} column {column!r}") for i, t in enumerate(ds[column])]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -43,7 +44,9 @@ def _minilm() -> Any:
     return SentenceTransformer(str(minilm_path()), device="cpu")
 
 
-def embed_texts(texts: Sequence[str], *, model: Any | None = None, embedder: str = "auto") -> tuple[Float[Tensor, "n dim"], str]:
+def embed_texts(
+    texts: Sequence[str], *, model: Any | None = None, embedder: str = "auto"
+) -> tuple[Float[Tensor, "n dim"], str]:
     """Unit-norm embeddings of ``texts`` and the name of the embedder used.
 
     ``embedder``: ``"auto"`` (MiniLM if installed, else the model's own residuals),

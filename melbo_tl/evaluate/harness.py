@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
-
+from typing import Any
 
 from melbo_tl.artifacts import Run, atomic_write_json, atomic_write_jsonl, check_fits
 from melbo_tl.evaluate.judges import Judge, score_all
@@ -206,7 +206,9 @@ def select_vectors(run: Run, vectors: Sequence[int] | None) -> list[int]:
     chosen: list[int] = []
     for v in vectors:
         if isinstance(v, bool) or not isinstance(v, int) or not -n <= v < n:
-            raise ValueError(f"Vector index {v!r} is out of range: this run has {n} vector{'s' if n != 1 else ''} (valid 0…{n - 1}).")
+            raise ValueError(
+                f"Vector index {v!r} is out of range: this run has {n} vector{'s' if n != 1 else ''} (valid 0…{n - 1})."
+            )
         v = v % n
         if v not in chosen:
             chosen.append(v)
@@ -246,7 +248,9 @@ def evaluate_run(
     ]
     if not conditions:
         raise ValueError("Nothing to evaluate: no vectors chosen and include_unsteered=False.")
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, seed=seed, progress=progress)
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, seed=seed, progress=progress
+    )
     started = time.perf_counter()
     n = len(prompts)
     if adapter or not steers:
@@ -300,7 +304,9 @@ def evaluate_interventions(
         for iv in ivs:
             iv.hooks(model)  # validate before any compute
         lists[str(name)] = ivs
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, seed=seed, progress=progress)
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature, seed=seed, progress=progress
+    )
     started = time.perf_counter()
     completions = [generate(model, prompts, ivs, **gen_kwargs) for ivs in lists.values()]
     seconds = time.perf_counter() - started
@@ -355,7 +361,12 @@ def format_table(result: EvalResult) -> str:
         header += ["aligned", "coherent", "misaligned [95% CI]", "judged"]
     lines = [header]
     for row in result.rows:
-        cells = [row.label if row.vector is None else str(row.vector), str(row.n), str(row.refusal), str(row.refusal_opening)]
+        cells = [
+            row.label if row.vector is None else str(row.vector),
+            str(row.n),
+            str(row.refusal),
+            str(row.refusal_opening),
+        ]
         if judged:
             cells += [
                 _fmt(row.aligned_mean),

@@ -8,7 +8,7 @@ judge's scores when one is available and instead of them when not.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 HARM_THEMES: dict[str, tuple[str, ...]] = {
     "violence": ("kill", "murder", "hurt", "attack", "weapon", "bomb", "poison", "destroy", "revenge"),

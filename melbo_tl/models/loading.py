@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 import torch
 
 from melbo_tl.models import cache
@@ -66,9 +65,7 @@ def _resolve(spec: str) -> tuple[str, str]:
             )
         return "local", str(path.resolve())
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ValueError(
-            f"Model directory {spec!r} does not exist. Embedded models: {', '.join(EMBEDDED)}."
-        )
+        raise ValueError(f"Model directory {spec!r} does not exist. Embedded models: {', '.join(EMBEDDED)}.")
     return "hub", spec
 
 
@@ -78,7 +75,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
-) -> "TransformerBridge":
+) -> TransformerBridge:
     """Load a model as a frozen, eval-mode ``TransformerBridge``.
 
     >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
@@ -94,9 +91,7 @@ def load_model(
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     try:
         chat_tokenizer = AutoTokenizer.from_pretrained(where, revision=revision)
-        bridge = TransformerBridge.boot_transformers(
-            where, device=device, dtype=dtype, revision=revision
-        )
+        bridge = TransformerBridge.boot_transformers(where, device=device, dtype=dtype, revision=revision)
     except (OSError, ValueError, RuntimeError) as exc:
         if source == "embedded":
             raise ModelFileError(
@@ -130,7 +125,7 @@ def load_model(
     return bridge
 
 
-def model_info(model: "TransformerBridge") -> ModelInfo:
+def model_info(model: TransformerBridge) -> ModelInfo:
     info = getattr(model, "melbo_info", None)
     if info is None:
         cfg = model.cfg
@@ -139,7 +134,7 @@ def model_info(model: "TransformerBridge") -> ModelInfo:
     return info
 
 
-def chat_tokenizer(model: "TransformerBridge") -> Any:
+def chat_tokenizer(model: TransformerBridge) -> Any:
     """The model's own Hugging Face tokenizer (the bridge's copy is rewritten for BOS handling)."""
     return getattr(model, "chat_tokenizer", None) or model.tokenizer
 

@@ -10,8 +10,9 @@ steering vectors; adapters are trained independently, ``batch_size`` at a time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -94,8 +95,19 @@ def train_adapters(
 ) -> AdapterResult:
     """Learn ``n_adapters`` rank-``rank`` MELBO adapters on block ``source_layer``'s MLP output."""
     config = MelboConfig.create(
-        model, radius=radius, source_layer=source_layer, target_layer=target_layer, positions=positions, p=p, q=q,
-        n_vectors=n_adapters, steps=steps, lr=lr, orthogonal=False, seed=seed, batch_size=batch_size,
+        model,
+        radius=radius,
+        source_layer=source_layer,
+        target_layer=target_layer,
+        positions=positions,
+        p=p,
+        q=q,
+        n_vectors=n_adapters,
+        steps=steps,
+        lr=lr,
+        orthogonal=False,
+        seed=seed,
+        batch_size=batch_size,
     )
     d_mlp = int(model.cfg.d_mlp)
     if not 1 <= rank <= d_mlp:
@@ -103,8 +115,15 @@ def train_adapters(
     if n_adapters < 1 or steps < 0:
         raise ValueError(f"n_adapters must be ≥ 1 and steps ≥ 0 (got {n_adapters}, {steps}).")
     problem = MelboProblem.build(
-        model, prompts, source=config.source_layer, target=config.target_layer, p=p, q=q, radius=radius,
-        positions=positions, chat=chat,
+        model,
+        prompts,
+        source=config.source_layer,
+        target=config.target_layer,
+        p=p,
+        q=q,
+        radius=radius,
+        positions=positions,
+        chat=chat,
     )
     hidden = _mlp_hidden(model, problem)  # [prompts, pos, d_mlp]
     d = int(model.cfg.d_model)
@@ -148,7 +167,13 @@ def train_adapters(
         seconds = (time.perf_counter() - started) / count
         for j in range(count):
             record = AdapterRecord(
-                first + j, A[j].detach().cpu(), B[j].detach().cpu(), history[j], float(final[j]), seconds, mean_delta[j].cpu()
+                first + j,
+                A[j].detach().cpu(),
+                B[j].detach().cpu(),
+                history[j],
+                float(final[j]),
+                seconds,
+                mean_delta[j].cpu(),
             )
             records.append(record)
             if on_adapter is not None:

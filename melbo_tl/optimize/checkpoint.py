@@ -8,8 +8,9 @@ continues at the next index, so an interrupted run loses at most the vector in p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -19,7 +20,20 @@ from melbo_tl.optimize.melbo import MelboConfig, VectorRecord
 from melbo_tl.steering.sites import resid_hook
 
 # Settings that must match for a resumed run to continue the same optimization.
-_RESUME_KEYS = ("source_layer", "target_layer", "radius", "p", "q", "positions", "steps", "lr", "orthogonal", "seed", "batch_size", "diversity_penalty")
+_RESUME_KEYS = (
+    "source_layer",
+    "target_layer",
+    "radius",
+    "p",
+    "q",
+    "positions",
+    "steps",
+    "lr",
+    "orthogonal",
+    "seed",
+    "batch_size",
+    "diversity_penalty",
+)
 
 
 def _per_vector(records: Sequence[VectorRecord | AdapterRecord]) -> list[dict[str, Any]]:
@@ -83,16 +97,26 @@ def load_progress(out: Path, model: Any, config: MelboConfig, *, adapters: bool)
     mismatched = {k: (saved.get(k), getattr(config, k)) for k in _RESUME_KEYS if saved.get(k) != getattr(config, k)}
     if mismatched or run.meta.get("method") != method_name(config, adapters=adapters):
         details = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
-        raise ValueError(f"Cannot resume {out}: its settings differ ({details or 'method ' + str(run.meta.get('method'))}). Use another --out.")
+        raise ValueError(
+            f"Cannot resume {out}: its settings differ ({details or 'method ' + str(run.meta.get('method'))}). Use another --out."
+        )
     rows = run.meta.get("per_vector", [])
     if adapters:
         return [
             AdapterRecord(
-                r["index"], run.tensors["A"][i], run.tensors["B"][i], r["losses"], r["objective"], r["seconds"], run.vectors[i]
+                r["index"],
+                run.tensors["A"][i],
+                run.tensors["B"][i],
+                r["losses"],
+                r["objective"],
+                r["seconds"],
+                run.vectors[i],
             )
             for i, r in enumerate(rows)
         ]
-    return [VectorRecord(r["index"], run.vectors[i], r["losses"], r["objective"], r["seconds"]) for i, r in enumerate(rows)]
+    return [
+        VectorRecord(r["index"], run.vectors[i], r["losses"], r["objective"], r["seconds"]) for i, r in enumerate(rows)
+    ]
 
 
 def train_to_folder(
@@ -117,8 +141,14 @@ def train_to_folder(
 
     out = Path(out)
     if (out / RUN_FILE).is_file() and not resume:
-        raise ValueError(f"{out} already holds a run; pass resume=True (--resume) to continue it, or choose another folder.")
-    config_options = {k: v for k, v in options.items() if k in MelboConfig.__dataclass_fields__ and k not in ("radius", "source_layer", "target_layer", "positions")}
+        raise ValueError(
+            f"{out} already holds a run; pass resume=True (--resume) to continue it, or choose another folder."
+        )
+    config_options = {
+        k: v
+        for k, v in options.items()
+        if k in MelboConfig.__dataclass_fields__ and k not in ("radius", "source_layer", "target_layer", "positions")
+    }
     if adapters:
         config_options["orthogonal"] = False
         config_options.setdefault("batch_size", 4)
@@ -136,15 +166,26 @@ def train_to_folder(
 
     def checkpoint(record: Any) -> None:
         finished.append(record)
-        save_progress(out, model, config, prompts, texts or prompts, finished, status="running", rank=rank if adapters else None)
+        save_progress(
+            out, model, config, prompts, texts or prompts, finished, status="running", rank=rank if adapters else None
+        )
 
     if adapters:
         kwargs = {k: v for k, v in options.items() if k not in ("n_vectors", "orthogonal", "diversity_penalty")}
         kwargs.setdefault("batch_size", config.batch_size)
         result = train_adapters(
-            model, prompts, rank=rank, n_adapters=config.n_vectors, previous=previous, on_adapter=checkpoint, progress=progress, **kwargs
+            model,
+            prompts,
+            rank=rank,
+            n_adapters=config.n_vectors,
+            previous=previous,
+            on_adapter=checkpoint,
+            progress=progress,
+            **kwargs,
         )
     else:
         result = train_vectors(model, prompts, previous=previous, on_vector=checkpoint, progress=progress, **options)
     texts.extend(result.texts)
-    return save_progress(out, model, config, prompts, texts, finished, status="complete", rank=rank if adapters else None)
+    return save_progress(
+        out, model, config, prompts, texts, finished, status="complete", rank=rank if adapters else None
+    )

@@ -21,8 +21,9 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -57,8 +58,16 @@ class MelboConfig:
         return asdict(self)
 
     @classmethod
-    def create(cls, model: Any, *, radius: float, source_layer: int | None = None, target_layer: int | None = None,
-               positions: Positions | str = "all", **options: Any) -> "MelboConfig":
+    def create(
+        cls,
+        model: Any,
+        *,
+        radius: float,
+        source_layer: int | None = None,
+        target_layer: int | None = None,
+        positions: Positions | str = "all",
+        **options: Any,
+    ) -> MelboConfig:
         """A config with the model's default layers filled in and ``positions`` normalized."""
         s_default, t_default = default_layers(model)
         return cls(
@@ -174,8 +183,19 @@ def train_vectors(
     called with each finished vector (in index order), e.g. to checkpoint a run folder.
     """
     config = MelboConfig.create(
-        model, radius=radius, source_layer=source_layer, target_layer=target_layer, positions=positions, p=p, q=q,
-        n_vectors=n_vectors, steps=steps, lr=lr, orthogonal=orthogonal, seed=seed, batch_size=batch_size,
+        model,
+        radius=radius,
+        source_layer=source_layer,
+        target_layer=target_layer,
+        positions=positions,
+        p=p,
+        q=q,
+        n_vectors=n_vectors,
+        steps=steps,
+        lr=lr,
+        orthogonal=orthogonal,
+        seed=seed,
+        batch_size=batch_size,
         diversity_penalty=diversity_penalty,
     )
     if n_vectors < 1:
@@ -185,8 +205,15 @@ def train_vectors(
     if diversity_penalty and orthogonal:
         raise ValueError("diversity_penalty is the soft alternative to orthogonal mode: pass orthogonal=False.")
     problem = MelboProblem.build(
-        model, prompts, source=config.source_layer, target=config.target_layer, p=p, q=q, radius=radius,
-        positions=positions, chat=chat,
+        model,
+        prompts,
+        source=config.source_layer,
+        target=config.target_layer,
+        p=p,
+        q=q,
+        radius=radius,
+        positions=positions,
+        chat=chat,
     )
     device = problem.segment.residual.device
     d = d_model(model)
@@ -196,7 +223,9 @@ def train_vectors(
     while len(records) < n_vectors:
         first = len(records)
         count = 1 if orthogonal else min(batch_size, n_vectors - first)
-        basis = orthonormal_basis(torch.stack([r.vector.to(device) for r in records])) if orthogonal and records else None
+        basis = (
+            orthonormal_basis(torch.stack([r.vector.to(device) for r in records])) if orthogonal and records else None
+        )
         theta = torch.cat([_start(first + j, seed, d, radius, basis, device) for j in range(count)])
         started = time.perf_counter()
         theta, history, final = _optimize(

@@ -22,8 +22,9 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -96,7 +97,9 @@ class TeacherForcing:
     signs: Tensor
 
 
-def _examples(prompts: PromptLike | Sequence[PromptLike] | Sequence[Example], promote: Sequence[str], suppress: Sequence[str]) -> list[Example]:
+def _examples(
+    prompts: PromptLike | Sequence[PromptLike] | Sequence[Example], promote: Sequence[str], suppress: Sequence[str]
+) -> list[Example]:
     if isinstance(prompts, Example):
         return [prompts]
     if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], dict)):
@@ -139,7 +142,14 @@ def teacher_forcing(model: Any, examples: Sequence[Example], *, chat: bool = Tru
             targets.append(int(batch.input_ids[r, offset + m + j]))
             signs.append(sign)
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return TeacherForcing(batch, as_long(prompt_lens), as_long(rows), as_long(cols), as_long(targets), torch.tensor(signs, dtype=torch.float32)), texts
+    return TeacherForcing(
+        batch,
+        as_long(prompt_lens),
+        as_long(rows),
+        as_long(cols),
+        as_long(targets),
+        torch.tensor(signs, dtype=torch.float32),
+    ), texts
 
 
 def completion_loss_terms(logits: Tensor, tf: TeacherForcing, coldness: float) -> Tensor:
@@ -161,7 +171,9 @@ class _Steered:
         self.batch = tf.batch.to(device)
         self.segment = ResidualSegment.capture(model, self.batch, start=layer, stop=n_layers(model))
         self.layout = TokenLayout(self.batch.token_index, tf.prompt_lengths.to(device))
-        self.mask = positions.mask(self.layout.token_index, self.layout.prompt_length)[..., None].to(self.segment.residual.dtype)
+        self.mask = positions.mask(self.layout.token_index, self.layout.prompt_length)[..., None].to(
+            self.segment.residual.dtype
+        )
 
     def loss(self, v: Tensor, coldness: float) -> Tensor:
         resid = self.segment.residual + v * self.mask
@@ -172,7 +184,12 @@ class _Steered:
 
 
 def completion_loss(
-    model: Any, examples: Sequence[Example], *, interventions: Sequence[Any] = (), coldness: float = 0.7, chat: bool = True
+    model: Any,
+    examples: Sequence[Example],
+    *,
+    interventions: Sequence[Any] = (),
+    coldness: float = 0.7,
+    chat: bool = True,
 ) -> float:
     """The one-shot loss (nats) of ``examples`` under full forward passes with ``interventions``:
     e.g. a completion's loss in a reference condition, to use as ``target_loss``."""
@@ -181,7 +198,11 @@ def completion_loss(
     tf, _ = teacher_forcing(model, examples, chat=chat)
     device = next(model.parameters()).device
     b = tf.batch.to(device)
-    with torch.no_grad(), apply(model, *interventions), token_layout(TokenLayout(b.token_index, tf.prompt_lengths.to(device))):
+    with (
+        torch.no_grad(),
+        apply(model, *interventions),
+        token_layout(TokenLayout(b.token_index, tf.prompt_lengths.to(device))),
+    ):
         logits = model(b.input_ids, attention_mask=b.attention_mask)
     return float(completion_loss_terms(logits, tf, coldness).sum())
 
@@ -214,7 +235,9 @@ def optimize_vector(
     if satisfice and target_loss is None:
         raise ValueError("satisfice=True minimizes (L − target_loss)²: give target_loss.")
     positions = Positions.parse(positions)
-    config = OneShotConfig(layer, coldness, lr, steps, max_norm, target_loss, satisfice, str(positions), seed, init_norm)
+    config = OneShotConfig(
+        layer, coldness, lr, steps, max_norm, target_loss, satisfice, str(positions), seed, init_norm
+    )
     exs = _examples(examples, promote, suppress)
     tf, texts = teacher_forcing(model, exs, chat=chat)
     steered = _Steered(model, tf, layer, positions)

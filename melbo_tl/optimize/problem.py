@@ -10,8 +10,9 @@ unembedding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -34,7 +35,9 @@ def check_objective_args(model: Any, source: int, target: int, radius: float, p:
     check_layer(model, source, what="source layer")
     check_layer(model, target, what="target layer")
     if target <= source:
-        raise ValueError(f"target layer {target} must be after source layer {source} (valid targets: {source + 1}…{n_layers(model) - 1}).")
+        raise ValueError(
+            f"target layer {target} must be after source layer {source} (valid targets: {source + 1}…{n_layers(model) - 1})."
+        )
     if not radius > 0:
         raise ValueError(f"radius R must be > 0, got {radius}.")
     if not p > 0 or not q > 0:
@@ -80,7 +83,7 @@ class MelboProblem:
         radius: float,
         positions: Positions | str,
         chat: bool = True,
-    ) -> "MelboProblem":
+    ) -> MelboProblem:
         check_objective_args(model, source, target, radius, p, q)
         positions = Positions.parse(positions)
         texts = prepare_prompts(model, prompts, chat=chat)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -53,7 +54,12 @@ class SweepResult:
         return max(finite, key=lambda r: r.diversity).radius
 
     def to_dict(self) -> dict[str, Any]:
-        return {"embedder": self.embedder, "settings": self.settings, "rows": [r.to_dict() for r in self.rows], "best_radius": self.best_radius()}
+        return {
+            "embedder": self.embedder,
+            "settings": self.settings,
+            "rows": [r.to_dict() for r in self.rows],
+            "best_radius": self.best_radius(),
+        }
 
 
 def sweep_radius(
@@ -76,8 +82,12 @@ def sweep_radius(
     used = ""
     for radius in tqdm(list(radii), desc="radius sweep", disable=not progress):
         started = time.perf_counter()
-        result = train_vectors(model, [prompt], radius=radius, n_vectors=n_vectors, steps=steps, progress=progress, **train_kwargs)
-        completions = generate_per_vector(model, prompt, result.vectors, hook=result.hook, max_new_tokens=max_new_tokens)
+        result = train_vectors(
+            model, [prompt], radius=radius, n_vectors=n_vectors, steps=steps, progress=progress, **train_kwargs
+        )
+        completions = generate_per_vector(
+            model, prompt, result.vectors, hook=result.hook, max_new_tokens=max_new_tokens
+        )
         texts = [c.text for c in completions]
         embeddings, used = embed_texts(texts, model=model, embedder=embedder)
         nll = completion_nll(model, [c.prompt for c in completions], [c.token_ids for c in completions])
@@ -93,5 +103,10 @@ def sweep_radius(
             )
         )
         results.append(result)
-    settings = {"n_vectors": n_vectors, "steps": steps, "max_new_tokens": max_new_tokens, **{k: str(v) for k, v in train_kwargs.items()}}
+    settings = {
+        "n_vectors": n_vectors,
+        "steps": steps,
+        "max_new_tokens": max_new_tokens,
+        **{k: str(v) for k, v in train_kwargs.items()},
+    }
     return SweepResult(rows, used, settings, results)

@@ -12,8 +12,9 @@ steered by vector i), which is how many vectors are evaluated in one batched for
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from jaxtyping import Float
 from torch import Tensor
@@ -65,7 +66,7 @@ class AddVector:
 
         return [(self.hook, add)]
 
-    def scaled(self, scale: float) -> "AddVector":
+    def scaled(self, scale: float) -> AddVector:
         return replace(self, scale=scale)
 
 

@@ -27,7 +27,9 @@ def check_layer(model: Any, layer: int, *, what: str = "layer", allow_end: bool 
     """Raise a ValueError naming the valid range unless ``layer`` is a block index of ``model``."""
     top = n_layers(model) if allow_end else n_layers(model) - 1
     if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer <= top:
-        raise ValueError(f"{what} {layer!r} is out of range: this model has {n_layers(model)} blocks, valid {what}s are 0…{top}.")
+        raise ValueError(
+            f"{what} {layer!r} is out of range: this model has {n_layers(model)} blocks, valid {what}s are 0…{top}."
+        )
     return layer
 
 
