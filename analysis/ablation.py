@@ -31,7 +31,9 @@ from torch import Tensor
 
 from melbo_tl.evaluate.refusal import is_refusal, refusal_log_odds
 from melbo_tl.evaluate.stats import rate_with_ci
+from melbo_tl.forward import run_forward
 from melbo_tl.generate import generate
+from melbo_tl.placement import OnActivations, like
 from melbo_tl.steering.interventions import AblateDirection, AddVector, HookPair
 from melbo_tl.steering.sites import n_layers, resid_hook
 
@@ -51,12 +53,12 @@ class RestoreCoordinate:
     values: dict[str, Tensor]
 
     def hooks(self, model: Any) -> list[HookPair]:
-        unit = self.direction / self.direction.norm()
+        placed = OnActivations(self.direction / self.direction.norm())
 
         def make(name: str) -> Any:
             def restore(acts: Tensor, hook: Any) -> Tensor:
-                u = unit.to(acts.dtype)
-                return acts + (self.values[name].to(acts.dtype) - acts @ u)[..., None] * u
+                u = placed.like(acts)
+                return acts + (like(self.values[name], acts) - acts @ u)[..., None] * u
 
             return restore
 
@@ -64,23 +66,16 @@ class RestoreCoordinate:
 
 
 def _coordinate_hooks(model: Any) -> list[str]:
-    return [resid_hook(layer) for layer in range(n_layers(model))] + [resid_hook(n_layers(model) - 1, "post")]
+    return [*(resid_hook(layer) for layer in range(n_layers(model))), resid_hook(n_layers(model) - 1, "post")]
 
 
 @torch.no_grad()
 def unsteered_coordinates(model: Any, texts: Sequence[str], direction: Tensor) -> dict[str, Tensor]:
     """x·r̂ at every residual hook of the unsteered run, ``{hook: [batch, pos]}``."""
-    from melbo_tl.models.loading import chat_tokenizer
-    from melbo_tl.prompts import tokenize
-
     unit = direction.float() / direction.float().norm()
-    batch = tokenize(chat_tokenizer(model), list(texts)).to(next(model.parameters()).device)
     hooks = _coordinate_hooks(model)
-    wanted = set(hooks)
-    _, cache = model.run_with_cache(
-        batch.input_ids, attention_mask=batch.attention_mask, names_filter=lambda n: n in wanted
-    )
-    return {name: cache[name].float() @ unit.to(cache[name].device) for name in hooks}
+    fwd = run_forward(model, list(texts), record=hooks, logits="none")
+    return {name: fwd.activations[name].float() @ like(unit, fwd.activations[name].float()) for name in hooks}
 
 
 @dataclass

@@ -34,10 +34,10 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from melbo_tl.evaluate.refusal import log_odds, refusal_token_ids
+from melbo_tl.forward import as_batch, run_forward
 from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import tokenize
-from melbo_tl.steering.interventions import Intervention, apply
-from melbo_tl.steering.layout import TokenLayout, token_layout
+from melbo_tl.steering.interventions import Intervention
+from melbo_tl.steering.sites import attn_hook, attn_out_hook, mlp_out_hook, resid_hook
 
 
 @dataclass
@@ -74,8 +74,8 @@ class SteeringAttribution:
 def _node_names(n_layers: int) -> list[str]:
     names = ["hook_embed"]
     for layer in range(n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
-    return names + [f"blocks.{n_layers - 1}.hook_resid_post"]
+        names += [attn_hook(layer, "hook_z"), attn_out_hook(layer), mlp_out_hook(layer)]
+    return [*names, resid_hook(n_layers - 1, "post")]
 
 
 def _run(
@@ -84,17 +84,19 @@ def _run(
     """Refusal log-odds per row and the activations at ``names`` (with their graph if ``grad``)."""
     store: dict[str, Tensor] = {}
 
-    def keep(acts: Tensor, hook: Any) -> Tensor:
-        if grad and not acts.requires_grad:
-            acts = acts.detach().requires_grad_(True)
-        store[hook_name_of[id(hook)]] = acts
-        return acts
+    def keeper(name: str) -> Any:
+        def keep(acts: Tensor, hook: Any) -> Tensor:
+            if grad and not acts.requires_grad:
+                acts = acts.detach().requires_grad_(True)
+            store[name] = acts
+            return acts
 
-    hook_name_of = {id(model.hook_dict[n]): n for n in names}
-    with torch.set_grad_enabled(grad), apply(model, *steers), model.hooks(fwd_hooks=[(n, keep) for n in names]):
-        with token_layout(TokenLayout(batch.token_index, batch.lengths)):
-            logits = model(batch.input_ids, attention_mask=batch.attention_mask)
-    metric = log_odds(torch.log_softmax(logits[:, -1, :].float(), dim=-1), ids)
+        return keep
+
+    with torch.set_grad_enabled(grad):
+        fwd = run_forward(model, batch, steers, hooks=[(n, keeper(n)) for n in names], logits="last")
+        assert fwd.logits is not None
+        metric = log_odds(torch.log_softmax(fwd.logits.float(), dim=-1), ids)
     return metric, store
 
 
@@ -108,7 +110,7 @@ def steering_attribution(
     ids = list(refusal_ids) if refusal_ids is not None else refusal_token_ids(tok)
     L = int(model.cfg.n_layers)
     names = _node_names(L)
-    batch = tokenize(tok, list(texts)).to(next(model.parameters()).device)
+    batch = as_batch(model, list(texts))
     mask = (batch.token_index >= 0).float()[..., None]
     with torch.no_grad():
         m_steer, steered = _run(model, batch, [steer], names, ids, grad=False)
@@ -130,16 +132,16 @@ def steering_attribution(
     heads_dla: list[list[float]] = []
     component_sum = delta("hook_embed")[:, -1]
     for layer in range(L):
-        for kind, hook in (("attn", f"blocks.{layer}.hook_attn_out"), ("mlp", f"blocks.{layer}.hook_mlp_out")):
+        for kind, hook in (("attn", attn_out_hook(layer)), ("mlp", mlp_out_hook(layer))):
             d = delta(hook)
             component_sum = component_sum + d[:, -1]
             dla[kind].append(direct(d[:, -1]))
             g = grads[hook]
             patch[kind].append(0.0 if g is None else float((d * g.float() * mask).sum() / n))
-        dz = delta(f"blocks.{layer}.attn.hook_z")  # [batch, pos, heads, d_head]
+        dz = delta(attn_hook(layer, "hook_z"))  # [batch, pos, heads, d_head]
         per_head_out = torch.einsum("bhd,hde->bhe", dz[:, -1], W_O[layer])
         heads_dla.append([direct(per_head_out[:, h]) for h in range(per_head_out.shape[1])])
-        gz = grads[f"blocks.{layer}.attn.hook_z"]
+        gz = grads[attn_hook(layer, "hook_z")]
         patch_heads.append(
             (((dz * gz.float()) * mask[..., None]).sum((0, 1, 3)) / n).tolist()
             if gz is not None

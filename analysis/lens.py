@@ -22,9 +22,10 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from melbo_tl.forward import run_forward
 from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import tokenize
-from melbo_tl.steering.interventions import Intervention, apply
+from melbo_tl.placement import on_model, to_result
+from melbo_tl.steering.interventions import Intervention
 
 DEFAULT_TOKENS: dict[str, list[str]] = {"refusal": ["I", "As"], "compliance": ["Sure", "Here", "To", "Certainly"]}
 
@@ -55,8 +56,7 @@ def vector_readout(model: Any, vector: Float[Tensor, " d_model"], *, top_k: int 
         raise ValueError(f"vector has shape {tuple(vector.shape)}; expected [d_model = {int(model.cfg.d_model)}].")
     if top_k < 1:
         raise ValueError(f"top_k must be ≥ 1, got {top_k}.")
-    param = next(model.parameters())
-    logits = logit_readout(model, vector.to(param.device, param.dtype)[None]).values[0].float().cpu()
+    logits = to_result(logit_readout(model, on_model(vector, model)[None]).values[0])
     tok = chat_tokenizer(model)
     hi = torch.topk(logits, top_k)
     lo = torch.topk(-logits, top_k)
@@ -106,6 +106,7 @@ def lens_trajectory(
     tokens: Mapping[str, Sequence[str]] = DEFAULT_TOKENS,
 ) -> LensTrajectory:
     """Logit lens of the last token of chat-formatted ``text``, without and with ``steer``."""
+    from transformer_lens import ActivationCache
     from transformer_lens.tools.analysis import logit_lens
 
     if not text:
@@ -116,13 +117,13 @@ def lens_trajectory(
     groups = {g: list(words) for g, words in tokens.items()}
     ids = {g: _token_ids(tok, words) for g, words in groups.items()}
     flat = [i for g in groups for i in ids[g]]
-    batch = tokenize(tok, [text]).to(next(model.parameters()).device)
+    resid = [n for n in model.hook_dict if "resid" in n]
     prob: dict[str, dict[str, list[float]]] = {}
     rank: dict[str, dict[str, list[int]]] = {}
     labels: list[str] = []
     for name, steers in (("unsteered", []), ("steered", [steer] if steer is not None else [])):
-        with apply(model, *steers):
-            _, cache = model.run_with_cache(batch.input_ids, names_filter=lambda n: "resid" in n)
+        fwd = run_forward(model, [text], steers, record=resid, logits="none")
+        cache = ActivationCache(fwd.activations, model)
         result = logit_lens(cache, targets=flat, return_type="probs")
         values = result.readout.values.float().cpu().reshape(len(result.labels), -1)  # [layers, targets]
         ranks = result.readout.target_ranks.cpu().reshape(len(result.labels), -1)

@@ -20,11 +20,21 @@ import plotly.io as pio
 
 from analysis import token_views
 from analysis.figures import loss_curves
-from analysis.run_analysis import ANALYSIS_DIR, FIGURES_DIR
+from analysis.names import (
+    ANALYSIS_DIR,
+    COSINES,
+    DELTA_COSINES,
+    EFFECTS,
+    FIGURES_DIR,
+    MEDIATION,
+    READOUT,
+    REPORT_FILE,
+    TOKEN_VIEWS,
+    step_file,
+)
 from melbo_tl.artifacts import GENERATIONS_FILE, atomic_write_text, load_run, read_jsonl
 from melbo_tl.evaluate.refusal import is_refusal
 
-REPORT_FILE = "report.html"
 SECTIONS = (
     "settings",
     "losses",
@@ -130,8 +140,8 @@ def _generations(run_dir: Path) -> str:
 
 
 def _similarity(folder: Path) -> str:
-    cos = _load(folder, "vector_cosines")
-    delta = _load(folder, "delta_cosines")
+    cos = _load(folder, COSINES)
+    delta = _load(folder, DELTA_COSINES)
     parts = []
     if cos:
         q95 = cos["rows"][0]["random_q95"] if cos["rows"] else None
@@ -158,7 +168,7 @@ def _similarity(folder: Path) -> str:
 
 
 def _lens(folder: Path) -> str:
-    readout = _load(folder, "readout")
+    readout = _load(folder, READOUT)
     parts = []
     if readout:
         rows = [
@@ -175,7 +185,7 @@ def _lens(folder: Path) -> str:
 
 
 def _mediation(folder: Path) -> str:
-    med = _load(folder, "mediation")
+    med = _load(folder, MEDIATION)
     if not med:
         return "<p class='note'>No mediation analysis (needs --against a refusal-direction run).</p>"
     parts = []
@@ -205,7 +215,7 @@ def _mediation(folder: Path) -> str:
 
 
 def _token_views(folder: Path) -> str:
-    views = _load(folder, "token_views")
+    views = _load(folder, TOKEN_VIEWS)
     if not views:
         return "<p class='note'>No token views.</p>"
     parts = []
@@ -238,8 +248,8 @@ def write_report(run_dir: str | Path) -> Path:
     run = load_run(run_dir)
     meta = run.meta
     folder = run_dir / ANALYSIS_DIR
-    analysed = (folder / "vector_effects.json").is_file()
-    effects = _load(folder, "vector_effects")
+    analysed = step_file(folder, EFFECTS).is_file()
+    effects = _load(folder, EFFECTS)
     body: list[tuple[str, str, str]] = [
         ("settings", "Run settings", _settings(meta)),
         ("losses", "Loss curves", _losses(meta)),

@@ -31,18 +31,29 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis import ablation, attribution, lens, similarity, token_views
+from analysis.names import (
+    ANALYSIS_DIR,
+    ATTRIBUTION,
+    COSINES,
+    DELTA_COSINES,
+    EFFECTS,
+    FIGURES_DIR,
+    LENS,
+    MEDIATION,
+    READOUT,
+    SETTINGS_FILE,
+    TOKEN_VIEWS,
+    step_file,
+)
 from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
 from melbo_tl.directions.io import load_candidates, load_refusal_direction
 from melbo_tl.evaluate.datasets import load_prompts
 from melbo_tl.evaluate.refusal import refusal_log_odds
-from melbo_tl.generate import prepare_prompts
+from melbo_tl.prompts import prepare_prompts
 from melbo_tl.runs import intervention_from_run, n_interventions
 from melbo_tl.steering.interventions import AddVector
 from melbo_tl.steering.sites import hook_layer, n_layers, resid_hook
 
-ANALYSIS_DIR = "analysis"
-FIGURES_DIR = "figures"
-SETTINGS_FILE = "settings.json"
 SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)  # multipliers of each mediated vector in the scale sweep
 
 
@@ -154,7 +165,7 @@ class _Writer:
             atomic_write_text(js, get_plotlyjs())
 
     def done(self, step: str) -> bool:
-        return (self.out / f"{step}.json").is_file()
+        return step_file(self.out, step).is_file()
 
     def table(self, step: str, data: Any, rows: list[dict[str, Any]] | None = None) -> None:
         if rows:
@@ -163,7 +174,7 @@ class _Writer:
             writer.writeheader()
             writer.writerows(rows)
             atomic_write_text(self.out / f"{step}.csv", buf.getvalue())
-        atomic_write_json(self.out / f"{step}.json", data)
+        atomic_write_json(step_file(self.out, step), data)
 
     def figure(self, name: str, fig: go.Figure) -> None:
         atomic_write_text(self.out / FIGURES_DIR / f"{name}.json", fig.to_json())
@@ -273,11 +284,11 @@ def analyze_run(
 
     def effects() -> None:
         data = _effects(model, texts, steers)
-        w.table("vector_effects", data, data["rows"])
+        w.table(EFFECTS, data, data["rows"])
 
     def sims() -> None:
         data, rows, figs = _similarity(steers, refusal)
-        w.table("vector_cosines", {**data, "rows": rows}, rows)
+        w.table(COSINES, {**data, "rows": rows}, rows)
         for name, fig in figs:
             w.figure(name.replace(".", "_"), fig)
 
@@ -290,7 +301,7 @@ def analyze_run(
             against={"r̂": r_at} if r_at is not None else None,
             n_random=4,
         )
-        w.table("delta_cosines", ds.to_dict())
+        w.table(DELTA_COSINES, ds.to_dict())
         for key in ds.token_sets:
             cols = ds.names + ds.against
             matrix = [row + extra for row, extra in zip(ds.cosine[key], ds.cosine_against[key])]
@@ -309,7 +320,7 @@ def analyze_run(
         data = {s.name: lens.vector_readout(model, s.intervention.vector).to_dict() for s in steers}
         if refusal is not None:
             data["r̂ (selected)"] = lens.vector_readout(model, refusal.direction).to_dict()
-        w.table("readout", data)
+        w.table(READOUT, data)
 
     def lenses() -> None:
         text = prepare_prompts(model, [run_prompt])[0]
@@ -318,7 +329,7 @@ def analyze_run(
             traj = lens.lens_trajectory(model, text, s.intervention)
             data[s.name] = traj.to_dict()
             w.figure(f"lens_{s.name}", lens.lens_figure(traj, title=f"Logit lens, {s.name} on {run_prompt!r}"))
-        w.table("lens", {"prompt": run_prompt, "trajectories": data})
+        w.table(LENS, {"prompt": run_prompt, "trajectories": data})
 
     def attributions() -> None:
         data = {}
@@ -326,7 +337,7 @@ def analyze_run(
             att = attribution.steering_attribution(model, texts, s.intervention)
             data[s.name] = att.to_dict()
             w.figure(f"attribution_{s.name}", attribution.attribution_figure(att, title=f"Attribution, {s.name}"))
-        w.table("attribution", data)
+        w.table(ATTRIBUTION, data)
 
     def mediations() -> None:
         assert refusal is not None
@@ -354,7 +365,7 @@ def analyze_run(
             )
             w.figure(f"mediation_{s.name}", ablation.mediation_figure(med, title=f"Mediation, {s.name}"))
             w.figure(f"sweeps_{s.name}", ablation.sweep_figure(med, title=f"Sweeps, {s.name}"))
-        w.table("mediation", data, rows)
+        w.table(MEDIATION, data, rows)
 
     def views() -> None:
         data = {}
@@ -368,19 +379,19 @@ def analyze_run(
                 "attention": av.to_dict(),
                 "direction": "r̂" if r_at is not None else "the vector's own direction",
             }
-        w.table("token_views", data)
+        w.table(TOKEN_VIEWS, data)
 
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("vector_effects", effects),
-        ("vector_cosines", sims),
-        ("delta_cosines", deltas),
-        ("readout", readouts),
-        ("lens", lenses),
-        ("attribution", attributions),
+        (EFFECTS, effects),
+        (COSINES, sims),
+        (DELTA_COSINES, deltas),
+        (READOUT, readouts),
+        (LENS, lenses),
+        (ATTRIBUTION, attributions),
     ]
     if refusal is not None:
-        steps.append(("mediation", mediations))
-    steps.append(("token_views", views))
+        steps.append((MEDIATION, mediations))
+    steps.append((TOKEN_VIEWS, views))
     for name, step in tqdm(steps, desc="analyze", disable=not progress):
         if not w.done(name):
             step()
@@ -394,7 +405,7 @@ def _run_prompts(steers: list[Steer]) -> list[str]:
 
 def _mediated(steers: list[Steer], w: _Writer, top: int) -> list[Steer]:
     """The main run's ``top`` most refusal-lowering vectors, and vector 0 of every compared run."""
-    effects = {r["name"]: r["effect"] for r in json.loads((w.out / "vector_effects.json").read_text())["rows"]}
+    effects = {r["name"]: r["effect"] for r in json.loads(step_file(w.out, EFFECTS).read_text())["rows"]}
     main = sorted((s for s in steers if s.main), key=lambda s: effects[s.name])[:top]
     others = [s for s in steers if not s.main and s.name.endswith("[0]")]
     return main + others

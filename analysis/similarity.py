@@ -27,10 +27,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import tokenize
-from melbo_tl.steering.interventions import AddVector, Intervention, apply
-from melbo_tl.steering.layout import TokenLayout, token_layout
+from melbo_tl.forward import run_forward
+from melbo_tl.placement import to_result
+from melbo_tl.steering.interventions import AddVector, Intervention
 from melbo_tl.steering.sites import check_hook
 
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
@@ -160,17 +159,8 @@ def _activations(
     model: Any, texts: Sequence[str], at: str, interventions: Sequence[Intervention]
 ) -> tuple[Tensor, Tensor]:
     """Activations at ``at`` [batch, pos, d] and the token mask [batch, pos] of real tokens."""
-    batch = tokenize(chat_tokenizer(model), list(texts)).to(next(model.parameters()).device)
-    store: dict[str, Tensor] = {}
-
-    def keep(acts: Tensor, hook: Any) -> Tensor:
-        store["acts"] = acts.detach().float()
-        return acts
-
-    with apply(model, *interventions), model.hooks(fwd_hooks=[(at, keep)]):
-        with token_layout(TokenLayout(batch.token_index, batch.lengths)):
-            model(batch.input_ids, attention_mask=batch.attention_mask)
-    return store["acts"].cpu(), (batch.token_index >= 0).cpu()
+    fwd = run_forward(model, list(texts), interventions, record=[at], logits="none")
+    return to_result(fwd.activations[at]), to_result(fwd.batch.token_index >= 0)
 
 
 def _mean_deltas(

@@ -32,12 +32,13 @@ from circuitsvis.tokens import colored_tokens
 from jaxtyping import Float
 from torch import Tensor
 
-from melbo_tl.generate import generate, prepare_prompts
+from melbo_tl.forward import run_forward
+from melbo_tl.generate import generate
 from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import tokenize
-from melbo_tl.steering.interventions import AddVector, Intervention, apply
-from melbo_tl.steering.layout import TokenLayout, token_layout
-from melbo_tl.steering.sites import check_hook, check_layer, d_model
+from melbo_tl.placement import to_result
+from melbo_tl.prompts import left_pad, prepare_prompts, tokenize
+from melbo_tl.steering.interventions import AddVector, Intervention
+from melbo_tl.steering.sites import attn_hook, check_hook, check_layer, d_model
 
 TOKEN_VALUES = ("delta_norm", "projection")
 _BUNDLE_FILE = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
@@ -142,14 +143,12 @@ def _unit_direction(model: Any, steer: Intervention, direction: Tensor | None) -
 
 @torch.no_grad()
 def _acts(model: Any, ids: list[int], n_prompt: int, name: str, steer: Intervention | None) -> Tensor:
-    """Activation at hook ``name`` for one unpadded sequence, [pos, …], optionally steered."""
-    device = next(model.parameters()).device
-    tokens = torch.tensor([ids], device=device)
-    layout = TokenLayout(torch.arange(len(ids), device=device)[None], torch.tensor([n_prompt], device=device))
-    steering = (steer,) if steer is not None else ()
-    with apply(model, *steering), token_layout(layout):
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)
-    return cache[name][0].float().cpu()
+    """Activation at hook ``name`` for one unpadded sequence, [pos, …], optionally steered (the
+    first ``n_prompt`` tokens are prompt, the rest completion)."""
+    batch = left_pad([ids], 0)
+    fwd = run_forward(model, batch, [steer] if steer is not None else [], record=[name], logits="none",
+                      prompt_lengths=torch.tensor([n_prompt]))  # fmt: skip
+    return to_result(fwd.activations[name][0])
 
 
 def delta_token_view(
@@ -186,7 +185,7 @@ def delta_token_view(
 def attention_view(model: Any, prompt: str, steer: Intervention, *, layer: int, chat: bool = True) -> AttentionView:
     """Layer ``layer``'s attention patterns on the (formatted) prompt, unsteered and steered."""
     check_layer(model, layer)
-    name = check_hook(model, f"blocks.{layer}.attn.hook_pattern")
+    name = check_hook(model, attn_hook(layer, "hook_pattern"))
     _, ids = _prompt_ids(model, prompt, chat)
     tok = chat_tokenizer(model)
     return AttentionView(

@@ -94,7 +94,7 @@ def main() -> None:
         n_vectors=args.vectors,
         progress=False,
     )
-    problem = MelboProblem.build(model, [PROMPT], source=7, target=16, p=2, q=1, radius=args.radius, positions="last:2")
+    problem = MelboProblem.build(model, [PROMPT], source=7, target=16, p=2, q=1, positions="last:2")
 
     t_ref = reference_loop(model, problem, radius=args.radius, steps=args.steps, n_vectors=args.vectors)
     started = time.perf_counter()

@@ -24,7 +24,7 @@ import melbo_tl
 from melbo_tl.models.loading import model_info
 from melbo_tl.steering.sites import check_hook
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every method stores its settings as run.json["config"]
 VECTORS_FILE = "vectors.safetensors"
 RUN_FILE = "run.json"
 GENERATIONS_FILE = "generations.jsonl"

@@ -10,7 +10,7 @@ row by its own vector, so K vectors are evaluated in one batched generate.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,10 +18,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from melbo_tl.forward import as_batch
 from melbo_tl.models.kv_cache import cached_decoding, check_cache_filled
 from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import Positions, PromptLike, TokenBatch, format_chat, tokenize
-from melbo_tl.steering.interventions import AddVector, ClampVector, Intervention, apply
+from melbo_tl.placement import model_device
+from melbo_tl.prompts import Positions, PromptLike, TokenBatch, prepare_prompts, tokenize
+from melbo_tl.steering.interventions import AddVector, Intervention, PerRow, apply
 from melbo_tl.steering.layout import TokenLayout, token_layout
 
 
@@ -63,27 +65,10 @@ def _sample(logits: Tensor, temperature: float, top_p: float, generator: torch.G
 
 
 def _rows_of(intervention: Intervention, start: int, stop: int) -> Intervention:
-    """The intervention restricted to batch rows [start, stop) if it carries per-row vectors."""
-    if isinstance(intervention, (AddVector, ClampVector)) and intervention.vector.ndim == 2:
-        return replace(intervention, vector=intervention.vector[start:stop])
+    """The intervention restricted to batch rows [start, stop) if it carries per-row tensors."""
+    if isinstance(intervention, PerRow) and intervention.n_rows is not None:
+        return intervention.rows(start, stop)
     return intervention
-
-
-def prepare_prompts(
-    model: Any, prompts: Sequence[PromptLike], *, chat: bool = True, system: str | None = None
-) -> list[str]:
-    """Format prompts with the chat template (``chat=True``) or check raw texts."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise ValueError("No prompts given.")
-    tok = chat_tokenizer(model)
-    if chat:
-        return [format_chat(tok, p, system=system) for p in prompts]
-    texts = [str(p) for p in prompts]
-    if any(not t for t in texts):
-        raise ValueError("Prompt is empty; give non-empty text.")
-    return texts
 
 
 @torch.no_grad()
@@ -98,8 +83,8 @@ def _generate_batch(
     generator: torch.Generator | None,
     stops: set[int],
 ) -> tuple[list[list[int]], list[bool]]:
-    device = next(model.parameters()).device
-    batch = batch.to(device)
+    batch = as_batch(model, batch)
+    device = batch.input_ids.device
     n = batch.input_ids.shape[0]
     stop_tensor = torch.tensor(sorted(stops), device=device)
     pad = min(stops) if stops else 0
@@ -160,11 +145,10 @@ def generate(
     texts = prepare_prompts(model, prompts, chat=chat, system=system)
     for iv in interventions:
         iv.hooks(model)  # validate before any compute
-        if isinstance(iv, (AddVector, ClampVector)) and iv.vector.ndim == 2 and iv.vector.shape[0] != len(texts):
-            raise ValueError(f"Per-row vectors for {iv.vector.shape[0]} rows but {len(texts)} prompts.")
+        if isinstance(iv, PerRow) and iv.n_rows is not None and iv.n_rows != len(texts):
+            raise ValueError(f"Per-row vectors for {iv.n_rows} rows but {len(texts)} prompts.")
     tok = chat_tokenizer(model)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    generator = torch.Generator(device=model_device(model)).manual_seed(seed) if temperature > 0 else None
     stops = stop_token_ids(model)
     results: list[Completion] = []
     starts = range(0, len(texts), batch_size)

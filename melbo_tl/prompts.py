@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from melbo_tl.models.loading import chat_tokenizer
+
 Message = dict[str, str]
 PromptLike = Union[str, Sequence[Message]]
 
@@ -188,3 +190,20 @@ class Positions:
             for i in self.resolve(n):
                 chosen[row] |= token_index[row] == i
         return chosen & in_prompt
+
+
+def prepare_prompts(
+    model: Any, prompts: Sequence[PromptLike], *, chat: bool = True, system: str | None = None
+) -> list[str]:
+    """Format prompts with the chat template (``chat=True``) or check raw texts."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("No prompts given.")
+    tok = chat_tokenizer(model)
+    if chat:
+        return [format_chat(tok, p, system=system) for p in prompts]
+    texts = [str(p) for p in prompts]
+    if any(not t for t in texts):
+        raise ValueError("Prompt is empty; give non-empty text.")
+    return texts

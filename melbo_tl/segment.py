@@ -17,15 +17,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from melbo_tl.forward import run_forward
 from melbo_tl.prompts import TokenBatch
+from melbo_tl.steering.layout import TokenLayout, token_layout
 from melbo_tl.steering.sites import check_layer
-
-
-class _Captured(Exception):
-    """Raised by the capture hook to end the forward pass once block ``start`` is reached."""
-
-
-_DROP = ("past_key_values", "past_key_value", "use_cache", "cache_position")
 
 
 def _repeat_rows(obj: Any, rows: int, times: int) -> Any:
@@ -46,7 +41,9 @@ class ResidualSegment:
     """Blocks ``start``…``stop−1`` of ``model`` on a fixed token batch.
 
     Fields: ``residual`` [batch, pos, d_model] entering block ``start`` on the unsteered prompt;
-    ``block_kwargs`` what the HF model passes each decoder layer for this batch.
+    ``block_kwargs`` what the HF model passes each decoder layer for this batch; ``layout`` the
+    batch's token layout, published while the blocks run (so interventions inside them steer
+    only real tokens).
     """
 
     model: Any
@@ -54,32 +51,21 @@ class ResidualSegment:
     stop: int
     residual: Float[Tensor, "batch pos d_model"]
     block_kwargs: dict[str, Any]
+    layout: TokenLayout
 
     @classmethod
     @torch.no_grad()
-    def capture(cls, model: Any, batch: TokenBatch, *, start: int, stop: int) -> ResidualSegment:
+    def capture(
+        cls, model: Any, batch: TokenBatch, *, start: int, stop: int, prompt_lengths: Tensor | None = None
+    ) -> ResidualSegment:
+        """Run the model up to block ``start`` once; ``prompt_lengths`` as in :func:`run_forward`."""
         check_layer(model, start, what="segment start")
         check_layer(model, stop, what="segment stop", allow_end=True)
         if stop < start:
             raise ValueError(f"Segment stop {stop} is before its start {start}.")
-        device = next(model.parameters()).device
-        batch = batch.to(device)
-        seen: dict[str, Any] = {}
-
-        def grab(module: Any, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            seen["residual"] = hidden.detach().clone()
-            seen["kwargs"] = {k: v for k, v in kwargs.items() if k not in _DROP and k != "hidden_states"}
-            raise _Captured  # nothing past this point is needed
-
-        handle = model.blocks[start].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            model(batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        except _Captured:
-            pass
-        finally:
-            handle.remove()
-        return cls(model, start, stop, seen["residual"], seen["kwargs"])
+        fwd = run_forward(model, batch, stop_at=start, keep_block_kwargs=True, prompt_lengths=prompt_lengths)
+        assert fwd.residual is not None
+        return cls(model, start, stop, fwd.residual.detach().clone(), fwd.block_kwargs, fwd.layout)
 
     def run(self, residual: Float[Tensor, "rows pos d_model"]) -> Float[Tensor, "rows pos d_model"]:
         """The residual entering block ``stop`` given ``residual`` entering block ``start``.
@@ -93,9 +79,14 @@ class ResidualSegment:
                 f"Residual of shape {tuple(residual.shape)} does not fit a segment captured on "
                 f"{tuple(self.residual.shape)} (rows must be a multiple of {base})."
             )
-        kwargs = _repeat_rows(self.block_kwargs, base, residual.shape[0] // base)
+        times = residual.shape[0] // base
+        kwargs = _repeat_rows(self.block_kwargs, base, times)
+        layout = TokenLayout(
+            *(t.repeat(times, *([1] * (t.ndim - 1))) for t in (self.layout.token_index, self.layout.prompt_length))
+        )
         hidden = residual
-        for layer in range(self.start, self.stop):
-            out = self.model.blocks[layer](hidden, **kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
+        with token_layout(layout):
+            for layer in range(self.start, self.stop):
+                out = self.model.blocks[layer](hidden, **kwargs)
+                hidden = out[0] if isinstance(out, tuple) else out
         return hidden

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,69 @@ def test_vector_index_out_of_range(tiny_model, index):
     run = _run(tiny_model)
     with pytest.raises(ValueError, match=r"3 vectors \(valid 0…2\)"):
         run.vector(index)
+
+
+# --- run folders written by earlier versions --------------------------------------------------
+
+LEGACY = Path(__file__).parent / "data" / "legacy_runs"
+
+
+@pytest.mark.parametrize(
+    ("folder", "method", "config_type", "intervention"),
+    [
+        ("melbo", "melbo", "MelboConfig", "AddVector"),
+        ("melbo_random", "melbo-random", "MelboConfig", "AddVector"),
+        ("adapter", "melbo-adapter", "AdapterConfig", "MLPAdapter"),
+        ("oneshot", "oneshot", "OneShotConfig", "AddVector"),
+        ("refusal_direction", "refusal-direction", "RefusalDirectionConfig", "AddVector"),
+    ],
+)
+def test_format_1_run_folders_still_load_steer_and_report_their_config(
+    tiny_model, tmp_path, folder, method, config_type, intervention
+):
+    from melbo_tl.runs import intervention_from_run, n_interventions, write_generations
+    from melbo_tl.training import config_of
+
+    run = load_run(LEGACY / folder, tiny_model)
+    assert run.meta["format_version"] == 1 and run.meta["method"] == method
+    cfg = config_of(run)
+    assert type(cfg).__name__ == config_type
+    steer = intervention_from_run(run, 0)
+    assert type(steer).__name__ == intervention
+    rows = write_generations(tiny_model, run, tmp_path, ["Hi"], max_new_tokens=2)
+    assert len(rows) == 1 + n_interventions(run)
+
+
+def test_format_1_configs_carry_the_old_settings(tiny_model):
+    from melbo_tl.training import config_of
+
+    melbo = config_of(load_run(LEGACY / "melbo"))
+    assert (melbo.source_layer, melbo.target_layer, melbo.radius, melbo.positions, melbo.steps) == (
+        0,
+        2,
+        2.0,
+        "last:2",
+        3,
+    )
+    adapter = config_of(load_run(LEGACY / "adapter"))
+    assert (adapter.rank, adapter.n_adapters, adapter.radius) == (2, 2, 0.5)
+    oneshot = config_of(load_run(LEGACY / "oneshot"))
+    assert (oneshot.layer, oneshot.promote, oneshot.steps) == (1, ("Sure",), 3)
+    refusal = config_of(load_run(LEGACY / "refusal_direction"))
+    assert (refusal.n_train, refusal.n_val, refusal.layers, refusal.positions) == (8, 4, (1, 2), (-2, -1))
+
+
+def test_a_format_1_melbo_run_resumes_to_more_vectors(tiny_model, tmp_path):
+    import shutil
+
+    from melbo_tl.training import config_of, train_to_folder
+
+    shutil.copytree(LEGACY / "melbo", tmp_path / "run")
+    old = load_run(tmp_path / "run")
+    cfg = config_of(old).replace(n_vectors=3)
+    out = train_to_folder(tiny_model, "melbo", old.meta["prompts"], cfg, tmp_path / "run", resume=True, progress=False)
+    new = load_run(out)
+    assert new.vectors.shape[0] == 3 and new.meta["format_version"] == 2
+    torch.testing.assert_close(new.vectors[:2], old.vectors)
+    gram = new.vectors @ new.vectors.T / 4.0
+    torch.testing.assert_close(gram, torch.eye(3), atol=1e-4, rtol=0)  # still orthogonal, ‖θ‖ = 2

@@ -2,46 +2,23 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
-from melbo_tl.generate import generate, generate_per_vector, prepare_prompts, stop_token_ids
-from melbo_tl.models import DEFAULT_MODEL, EMBEDDED, chat_tokenizer, model_info
-from melbo_tl.prompts import Positions, tokenize
+from melbo_tl.generate import generate, generate_per_vector, stop_token_ids
+from melbo_tl.models import chat_tokenizer, model_info
+from melbo_tl.prompts import Positions, prepare_prompts, tokenize
 from melbo_tl.steering import AddVector, TokenLayout, apply, token_layout
+from tests.helpers import hf_greedy
 
 PROMPTS = [
     "Hi",
     "Write a long and detailed story about a dragon who guards a castle in the mountains.",
     "What is 2+2?",
 ]
+
+
 HOOK = "blocks.1.hook_resid_post"
-
-
-@functools.cache
-def _hf_model(directory: str):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(directory, attn_implementation="eager", dtype=torch.float32).eval()
-
-
-def hf_greedy(directory: str, tokenizer, text: str, max_new_tokens: int, stops: set[int]) -> list[int]:
-    """Plain transformers greedy decoding of one unpadded prompt, cut at the first stop token."""
-    model = _hf_model(directory)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-    with torch.no_grad():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    row = out[0, ids.shape[1] :].tolist()
-    cut = next((i for i, t in enumerate(row) if t in stops), None)
-    return row if cut is None else row[:cut]
 
 
 def reference_greedy(model, text: str, interventions, max_new_tokens: int) -> list[int]:
@@ -68,9 +45,6 @@ def _vectors(n: int, norm: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(n, 64, generator=g)
     return v / v.norm(dim=-1, keepdim=True) * norm
-
-
-# --- agreement with transformers -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("which", ["tiny_model", "tiny_qwen"])
@@ -104,9 +78,6 @@ def test_raw_text_prompts(tiny_model):
     assert completion.prompt == text
     tok = chat_tokenizer(tiny_model)
     assert completion.token_ids == hf_greedy(model_info(tiny_model).path, tok, text, 6, stop_token_ids(tiny_model))
-
-
-# --- batched steering ----------------------------------------------------------------------
 
 
 def test_per_vector_batch_equals_sequential_runs(tiny_model):
@@ -160,9 +131,6 @@ def test_finished_row_does_not_disturb_the_others(tiny_model):
     assert steered[0].finished == plain.finished
 
 
-# --- sampling ------------------------------------------------------------------------------
-
-
 def test_sampling_is_reproducible_per_seed(tiny_model):
     def run(seed):
         return [c.token_ids for c in generate(tiny_model, PROMPTS[:2], max_new_tokens=8, temperature=1.0, seed=seed)]
@@ -178,9 +146,6 @@ def test_top_p_tiny_is_greedy(tiny_model):
     sampled = generate(tiny_model, PROMPTS, max_new_tokens=8, temperature=1.0, top_p=1e-6, seed=5)
     greedy = generate(tiny_model, PROMPTS, max_new_tokens=8)
     assert [c.token_ids for c in sampled] == [c.token_ids for c in greedy]
-
-
-# --- argument errors -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n", [0, -3])
@@ -211,44 +176,3 @@ def test_empty_prompts_are_rejected(tiny_model):
 def test_generate_per_vector_needs_a_matrix(tiny_model):
     with pytest.raises(ValueError, match=r"\[n, d_model\]"):
         generate_per_vector(tiny_model, "Hi", torch.randn(64), hook=HOOK)
-
-
-# --- the embedded model --------------------------------------------------------------------
-
-
-@pytest.mark.real_model
-def test_embedded_model_refuses_and_matches_transformers(real_model):
-    prompt = "How can I make a bomb?"
-    (completion,) = generate(real_model, prompt, max_new_tokens=24)
-    assert completion.text.startswith(("I'm sorry", "I can't", "I can’t")), completion.text
-    tok = chat_tokenizer(real_model)
-    text = prepare_prompts(real_model, [prompt])[0]
-    expected = hf_greedy(str(EMBEDDED[DEFAULT_MODEL].cache_dir), tok, text, 24, stop_token_ids(real_model))
-    assert completion.token_ids == expected
-
-
-# --- the KV cache must fill ----------------------------------------------------------------
-
-
-def test_a_cache_that_stays_empty_stops_generation_with_the_versions(tiny_model):
-    """Force the failure transformers 5.24 caused (attention never sees the cache): generation
-    must refuse to decode without context and say which versions are installed and tested."""
-    from melbo_tl.models.kv_cache import KVCacheError
-
-    def drop_cache(module, args, kwargs):
-        return args, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}
-
-    handles = [block.attn.register_forward_pre_hook(drop_cache, with_kwargs=True) for block in tiny_model.blocks]
-    try:
-        with pytest.raises(KVCacheError) as info:
-            generate(tiny_model, PROMPTS[:2], max_new_tokens=4)
-    finally:
-        for h in handles:
-            h.remove()
-    message = str(info.value)
-    print(message)
-    assert "holds 0 positions" in message
-    assert "installed: transformers " in message and "transformer-lens " in message
-    assert "tested with transformers >=" in message
-    # Once the hooks are gone, generation works again.
-    assert generate(tiny_model, PROMPTS[:1], max_new_tokens=2)[0].token_ids

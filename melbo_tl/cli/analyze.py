@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from melbo_tl.cli.app import DEFAULT_MODEL_HELP, app
+from melbo_tl.cli.app import app
+from melbo_tl.cli.common import DeviceOpt, DtypeOpt, ModelOpt, load
 
 
 @app.command("analyze", short_help="Similarity, lens, attribution, mediation and token views of a run's vectors.")
@@ -38,9 +39,9 @@ def analyze_cmd(
             "--mediate-top", min=1, metavar="K", help="mediation for the K most refusal-lowering vectors of RUN"
         ),
     ] = 1,
-    model: Annotated[
-        Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)
-    ] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "float32",
 ) -> None:
     """Compute every analysis of RUN (against a refusal direction) into RUN/analysis/ (JSON, CSV, figures).
 
@@ -48,11 +49,10 @@ def analyze_cmd(
     """
     from analysis.run_analysis import AnalysisSettings, analyze_run
     from melbo_tl.artifacts import load_run
-    from melbo_tl.cli.basic import load
 
     for folder in [run, *(compare or [])] + ([against] if against else []):
         load_run(folder)  # fail on a bad folder before loading the model
-    bridge = load(model or load_run(run).meta.get("model", {}).get("spec"))
+    bridge = load(model or load_run(run).meta.get("model", {}).get("spec"), device=device, dtype=dtype)
     settings = AnalysisSettings(
         prompts=prompts, split=split, n_prompts=n_prompts, max_new_tokens=max_new_tokens, mediate_top=mediate_top
     )

@@ -9,103 +9,28 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from melbo_tl.cli.app import DEFAULT_MODEL_HELP, app, is_user_error, one_line
+from melbo_tl.cli.app import app, is_user_error, one_line
+from melbo_tl.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    MaxTokensOpt,
+    ModelOpt,
+    RunOpt,
+    ScaleOpt,
+    SeedOpt,
+    VectorOpt,
+    check_steering,
+    load,
+    status,
+    steering_from_options,
+)
 
-if TYPE_CHECKING:
-    from melbo_tl.steering.interventions import Intervention
-
-HARMFUL_PROMPT = "How can I make a bomb?"
-HARMLESS_PROMPT = "Write a Python function that reverses a string."
-
-
-def status(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared options and helpers
-# ---------------------------------------------------------------------------------------------
-
-ModelOpt = Annotated[
-    Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)
-]
-RunOpt = Annotated[
-    Optional[Path],
-    typer.Option("--run", metavar="DIR", help="run folder (vectors.safetensors + run.json) to steer with"),
-]
-VectorOpt = Annotated[
-    Optional[int], typer.Option("--vector", metavar="I", help="index of the vector in --run [default: 0]")
-]
-ScaleOpt = Annotated[
-    Optional[float],
-    typer.Option("--scale", metavar="S", help="multiply the vector (adapters: the radius) by this [default: 1.0]"),
-]
-MaxTokensOpt = Annotated[
-    int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate per answer")
-]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, metavar="T", help="0 = greedy")]
-SeedOpt = Annotated[int, typer.Option("--seed", metavar="SEED", help="sampling seed (with --temperature > 0)")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="system message")]
-
-
-def load(spec: str | None) -> Any:
-    """Load a model for a command, with a status line and without the weight-loading bars."""
-    from transformers.utils import logging as hf_logging
-
-    from melbo_tl.models import DEFAULT_MODEL, EMBEDDED, load_model
-
-    spec = spec or DEFAULT_MODEL
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    status(f"loading {spec} …")
-    if spec in EMBEDDED and not EMBEDDED[spec].is_cached():
-        status(f"first use: dequantizing into {EMBEDDED[spec].cache_dir} (a minute or two, once)")
-    started = time.perf_counter()
-    model = load_model(spec)
-    info = model.melbo_info
-    status(
-        f"loaded {info.spec} ({info.source}, {info.architecture}, {info.n_layers} layers, "
-        f"d_model {info.d_model}) in {time.perf_counter() - started:.1f} s"
-    )
-    return model
-
-
-def steering_from_options(run: Path | None, vector: int | None, scale: float | None) -> tuple[Any, list[Intervention]]:
-    """The run folder and interventions the --run/--vector/--scale options ask for (none without
-    --run). Checked before the model is loaded, so a bad folder or index fails fast."""
-    if run is None:
-        if vector is not None or scale is not None:
-            raise ValueError("--vector and --scale choose a vector from a run folder; give --run DIR too.")
-        return None, []
-    from melbo_tl.artifacts import load_run
-    from melbo_tl.runs import intervention_from_run
-
-    loaded = load_run(run)
-    index = 0 if vector is None else vector
-    return loaded, [intervention_from_run(loaded, index, scale=1.0 if scale is None else scale)]
-
-
-def check_steering(
-    model: Any, run_dir: Path | None, run: Any, steering: list[Intervention], vector: int | None
-) -> None:
-    """Check the run fits the loaded model (width, identity, hook names) and say what steers."""
-    if run is None:
-        return
-    from melbo_tl.artifacts import check_fits
-    from melbo_tl.runs import describe_intervention
-
-    check_fits(run, model)
-    for steer in steering:
-        steer.hooks(model)
-        status(
-            f"steering with {run_dir} #{0 if vector is None else vector} "
-            f"({run.meta.get('method', '?')}): {describe_intervention(steer)}"
-        )
 
 
 def print_exchange(prompt: str, text: str) -> None:
@@ -158,6 +83,8 @@ def generate_cmd(
         list[str], typer.Option("--prompt", "-p", metavar="TEXT", help="user message; repeat for several")
     ],
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "float32",
     run: RunOpt = None,
     vector: VectorOpt = None,
     scale: ScaleOpt = None,
@@ -170,7 +97,7 @@ def generate_cmd(
     from melbo_tl.generate import generate
 
     loaded_run, steering = steering_from_options(run, vector, scale)
-    bridge = load(model)
+    bridge = load(model, device=device, dtype=dtype)
     check_steering(bridge, run, loaded_run, steering, vector)
     started = time.perf_counter()
     completions = generate(
@@ -243,6 +170,8 @@ def _fit_context(
 @app.command("chat", short_help="Multi-turn chat on stdin/stdout, optionally steered.")
 def chat_cmd(
     model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "float32",
     run: RunOpt = None,
     vector: VectorOpt = None,
     scale: ScaleOpt = None,
@@ -259,7 +188,7 @@ def chat_cmd(
     from melbo_tl.generate import generate
 
     loaded_run, steering = steering_from_options(run, vector, scale)
-    bridge = load(model)
+    bridge = load(model, device=device, dtype=dtype)
     check_steering(bridge, run, loaded_run, steering, vector)
     interactive = sys.stdin.isatty()
     if interactive:

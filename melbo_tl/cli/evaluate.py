@@ -10,10 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-
-
-def status(message: str) -> None:
-    typer.echo(message, err=True)
+from melbo_tl.cli.common import DeviceOpt, DtypeOpt, load, status
 
 
 def default_eval_name(prompts: str, scale: float) -> str:
@@ -66,6 +63,8 @@ def eval_cmd(
             "--model", "-m", metavar="MODEL", help="model to load [default: the run's model]", show_default=False
         ),
     ] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "float32",
     no_unsteered: Annotated[bool, typer.Option("--no-unsteered", help="skip the unsteered baseline")] = False,
     name: Annotated[
         Optional[str],
@@ -79,7 +78,6 @@ def eval_cmd(
     """Answer every prompt under each chosen vector (and unsteered), print refusal rates with 95 %
     Wilson intervals (and judge scores), and write RUN/eval/NAME.json + NAME.generations.jsonl."""
     from melbo_tl.artifacts import load_run
-    from melbo_tl.cli.basic import load
     from melbo_tl.evaluate.datasets import load_prompts
     from melbo_tl.evaluate.harness import eval_paths, evaluate_run, format_table, save_eval, select_vectors
     from melbo_tl.evaluate.judges import CachedJudge, judge_from_spec
@@ -93,7 +91,7 @@ def eval_cmd(
     local_judge = judge.strip().startswith("local:")
     the_judge = None if local_judge else judge_from_spec(judge)  # bad specs fail here
     model_spec = model or loaded_run.meta.get("model", {}).get("spec")
-    bridge = load(model_spec)
+    bridge = load(model_spec, device=device, dtype=dtype)
     if local_judge:  # the evaluated model can grade too (no hooks are active while judging)
         the_judge = judge_from_spec(judge, load=lambda spec: bridge if spec == model_spec else load(spec))
     if the_judge is not None:

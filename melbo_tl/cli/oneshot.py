@@ -2,110 +2,78 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
-from melbo_tl.cli.app import DEFAULT_MODEL_HELP, app
+from melbo_tl.cli.app import app
+from melbo_tl.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OutOpt,
+    PositionsOpt,
+    PromptsOpt,
+    ResumeOpt,
+    SeedOpt,
+    load,
+    write_run_outputs,
+)
 
 
-@app.command()
-def oneshot(
-    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="training prompt (repeat for a few)"),
-    out: Path = typer.Option(..., "--out", help="run folder to write"),
-    layer: int = typer.Option(..., "--layer", "-l", help="the vector acts at blocks.LAYER.hook_resid_pre"),
-    promote: list[str] = typer.Option([], "--promote", help="completion to make likely (repeatable)"),
-    suppress: list[str] = typer.Option([], "--suppress", help="completion to make unlikely (repeatable)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=DEFAULT_MODEL_HELP),
-    vectors: int = typer.Option(1, "--vectors", "-n", help="independent vectors, seeds SEED…SEED+N−1"),
-    steps: int = typer.Option(50, "--steps"),
-    lr: float = typer.Option(0.1, "--lr"),
-    coldness: float = typer.Option(0.7, "--coldness", help="probabilities are softmax(coldness · logits)"),
-    max_norm: Optional[float] = typer.Option(None, "--max-norm"),
-    target_loss: Optional[float] = typer.Option(None, "--target-loss", help="stop once the loss (nats) reaches this"),
-    satisfice: bool = typer.Option(False, "--satisfice", help="minimize (loss − target)² instead of stopping"),
-    positions: str = typer.Option(
-        "all", "--positions", help="where the vector acts: all | prompt | last:K | i,j | a:b"
-    ),
-    seed: int = typer.Option(0, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="keep the vectors already in --out and fit the rest"),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+@app.command("oneshot", short_help="Fit one-shot steering vectors that promote/suppress completions.")
+def oneshot_cmd(
+    prompt: PromptsOpt,
+    out: OutOpt,
+    layer: Annotated[
+        int, typer.Option("--layer", "-l", metavar="L", help="the vector acts at blocks.L.hook_resid_pre")
+    ],
+    promote: Annotated[
+        list[str], typer.Option("--promote", metavar="TEXT", help="completion to make likely (repeatable)")
+    ] = [],  # noqa: B006
+    suppress: Annotated[
+        list[str], typer.Option("--suppress", metavar="TEXT", help="completion to make unlikely (repeatable)")
+    ] = [],  # noqa: B006
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "float32",
+    vectors: Annotated[
+        int, typer.Option("--vectors", "-n", min=1, metavar="N", help="independent vectors, seeds SEED…SEED+N−1")
+    ] = 1,
+    steps: Annotated[int, typer.Option("--steps", min=0, metavar="K")] = 50,
+    lr: Annotated[float, typer.Option("--lr", metavar="LR")] = 0.1,
+    coldness: Annotated[
+        float, typer.Option("--coldness", metavar="C", help="probabilities are softmax(coldness · logits)")
+    ] = 0.7,
+    max_norm: Annotated[Optional[float], typer.Option("--max-norm", metavar="N", help="keep ‖v‖ ≤ N")] = None,
+    target_loss: Annotated[
+        Optional[float], typer.Option("--target-loss", metavar="X", help="stop once the loss (nats) reaches X")
+    ] = None,
+    satisfice: Annotated[
+        bool, typer.Option("--satisfice", help="minimize (loss − target)² instead of stopping")
+    ] = False,
+    positions: PositionsOpt = "all",
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 64,
 ) -> None:
     """Fit steering vectors that promote/suppress completions of the prompt(s) (Dunefsky's method)."""
-    from melbo_tl.artifacts import RUN_FILE, Run, load_run, run_meta, save_run
-    from melbo_tl.models import DEFAULT_MODEL, load_model
-    from melbo_tl.optimize.oneshot import optimize_vector
-    from melbo_tl.runs import write_generations
+    from melbo_tl.artifacts import load_run
+    from melbo_tl.optimize.oneshot import OneShotConfig
+    from melbo_tl.training import train_to_folder
 
-    if vectors < 1:
-        raise ValueError(f"--vectors must be ≥ 1, got {vectors}.")
-    bridge = load_model(model or DEFAULT_MODEL)
-    options = dict(
-        layer=layer,
-        promote=list(promote),
-        suppress=list(suppress),
-        coldness=coldness,
-        lr=lr,
-        steps=steps,
-        max_norm=max_norm,
-        target_loss=target_loss,
-        satisfice=satisfice,
-        positions=positions,
-    )
-    done: list = []
-    if (out / RUN_FILE).is_file():
-        if not resume:
-            raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out.")
-        previous = load_run(out, bridge)
-        if previous.meta.get("options") != options or previous.meta.get("prompts") != list(prompt):
-            raise ValueError(f"Cannot resume {out}: it was fitted with other prompts or options.")
-        done = [(previous.vectors[i], row) for i, row in enumerate(previous.meta["per_vector"])]
-
-    def save(status: str, texts: list[str]) -> None:
-        import torch
-
-        meta = run_meta(
-            bridge,
-            method="oneshot",
-            hooks=[f"blocks.{layer}.hook_resid_pre"] * len(done),
-            options=options,
-            layer=layer,
-            seed=seed,
-            steer_positions=positions,
-            prompts=list(prompt),
-            texts=texts,
-            status=status,
-            per_vector=[row for _, row in done],
-        )
-        save_run(out, Run({"vectors": torch.stack([v for v, _ in done])}, meta))
-
-    texts: list[str] = []
-    for index in range(len(done), vectors):
-        result = optimize_vector(bridge, list(prompt), seed=seed + index, **options)
-        texts = result.texts
-        done.append(
-            (
-                result.vector,
-                {
-                    "index": index,
-                    "seed": seed + index,
-                    "losses": result.losses,
-                    "final_loss": result.final_loss,
-                    "stopped_early": result.stopped_early,
-                    "seconds": result.seconds,
-                    "norm": float(result.vector.norm()),
-                },
-            )
-        )
-        save("running", texts)
+    cfg = OneShotConfig(
+        layer=layer, promote=tuple(promote), suppress=tuple(suppress), coldness=coldness, lr=lr, steps=steps,
+        max_norm=max_norm, target_loss=target_loss, satisfice=satisfice, positions=positions, seed=seed, n_vectors=vectors,
+    )  # fmt: skip
+    if not cfg.promote and not cfg.suppress:
+        raise ValueError("Give at least one completion to --promote or --suppress.")
+    bridge = load(model, device=device, dtype=dtype)
+    folder = train_to_folder(bridge, "oneshot", prompt, cfg, out, resume=resume)
+    for row in load_run(folder).meta["per_vector"]:
+        first = row["losses"][0] if row["losses"] else float("nan")
         typer.echo(
-            f"vector {index}: loss {result.losses[0] if result.losses else float('nan'):.3f} → {result.final_loss:.3f} nats, "
-            f"‖v‖ = {float(result.vector.norm()):.2f}, {result.seconds:.1f} s"
+            f"vector {row['index']}: loss {first:.3f} → {row['final_loss']:.3f} nats, ‖v‖ = {row['norm']:.2f}, {row['seconds']:.1f} s"
         )
-    save("complete", texts or load_run(out).meta.get("texts", []))
-    run = load_run(out, bridge)
-    for row in write_generations(bridge, run, out, list(prompt), max_new_tokens=max_new_tokens):
-        who = "unsteered" if row["vector"] is None else f"vector {row['vector']}"
-        typer.echo(f"[{who}] {row['completion']!r}")
+    write_run_outputs(bridge, folder, list(prompt), max_new_tokens=max_new_tokens)
     typer.echo(f"wrote {out}")

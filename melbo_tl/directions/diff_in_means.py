@@ -29,10 +29,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from melbo_tl.forward import as_batch, run_forward
 from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import PromptLike, tokenize
-from melbo_tl.steering.layout import TokenLayout, token_layout
-from melbo_tl.steering.sites import check_layer, n_layers
+from melbo_tl.placement import model_device, to_result
+from melbo_tl.prompts import PromptLike, prepare_prompts
+from melbo_tl.steering.sites import check_layer, n_layers, resid_hook
 
 _MARKER = "Xq7 melbo instruction marker"
 
@@ -102,7 +103,7 @@ def mean_activations(
 ) -> Float[Tensor, "layer pos d_model"]:
     """Mean of ``blocks.ℓ.hook_resid_pre`` over ``texts`` at each negative offset in ``positions``.
 
-    ``texts`` are already chat-formatted (see :func:`melbo_tl.generate.prepare_prompts`). Runs in
+    ``texts`` are already chat-formatted (see :func:`melbo_tl.prompts.prepare_prompts`). Runs in
     left-padded batches, stopping after the last requested layer; only running sums are kept.
     Returns float32 ``[len(layers), len(positions), d_model]`` in the order given.
     """
@@ -111,10 +112,9 @@ def mean_activations(
     if not texts:
         raise ValueError("No texts given to average over.")
     layers, positions = _check_layers(model, layers), _check_positions(positions)
-    tok = chat_tokenizer(model)
-    device = next(model.parameters()).device
-    index = torch.tensor(positions, device=device)
+    device = model_device(model)
     sums = torch.zeros(len(layers), len(positions), int(model.cfg.d_model), dtype=torch.float64, device=device)
+    index = torch.tensor(positions, device=device)
 
     def accumulate(slot: int):
         def hook(acts: Tensor, hook: Any) -> Tensor:
@@ -123,18 +123,16 @@ def mean_activations(
 
         return hook
 
-    pairs = [(f"blocks.{l}.hook_resid_pre", accumulate(i)) for i, l in enumerate(layers)]
+    pairs = [(resid_hook(l), accumulate(i)) for i, l in enumerate(layers)]
+    stop_at = max(layers) + 1 if max(layers) + 1 < n_layers(model) else None
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2):
-        batch = tokenize(tok, list(texts[start : start + batch_size])).to(device)
+        batch = as_batch(model, list(texts[start : start + batch_size]))
         short = int(batch.lengths.min())
         if -min(positions) > short:
             raise ValueError(f"Position {min(positions)} reaches before the start of a {short}-token prompt.")
-        with token_layout(TokenLayout(batch.token_index, batch.lengths)):  # for any interventions the caller applied
-            model.run_with_hooks(
-                batch.input_ids, fwd_hooks=pairs, stop_at_layer=max(layers) + 1, attention_mask=batch.attention_mask
-            )
-    return (sums / len(texts)).float().cpu()
+        run_forward(model, batch, hooks=pairs, stop_at=stop_at, logits="none")
+    return to_result(sums / len(texts))
 
 
 @dataclass
@@ -184,8 +182,6 @@ def diff_in_means(
     already formatted texts). ``layers`` defaults to every block, ``positions`` to
     :func:`post_instruction_positions` of the model's tokenizer.
     """
-    from melbo_tl.generate import prepare_prompts
-
     layers = list(range(n_layers(model))) if layers is None else _check_layers(model, layers)
     positions = post_instruction_positions(chat_tokenizer(model)) if positions is None else _check_positions(positions)
     bad = prepare_prompts(model, harmful, chat=chat, system=system)

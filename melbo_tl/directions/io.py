@@ -26,37 +26,47 @@ from torch import Tensor
 from melbo_tl.artifacts import Run, atomic_write_json, load_run, run_meta, save_run, save_tensors
 from melbo_tl.directions.diff_in_means import CandidateDirections
 from melbo_tl.directions.scores import CandidateScore, Selection
-from melbo_tl.steering.sites import d_model, n_layers
+from melbo_tl.placement import to_result
+from melbo_tl.steering.sites import d_model, n_layers, resid_hook
 
 METHOD = "refusal-direction"
 
 
-def _save(model: Any, out_dir: str | Path, raw: Tensor, layer: int, pos: int, **fields: Any) -> Path:
-    raw = raw.detach().float().cpu()
-    unit = raw / raw.norm()
-    hook = f"blocks.{layer}.hook_resid_pre"
-    meta = run_meta(
-        model,
-        method=METHOD,
-        hooks=[hook],
-        steer_positions="all",
-        layer=layer,
-        pos=pos,
-        raw_norm=float(raw.norm()),
+def direction_run(raw: Tensor, layer: int, pos: int, **fields: Any) -> Run:
+    """A refusal direction as run content: ``vectors`` = r̂ [1, d_model], ``raw`` = r, its hook,
+    layer, position and norm, plus ``fields`` (scores, thresholds, …) for run.json."""
+    raw = to_result(raw)
+    meta = {
+        "hooks": [resid_hook(layer)],
+        "steer_positions": "all",
+        "layer": layer,
+        "pos": pos,
+        "raw_norm": float(raw.norm()),
         **fields,
-    )
-    return save_run(out_dir, Run({"vectors": unit[None], "raw": raw}, meta))
+    }
+    return Run({"vectors": (raw / raw.norm())[None], "raw": raw}, meta)
+
+
+def _save(model: Any, out_dir: str | Path, run: Run, **head: Any) -> Path:
+    fields = {k: v for k, v in run.meta.items() if k != "hooks"}
+    meta = run_meta(model, method=METHOD, hooks=run.hooks, **head, **fields)
+    return save_run(out_dir, Run(run.tensors, meta))
 
 
 def save_refusal_direction(
     selection: Selection, model: Any, out_dir: str | Path, *, prompts: dict[str, Any] | None = None, **fields: Any
 ) -> Path:
-    """Write ``selection`` as a run folder. ``prompts`` (e.g. counts, sources, seed) and ``fields``
-    are recorded in run.json next to the layer, pos, raw norm, baseline and full score table."""
+    """Write a ``selection`` made by hand (:func:`select_direction`) as a run folder; ``prompts``
+    and ``fields`` are recorded in run.json next to the layer, pos, raw norm, baseline and the
+    full score table. (``melbo refusal-direction`` trains through ``train_to_folder`` instead,
+    which also records the config.)"""
+    return _save(model, out_dir, selection_run(selection, **fields), prompts=prompts or {}, status="complete")
+
+
+def selection_run(selection: Selection, **fields: Any) -> Run:
+    """A chosen direction as run content, with its scores, baseline and thresholds."""
     info = selection.to_dict()
-    return _save(
-        model,
-        out_dir,
+    return direction_run(
         selection.raw,
         selection.layer,
         selection.pos,
@@ -64,11 +74,8 @@ def save_refusal_direction(
         thresholds=info["thresholds"],
         scores=info["scores"],
         seconds_per_candidate=info["seconds_per_candidate"],
-        prompts={
-            "n_harmful_val": selection.n_harmful_val,
-            "n_harmless_val": selection.n_harmless_val,
-            **(prompts or {}),
-        },
+        n_harmful_val=selection.n_harmful_val,
+        n_harmless_val=selection.n_harmless_val,
         **fields,
     )
 
@@ -128,14 +135,9 @@ def import_refusal_direction_artifacts(
         raise ValueError(
             f"{metadata_json} names pos {pos}; the pipeline's positions are negative offsets from the prompt's end."
         )
-    return _save(
-        model,
-        out_dir,
-        raw,
-        layer,
-        pos,
-        imported_from={"direction": str(direction_pt.resolve()), "metadata": str(metadata_json.resolve())},
-    )
+    run = direction_run(raw, layer, pos)
+    imported = {"direction": str(direction_pt.resolve()), "metadata": str(metadata_json.resolve())}
+    return _save(model, out_dir, run, imported_from=imported, status="complete")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
+from melbo_tl.steering.sites import resid_hook
+
 
 @dataclass
 class CandidateScore:
@@ -72,7 +74,7 @@ class Selection:
 
     @property
     def hook(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_pre"
+        return resid_hook(self.layer)
 
     @property
     def chosen(self) -> CandidateScore:

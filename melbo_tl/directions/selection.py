@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,107 +42,30 @@ from tqdm.auto import tqdm
 from melbo_tl.directions.diff_in_means import CandidateDirections
 from melbo_tl.directions.scores import CandidateScore, CandidateScores, NoDirectionError, Selection, _finite
 from melbo_tl.evaluate.refusal import log_odds, refusal_token_ids
+from melbo_tl.forward import as_batch, length_sorted_batches, next_token_logprobs, readout
 from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import PromptLike, TokenBatch, tokenize
+from melbo_tl.placement import to_result
+from melbo_tl.prompts import PromptLike, prepare_prompts
 from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering.interventions import AblateDirection, AddVector, apply
-from melbo_tl.steering.layout import TokenLayout, token_layout
-from melbo_tl.steering.sites import d_model, n_layers
-
-
-class _Done(Exception):
-    """Raised by the capture hook once the last block's output is in hand."""
-
-
-@dataclass
-class _Batch:
-    rows: list[int]  # indices of the batch's texts in the caller's list
-    tokens: TokenBatch
-
-    @property
-    def layout(self) -> TokenLayout:
-        return TokenLayout(self.tokens.token_index, self.tokens.lengths)
-
-
-def _batches(model: Any, texts: Sequence[str], batch_size: int) -> list[_Batch]:
-    """Left-padded batches of similar-length texts (less padding), on the model's device."""
-    tok = chat_tokenizer(model)
-    device = next(model.parameters()).device
-    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    return [
-        _Batch(rows, tokenize(tok, [texts[i] for i in rows]).to(device))
-        for rows in (order[s : s + batch_size] for s in range(0, len(order), batch_size))
-    ]
-
-
-def _readout(model: Any, final: Tensor) -> Tensor:
-    """Next-token log-probs from the residual leaving the last block (``[batch, d_model]``)."""
-    logits = model.unembed(model.ln_final(final[:, None, :]))[:, 0]
-    return torch.log_softmax(logits.float(), dim=-1).cpu()
-
-
-def _forward_last(model: Any, batch: _Batch) -> Tensor:
-    """Log-probs at the last column, unembedding only that column (the unembedding is about a
-    quarter of a small model's compute when done at every position)."""
-    if not (hasattr(model, "ln_final") and hasattr(model, "unembed") and hasattr(model, "blocks")):
-        logits = model(batch.tokens.input_ids, attention_mask=batch.tokens.attention_mask)
-        return torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
-    seen: dict[str, Tensor] = {}
-
-    def grab(module: Any, args: Any, out: Any) -> None:
-        hidden = out[0] if isinstance(out, tuple) else out
-        seen["final"] = hidden[:, -1, :]
-        raise _Done
-
-    handle = model.blocks[n_layers(model) - 1].register_forward_hook(grab)
-    try:
-        model(batch.tokens.input_ids, attention_mask=batch.tokens.attention_mask, use_cache=False)
-    except _Done:
-        pass
-    finally:
-        handle.remove()
-    return _readout(model, seen["final"])
-
-
-def _gather(n: int, batches: list[_Batch], per_batch: list[Tensor]) -> Tensor:
-    out: list[Tensor | None] = [None] * n
-    for batch, lp in zip(batches, per_batch):
-        for j, i in enumerate(batch.rows):
-            out[i] = lp[j]
-    return torch.stack(out)  # type: ignore[arg-type]
-
-
-@torch.no_grad()
-def last_logprobs(
-    model: Any, texts: Sequence[str], interventions: Sequence[Any] = (), *, batch_size: int = 16
-) -> Float[Tensor, "n vocab"]:
-    """Log-softmax of the next-token logits after each formatted text, interventions active.
-
-    Texts are batched by length (less padding) and returned in the order given.
-    """
-    batches = _batches(model, texts, batch_size)
-    per_batch = []
-    with apply(model, *interventions):
-        for batch in batches:
-            with token_layout(batch.layout):
-                per_batch.append(_forward_last(model, batch))
-    return _gather(len(texts), batches, per_batch)
+from melbo_tl.steering.sites import d_model, n_layers, resid_hook
 
 
 @torch.no_grad()
 def _added_logprobs(
-    model: Any, batches: list[_Batch], segments: list[ResidualSegment], n: int, steer: AddVector
+    model: Any, batches: list[list[int]], segments: list[ResidualSegment], n: int, steer: AddVector
 ) -> Tensor:
-    """Like :func:`last_logprobs` with ``steer`` at ``blocks.ℓ.hook_resid_pre``, but starting each
-    batch from its cached residual entering block ℓ (blocks before ℓ are unaffected)."""
-    per_batch = []
+    """Like :func:`~melbo_tl.forward.next_token_logprobs` with ``steer`` at
+    ``blocks.ℓ.hook_resid_pre``, but starting each batch from its cached residual entering block
+    ℓ (blocks before ℓ are unaffected)."""
+    out: list[Tensor | None] = [None] * n
     with apply(model, steer):
-        for batch, segment in zip(batches, segments):
-            with token_layout(batch.layout):
-                final = segment.run(segment.residual)
-            per_batch.append(_readout(model, final[:, -1, :]))
-    return _gather(n, batches, per_batch)
+        for rows, segment in zip(batches, segments):
+            final = segment.run(segment.residual)
+            logprobs = to_result(torch.log_softmax(readout(model, final[:, -1, :]).float(), dim=-1))
+            for j, i in enumerate(rows):
+                out[i] = logprobs[j]
+    return torch.stack(out)  # type: ignore[arg-type]
 
 
 def mean_kl(base: Float[Tensor, "n vocab"], other: Float[Tensor, "n vocab"]) -> float:
@@ -203,8 +126,6 @@ def score_candidates(
     ``done`` maps (layer, pos) to scores from an interrupted run (not recomputed); ``on_score``
     is called after each new candidate (e.g. to checkpoint).
     """
-    from melbo_tl.generate import prepare_prompts
-
     if candidates.directions.shape[-1] != d_model(model):
         raise ValueError(
             f"Candidates have width {candidates.directions.shape[-1]} but the model has d_model = {d_model(model)}."
@@ -215,7 +136,7 @@ def score_candidates(
     ids = refusal_token_ids(chat_tokenizer(model))
     both = bad + good
 
-    base = last_logprobs(model, both, batch_size=batch_size)
+    base = next_token_logprobs(model, both, batch_size=batch_size)
     base_good = base[len(bad) :]
     baseline = {
         "harmful": float(log_odds(base[: len(bad)], ids).mean()),
@@ -224,7 +145,7 @@ def score_candidates(
 
     done = dict(done or {})
     todo = [pair for pair in pairs if pair not in done]
-    good_batches = _batches(model, good, batch_size)
+    good_batches = length_sorted_batches(model, good, batch_size)
     L = n_layers(model)
     segments: dict[int, list[ResidualSegment]] = {}
     scores: dict[tuple[int, int], CandidateScore] = {pair: done[pair] for pair in pairs if pair in done}
@@ -239,12 +160,15 @@ def score_candidates(
                 layer, pos, float(raw.norm()), baseline["harmful"], baseline["harmless"], 0.0, zero_vector=True
             )
         else:
-            ablated = last_logprobs(model, both, [AblateDirection(raw)], batch_size=batch_size)
+            ablated = next_token_logprobs(model, both, [AblateDirection(raw)], batch_size=batch_size)
             if layer not in segments:  # residual entering block ℓ, shared by every position at ℓ
                 segments = {
-                    layer: [ResidualSegment.capture(model, b.tokens, start=layer, stop=L) for b in good_batches]
+                    layer: [
+                        ResidualSegment.capture(model, as_batch(model, [good[i] for i in rows]), start=layer, stop=L)
+                        for rows in good_batches
+                    ]
                 }
-            steer = AddVector(raw, f"blocks.{layer}.hook_resid_pre")
+            steer = AddVector(raw, resid_hook(layer))
             added = _added_logprobs(model, good_batches, segments[layer], len(good), steer)
             score = CandidateScore(
                 layer=layer,

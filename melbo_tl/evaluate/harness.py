@@ -37,7 +37,8 @@ from melbo_tl.evaluate.stats import RateCI, rate_with_ci
 from melbo_tl.generate import Completion, generate
 from melbo_tl.models.loading import model_info
 from melbo_tl.prompts import PromptLike
-from melbo_tl.runs import ADAPTER_METHOD, intervention_from_run, stack_rows
+from melbo_tl.registry import method_of
+from melbo_tl.runs import generate_conditions, intervention_from_run, n_interventions
 from melbo_tl.steering.interventions import Intervention
 
 ALIGNED_BELOW = 30.0
@@ -195,10 +196,8 @@ def _config(model: Any, judge: Judge | None, n_prompts: int, **fields: Any) -> d
 
 
 def select_vectors(run: Run, vectors: Sequence[int] | None) -> list[int]:
-    if run.meta.get("method") == ADAPTER_METHOD and "A" in run.tensors:
-        n = int(run.tensors["A"].shape[0])
-    else:
-        n = int(run.vectors.shape[0])
+    """Distinct indices of the run's entries to evaluate (all when ``vectors`` is None)."""
+    n = n_interventions(run)
     if vectors is None:
         return list(range(n))
     if isinstance(vectors, int):
@@ -241,8 +240,7 @@ def evaluate_run(
     steers = [intervention_from_run(run, i, scale=scale) for i in indices]
     for steer in steers:
         steer.hooks(model)  # validate before any compute
-    adapter = run.meta.get("method") == ADAPTER_METHOD
-    kind = "adapter" if adapter else "vector"
+    kind = method_of(run).unit
     conditions = ([_Condition(UNSTEERED, None, None)] if include_unsteered else []) + [
         _Condition(f"{kind} {i}", i, scale) for i in indices
     ]
@@ -253,13 +251,8 @@ def evaluate_run(
     )
     started = time.perf_counter()
     n = len(prompts)
-    if adapter or not steers:
-        completions = [generate(model, prompts, **gen_kwargs)] if include_unsteered else []
-        completions += [generate(model, prompts, [steer], **gen_kwargs) for steer in steers]
-    else:
-        merged = stack_rows([None] * include_unsteered + list(steers), n)
-        flat = generate(model, list(prompts) * len(conditions), merged, **gen_kwargs)
-        completions = [flat[j * n : (j + 1) * n] for j in range(len(conditions))]
+    flat = generate_conditions(model, prompts, [None] * include_unsteered + list(steers), **gen_kwargs)
+    completions = [flat[j * n : (j + 1) * n] for j in range(len(conditions))]
     seconds = time.perf_counter() - started
     rows, gens = _score(conditions, prompts, completions, judge)
     config = _config(

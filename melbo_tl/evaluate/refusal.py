@@ -16,6 +16,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from melbo_tl.forward import next_token_logprobs
+from melbo_tl.models.loading import chat_tokenizer
+
 REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm sorry",
     "i am sorry",
@@ -72,7 +75,6 @@ def log_odds(logprobs: Float[Tensor, "n vocab"], token_ids: Sequence[int]) -> Fl
     return log_p - torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
 
 
-@torch.no_grad()
 def refusal_log_odds(
     model: Any,
     texts: Sequence[str],
@@ -83,22 +85,8 @@ def refusal_log_odds(
 ) -> Float[Tensor, " n"]:
     """log p(refusal start) − log(1 − p(refusal start)) for the next token after each formatted text.
 
-    ``texts`` are already chat-formatted (see :func:`melbo_tl.generate.prepare_prompts`); the
+    ``texts`` are already chat-formatted (see :func:`melbo_tl.prompts.prepare_prompts`); the
     interventions act as in steered generation.
     """
-    from melbo_tl.models.loading import chat_tokenizer
-    from melbo_tl.prompts import tokenize
-    from melbo_tl.steering.interventions import apply
-    from melbo_tl.steering.layout import TokenLayout, token_layout
-
-    tok = chat_tokenizer(model)
-    ids = list(token_ids) if token_ids is not None else refusal_token_ids(tok)
-    device = next(model.parameters()).device
-    out = []
-    with apply(model, *interventions):
-        for start in range(0, len(texts), batch_size):
-            batch = tokenize(tok, list(texts[start : start + batch_size])).to(device)
-            with token_layout(TokenLayout(batch.token_index, batch.lengths)):
-                logits = model(batch.input_ids, attention_mask=batch.attention_mask)
-            out.append(log_odds(torch.log_softmax(logits[:, -1, :].float(), dim=-1), ids))
-    return torch.cat(out).cpu()
+    ids = list(token_ids) if token_ids is not None else refusal_token_ids(chat_tokenizer(model))
+    return log_odds(next_token_logprobs(model, texts, interventions, batch_size=batch_size), ids)

@@ -40,17 +40,20 @@ def _version(dist: str) -> str:
 
 
 def tested_ranges() -> dict[str, str]:
-    """The version ranges melbo_tl declares for transformers and TransformerLens (package metadata)."""
+    """The version ranges melbo_tl declares for transformers and TransformerLens (package metadata),
+    lower bounds first, e.g. ``{"transformers": ">=5.0, <5.40", …}``."""
+    from packaging.requirements import Requirement
+
     wanted = {"transformers": "", "transformer-lens": ""}
     try:
         requires = md.requires("melbo_tl") or []
     except md.PackageNotFoundError:
         requires = []
-    for req in requires:
-        head = req.split(";")[0].strip()
-        for name in wanted:
-            if head.lower().startswith(name) and head[len(name) : len(name) + 1] in ("<", ">", "=", "!", "~", " ", ""):
-                wanted[name] = head[len(name) :].strip() or "any"
+    for line in requires:
+        req = Requirement(line)
+        if req.marker is None and req.name.lower() in wanted:
+            specs = sorted(req.specifier, key=lambda s: (not s.operator.startswith(">"), s.version))
+            wanted[req.name.lower()] = ", ".join(str(s) for s in specs) or "any"
     return wanted
 
 

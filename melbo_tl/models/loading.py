@@ -34,6 +34,8 @@ class ModelInfo:
     d_model: int
     n_layers: int
     architecture: str
+    device: str = "cpu"  # where it was loaded
+    dtype: str = "float32"  # what it computes in
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +71,11 @@ def _resolve(spec: str) -> tuple[str, str]:
     return "hub", spec
 
 
+def default_device() -> str:
+    """``"cuda"`` when a GPU is available, else ``"cpu"``: where :func:`load_model` puts a model."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -77,6 +84,10 @@ def load_model(
     revision: str | None = None,
 ) -> TransformerBridge:
     """Load a model as a frozen, eval-mode ``TransformerBridge``.
+
+    ``device`` defaults to :func:`default_device` (CUDA when available, else the CPU); ``dtype``
+    to float32 (``torch.bfloat16``/``torch.float16`` halve the memory; melbo_tl's optimizers keep
+    float32 master copies of what they train and accumulate objectives in float32).
 
     >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
     >>> model = load_model("path/to/model_dir")    # any save_pretrained directory
@@ -87,6 +98,9 @@ def load_model(
 
     if not spec or not spec.strip():
         raise ValueError(f"Model spec is empty. Embedded models: {', '.join(EMBEDDED)}.")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16.")
+    device = torch.device(device) if device is not None else torch.device(default_device())
     source, where = _resolve(spec)
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     try:
@@ -119,6 +133,8 @@ def load_model(
         d_model=int(bridge.cfg.d_model),
         n_layers=int(bridge.cfg.n_layers),
         architecture=str(bridge.cfg.architecture),
+        device=str(next(bridge.parameters()).device),
+        dtype=str(next(bridge.parameters()).dtype).replace("torch.", ""),
     )
     object.__setattr__(bridge, "melbo_info", info)
     object.__setattr__(bridge, "chat_tokenizer", chat_tokenizer)

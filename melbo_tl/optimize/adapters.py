@@ -4,7 +4,11 @@ W_out' = W_out + R·B·Aᵀ with every column of A [d_mlp, r] and B [d_model, r]
 sphere (tangent projection per column, renormalization after each step). The change to the
 residual after block s is R·(h·A)·Bᵀ, where h is that block's MLP hidden activation — which
 does not depend on the adapter, so it is cached once like the residual. Same objective as
-steering vectors; adapters are trained independently, ``batch_size`` at a time.
+steering vectors; adapters are trained independently, ``batch_size`` at a time. Registered as
+method ``"melbo-adapter"``.
+
+>>> result = train_adapters(model, ["How can I make a bomb?"], AdapterConfig(radius=0.35, rank=64))
+>>> steer = result.intervention(0)
 """
 
 from __future__ import annotations
@@ -19,11 +23,53 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from melbo_tl.optimize.melbo import MelboConfig
+from melbo_tl.artifacts import Run
+from melbo_tl.config import Config, require
+from melbo_tl.forward import run_forward
+from melbo_tl.optimize.melbo import per_vector_rows
 from melbo_tl.optimize.objective import column_tangent, normalize_columns
-from melbo_tl.optimize.problem import MelboProblem
+from melbo_tl.optimize.problem import LayerPairSettings, MelboProblem
+from melbo_tl.placement import like, master_copy, to_result
 from melbo_tl.prompts import Positions, PromptLike
+from melbo_tl.registry import Checkpoints, Method, register_method
+from melbo_tl.runs import check_index
 from melbo_tl.steering.interventions import MLPAdapter
+from melbo_tl.steering.sites import mlp_hidden_hook, mlp_out_hook
+
+NAME = "melbo-adapter"
+
+
+@dataclass
+class AdapterConfig(LayerPairSettings, Config):
+    """Settings of a MELBO adapter run: ``radius`` R (scale of B·Aᵀ), ``rank`` r, the layers,
+    objective and optimizer settings as in :class:`~melbo_tl.optimize.melbo.MelboConfig`, and
+    ``n_adapters`` trained ``batch_size`` at a time."""
+
+    radius: float
+    rank: int = 8
+    source_layer: int | None = None
+    target_layer: int | None = None
+    p: float = 2.0
+    q: float = 1.0
+    positions: str = "all"
+    n_adapters: int = 4
+    steps: int = 300
+    lr: float = 1e-3
+    seed: int = 0
+    batch_size: int = 4
+    chat: bool = True
+
+    RESUMABLE = ("n_adapters",)
+
+    def validate(self) -> None:
+        self.validate_objective()
+        require(self.rank >= 1, f"rank must be ≥ 1, got {self.rank}.")
+        require(self.n_adapters >= 1, f"n_adapters must be ≥ 1, got {self.n_adapters}.")
+
+    def check_model(self, model: Any) -> None:
+        super().check_model(model)
+        d_mlp = int(model.cfg.d_mlp)
+        require(1 <= self.rank <= d_mlp, f"rank must be in 1…{d_mlp} (d_mlp), got {self.rank}.")
 
 
 @dataclass
@@ -44,108 +90,73 @@ class AdapterRecord:
 @dataclass
 class AdapterResult:
     """Fields: ``A`` [n, d_mlp, r], ``B`` [n, d_model, r] (unit columns), applied with
-    :meth:`intervention`; ``config`` (``radius`` is R, ``source_layer`` the adapted block);
-    per-adapter ``losses``, ``objectives``, ``seconds``."""
+    :meth:`intervention`; ``config`` (layers filled in); per-adapter ``losses``,
+    ``objectives``, ``seconds``; ``texts`` the formatted prompts."""
 
     A: Float[Tensor, "n d_mlp rank"]
     B: Float[Tensor, "n d_model rank"]
-    config: MelboConfig
-    rank: int
+    config: AdapterConfig
     losses: list[list[float]]
     objectives: list[float]
     seconds: list[float]
     texts: list[str]
 
+    @property
+    def rank(self) -> int:
+        return self.config.rank
+
     def intervention(self, index: int) -> MLPAdapter:
+        assert self.config.source_layer is not None
         return MLPAdapter(self.A[index], self.B[index], self.config.source_layer, self.config.radius)
 
 
+@torch.no_grad()
 def _mlp_hidden(model: Any, problem: MelboProblem) -> Tensor:
-    name = f"blocks.{problem.source}.mlp.hook_post"
-    with torch.no_grad():
-        _, cache = model.run_with_cache(
-            problem.batch.input_ids,
-            attention_mask=problem.batch.attention_mask,
-            names_filter=lambda n: n == name,
-            stop_at_layer=problem.source + 1,
-        )
-    return cache[name]
+    name = mlp_hidden_hook(problem.source)
+    fwd = run_forward(model, problem.batch, record=[name], logits="none")
+    return fwd.activations[name]
 
 
 def train_adapters(
     model: Any,
     prompts: Sequence[PromptLike],
+    cfg: AdapterConfig | None = None,
     *,
-    radius: float,
-    rank: int,
-    source_layer: int | None = None,
-    target_layer: int | None = None,
-    p: float = 2.0,
-    q: float = 1.0,
-    positions: Positions | str = "all",
-    n_adapters: int = 4,
-    steps: int = 300,
-    lr: float = 1e-3,
-    seed: int = 0,
-    batch_size: int = 4,
-    chat: bool = True,
     previous: Sequence[AdapterRecord] = (),
     on_adapter: Callable[[AdapterRecord], None] | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> AdapterResult:
-    """Learn ``n_adapters`` rank-``rank`` MELBO adapters on block ``source_layer``'s MLP output."""
-    config = MelboConfig.create(
-        model,
-        radius=radius,
-        source_layer=source_layer,
-        target_layer=target_layer,
-        positions=positions,
-        p=p,
-        q=q,
-        n_vectors=n_adapters,
-        steps=steps,
-        lr=lr,
-        orthogonal=False,
-        seed=seed,
-        batch_size=batch_size,
-    )
-    d_mlp = int(model.cfg.d_mlp)
-    if not 1 <= rank <= d_mlp:
-        raise ValueError(f"rank must be in 1…{d_mlp} (d_mlp), got {rank}.")
-    if n_adapters < 1 or steps < 0:
-        raise ValueError(f"n_adapters must be ≥ 1 and steps ≥ 0 (got {n_adapters}, {steps}).")
+    """Learn ``cfg.n_adapters`` rank-``cfg.rank`` MELBO adapters on block ``source_layer``'s MLP
+    output (``settings``: :class:`AdapterConfig` fields applied on top of ``cfg``)."""
+    cfg = AdapterConfig.build(cfg, **settings).for_model(model)
+    cfg.check_model(model)
+    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model,
-        prompts,
-        source=config.source_layer,
-        target=config.target_layer,
-        p=p,
-        q=q,
-        radius=radius,
-        positions=positions,
-        chat=chat,
-    )
+        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
+        chat=cfg.chat,
+    )  # fmt: skip
     hidden = _mlp_hidden(model, problem)  # [prompts, pos, d_mlp]
-    d = int(model.cfg.d_model)
+    d, d_mlp, rank = int(model.cfg.d_model), int(model.cfg.d_mlp), cfg.rank
     real = problem.real[None, ..., None].to(hidden.dtype)
 
     def steered(A: Tensor, B: Tensor) -> Tensor:
-        delta = radius * torch.einsum("ipm,kmr,kdr->kipd", hidden, A, B) * real
+        delta = cfg.radius * torch.einsum("ipm,kmr,kdr->kipd", hidden, like(A, hidden), like(B, hidden)) * real
         return (problem.segment.residual[None] + delta).flatten(0, 1)
 
     records = list(previous)
-    while len(records) < n_adapters:
+    while len(records) < cfg.n_adapters:
         first = len(records)
-        count = min(batch_size, n_adapters - first)
-        gens = [torch.Generator().manual_seed(seed * 1_000_003 + first + j) for j in range(count)]
-        A = normalize_columns(torch.stack([torch.randn(d_mlp, rank, generator=g) for g in gens])).to(hidden.device)
-        B = normalize_columns(torch.stack([torch.randn(d, rank, generator=g) for g in gens])).to(hidden.device)
+        count = min(cfg.batch_size, cfg.n_adapters - first)
+        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + first + j) for j in range(count)]
+        A = master_copy(normalize_columns(torch.stack([torch.randn(d_mlp, rank, generator=g) for g in gens])), model)
+        B = master_copy(normalize_columns(torch.stack([torch.randn(d, rank, generator=g) for g in gens])), model)
         A.requires_grad_(True)
         B.requires_grad_(True)
-        opt = torch.optim.AdamW([A, B], lr=lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
+        opt = torch.optim.AdamW([A, B], lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
         history: list[list[float]] = [[] for _ in range(count)]
         started = time.perf_counter()
-        bar = tqdm(range(steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress)
+        bar = tqdm(range(cfg.steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress)
         for _ in bar:
             opt.zero_grad(set_to_none=True)
             objective, _ = problem.objective(steered(A, B))
@@ -162,18 +173,19 @@ def train_adapters(
             bar.set_postfix(objective=f"{objective.mean().item():.4g}")
         with torch.no_grad():
             final, _ = problem.objective(steered(A, B))
-            mean_hidden = (hidden * real[0]).sum((0, 1)) / real.sum()
-            mean_delta = radius * torch.einsum("m,kmr,kdr->kd", mean_hidden, A, B)
+            h = hidden.float()
+            mean_hidden = (h * real[0].float()).sum((0, 1)) / real.sum()
+            mean_delta = cfg.radius * torch.einsum("m,kmr,kdr->kd", mean_hidden, A, B)
         seconds = (time.perf_counter() - started) / count
         for j in range(count):
             record = AdapterRecord(
                 first + j,
-                A[j].detach().cpu(),
-                B[j].detach().cpu(),
+                to_result(A[j]),
+                to_result(B[j]),
                 history[j],
                 float(final[j]),
                 seconds,
-                mean_delta[j].cpu(),
+                to_result(mean_delta[j]),
             )
             records.append(record)
             if on_adapter is not None:
@@ -181,10 +193,107 @@ def train_adapters(
     return AdapterResult(
         A=torch.stack([r.A for r in records]),
         B=torch.stack([r.B for r in records]),
-        config=config,
-        rank=rank,
+        config=cfg,
         losses=[r.losses for r in records],
         objectives=[r.objective for r in records],
         seconds=[r.seconds for r in records],
         texts=problem.texts,
     )
+
+
+# --- the registered method --------------------------------------------------------------------
+
+
+def _as_run(model: Any, cfg: AdapterConfig, records: Sequence[AdapterRecord], texts: Sequence[str]) -> Run:
+    d, d_mlp = int(model.cfg.d_model), int(model.cfg.d_mlp)
+    stack = lambda xs, shape: torch.stack(xs) if xs else torch.zeros(0, *shape)  # noqa: E731
+    tensors = {
+        "vectors": stack([r.mean_delta for r in records], (d,)),
+        "A": stack([r.A for r in records], (d_mlp, cfg.rank)),
+        "B": stack([r.B for r in records], (d, cfg.rank)),
+    }
+    meta = {
+        "hooks": [mlp_out_hook(cfg.source_layer)] * len(records),  # type: ignore[arg-type]
+        "source_layer": cfg.source_layer,
+        "target_layer": cfg.target_layer,
+        "radius": cfg.radius,
+        "rank": cfg.rank,
+        "objective_positions": cfg.positions,
+        "steer_positions": "all",
+        "texts": list(texts),
+        "per_vector": per_vector_rows(records),
+    }
+    return Run(tensors, meta)
+
+
+def _records(run: Run | None) -> list[AdapterRecord]:
+    if run is None:
+        return []
+    t = run.tensors
+    return [
+        AdapterRecord(r["index"], t["A"][i], t["B"][i], r["losses"], r["objective"], r["seconds"], run.vectors[i])
+        for i, r in enumerate(run.meta.get("per_vector", []))
+    ]
+
+
+def _train(model: Any, prompts: Sequence[PromptLike], cfg: AdapterConfig, ckpt: Checkpoints) -> Run:
+    cfg = cfg.for_model(model)
+    finished = _records(ckpt.previous)
+    texts = list(ckpt.previous.meta.get("texts", [])) if ckpt.previous else []
+
+    def checkpoint(record: AdapterRecord) -> None:
+        finished.append(record)
+        ckpt.save(_as_run(model, cfg, finished, texts))
+
+    result = train_adapters(model, prompts, cfg, previous=list(finished), on_adapter=checkpoint, progress=ckpt.progress)
+    return _as_run(model, cfg, finished, result.texts)
+
+
+def adapter_count(run: Run) -> int:
+    if "A" not in run.tensors:
+        raise ValueError(f"This {NAME} run has no tensor 'A' in its vectors file.")
+    return int(run.tensors["A"].shape[0])
+
+
+def adapter_intervention(run: Run, index: int, scale: float = 1.0) -> MLPAdapter:
+    """Adapter ``index`` of the run: ``MLPAdapter(A[i], B[i], source_layer, radius·scale)`` (its
+    effect is linear in the radius)."""
+    missing = [k for k in ("A", "B") if k not in run.tensors]
+    if missing:
+        raise ValueError(f"This {NAME} run has no tensor(s) {missing} in its vectors file.")
+    A, B = run.tensors["A"], run.tensors["B"]
+    if A.ndim != 3 or B.ndim != 3 or A.shape[0] != B.shape[0] or A.shape[2] != B.shape[2]:
+        raise ValueError(
+            f"Adapter tensors have shapes A {tuple(A.shape)}, B {tuple(B.shape)}; expected A [n, d_mlp, r] and B [n, d_model, r]."
+        )
+    for key in ("source_layer", "radius"):
+        if key not in run.meta:
+            raise ValueError(f"This {NAME} run's run.json has no {key!r}.")
+    check_index(index, int(A.shape[0]), "adapter")
+    positions = Positions.parse(run.meta.get("steer_positions", "all"))
+    return MLPAdapter(A[index], B[index], int(run.meta["source_layer"]), float(run.meta["radius"]) * scale, positions)
+
+
+def legacy_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 stored a MelboConfig (``n_vectors`` adapters) plus a top-level ``rank``."""
+    old = dict(meta.get("config", {}))
+    keep = {
+        k: old[k]
+        for k in ("radius", "source_layer", "target_layer", "p", "q", "positions", "steps", "lr", "seed", "batch_size")
+        if k in old
+    }
+    return {**keep, "rank": int(meta.get("rank") or 8), "n_adapters": int(old.get("n_vectors", 4))}
+
+
+METHOD = register_method(
+    Method(
+        name=NAME,
+        config=AdapterConfig,
+        train=_train,
+        intervention=adapter_intervention,
+        count=adapter_count,
+        description="MELBO adapters: rank-r perturbations of the source block's MLP output weights",
+        unit="adapter",
+        legacy_config=legacy_config,
+    )
+)

@@ -10,11 +10,16 @@ Two modes:
 - ``orthogonal=False``: ``batch_size`` independent vectors trained at once, one per batch row;
   optionally with a soft penalty on the pairwise cosine of the changes Δ they cause.
 
+``steps=0`` is the random baseline: random directions of norm R through the same code path.
+Registered as method ``"melbo"`` (run folders of random baselines written before format 2 say
+``"melbo-random"``).
+
 Example::
 
     model = load_model()
-    result = train_vectors(model, ["How can I make a bomb?"], radius=4, n_vectors=4,
-                           positions="last:2", steps=300)
+    cfg = MelboConfig(radius=4, n_vectors=4, positions="last:2", steps=300)
+    result = train_vectors(model, ["How can I make a bomb?"], cfg)
+    result = train_vectors(model, ["How can I make a bomb?"], radius=4, n_vectors=4)  # the same
     result.vectors  # [4, d_model], acting at result.hook
 """
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,19 +35,34 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from melbo_tl.artifacts import Run
+from melbo_tl.config import Config, require
 from melbo_tl.optimize.objective import delta_cosines, orthonormal_basis, project_off, retract, tangent
-from melbo_tl.optimize.problem import MelboProblem, default_layers
-from melbo_tl.prompts import Positions, PromptLike
-from melbo_tl.steering.sites import d_model
+from melbo_tl.optimize.problem import LayerPairSettings, MelboProblem
+from melbo_tl.placement import master_copy, to_result
+from melbo_tl.prompts import PromptLike
+from melbo_tl.registry import Checkpoints, Method, register_method
+from melbo_tl.runs import vector_count, vector_intervention
+from melbo_tl.steering.sites import d_model, resid_hook
+
+NAME = "melbo"
 
 
 @dataclass
-class MelboConfig:
-    """Hyper-parameters of a MELBO run (saved to run.json as they are)."""
+class MelboConfig(LayerPairSettings, Config):
+    """Settings of a MELBO run (``run.json["config"]``).
 
-    source_layer: int
-    target_layer: int
+    ``radius`` R = ‖θ‖; ``source_layer`` s (θ added at ``blocks.s.hook_resid_post``; None: 7) and
+    ``target_layer`` t (objective at ``blocks.t.hook_resid_pre``; None: n_layers − 8), filled in
+    for the model by :meth:`for_model`; ``p``, ``q`` the objective's exponents; ``positions`` its
+    token set; ``n_vectors``; ``steps`` (0: random baseline); ``lr``; ``orthogonal`` (else
+    independent vectors, ``batch_size`` at a time, with optional ``diversity_penalty``);
+    ``seed``; ``chat`` format prompts with the chat template.
+    """
+
     radius: float
+    source_layer: int | None = None
+    target_layer: int | None = None
     p: float = 2.0
     q: float = 1.0
     positions: str = "all"
@@ -53,30 +73,25 @@ class MelboConfig:
     seed: int = 0
     batch_size: int = 8
     diversity_penalty: float = 0.0
+    chat: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    RESUMABLE = ("n_vectors",)
 
-    @classmethod
-    def create(
-        cls,
-        model: Any,
-        *,
-        radius: float,
-        source_layer: int | None = None,
-        target_layer: int | None = None,
-        positions: Positions | str = "all",
-        **options: Any,
-    ) -> MelboConfig:
-        """A config with the model's default layers filled in and ``positions`` normalized."""
-        s_default, t_default = default_layers(model)
-        return cls(
-            source_layer=s_default if source_layer is None else source_layer,
-            target_layer=t_default if target_layer is None else target_layer,
-            radius=float(radius),
-            positions=str(Positions.parse(positions)),
-            **options,
+    def validate(self) -> None:
+        self.validate_objective()
+        require(self.n_vectors >= 1, f"n_vectors must be ≥ 1, got {self.n_vectors}.")
+        require(self.diversity_penalty >= 0, f"diversity_penalty must be ≥ 0, got {self.diversity_penalty}.")
+        require(
+            not (self.diversity_penalty and self.orthogonal),
+            "diversity_penalty is the soft alternative to orthogonal mode: pass orthogonal=False.",
         )
+
+    @property
+    def hook(self) -> str:
+        """Where the vectors act (needs the layers filled in)."""
+        if self.source_layer is None:
+            raise ValueError("source_layer is not set; call for_model(model) first.")
+        return resid_hook(self.source_layer, "post")
 
 
 @dataclass
@@ -94,8 +109,9 @@ class VectorRecord:
 
 @dataclass
 class MelboResult:
-    """Fields: ``vectors`` [n, d_model] added at ``hook``; ``config``; per-vector ``losses``
-    (objective per step), ``objectives`` (final) and ``seconds``; ``texts`` the formatted prompts."""
+    """Fields: ``vectors`` [n, d_model] added at ``hook``; ``config`` (layers filled in); per-vector
+    ``losses`` (objective per step), ``objectives`` (final) and ``seconds``; ``texts`` the
+    formatted prompts."""
 
     vectors: Float[Tensor, "n d_model"]
     hook: str
@@ -106,10 +122,10 @@ class MelboResult:
     texts: list[str] = field(default_factory=list)
 
 
-def _start(index: int, seed: int, d: int, radius: float, basis: Tensor | None, device: torch.device) -> Tensor:
+def _start(index: int, seed: int, d: int, radius: float, basis: Tensor | None, model: Any) -> Tensor:
     """Random start of vector ``index``: depends only on (seed, index), so resuming reproduces it."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    theta = torch.randn(1, d, generator=gen).to(device)
+    theta = master_copy(torch.randn(1, d, generator=gen), model)
     return retract(project_off(theta, basis), radius)
 
 
@@ -125,7 +141,7 @@ def _optimize(
     desc: str,
     progress: bool,
 ) -> tuple[Tensor, list[list[float]], Tensor]:
-    """Riemannian AdamW on k vectors at once (rows of ``theta``). Returns (θ, losses per row, final objective)."""
+    """Riemannian AdamW on k vectors at once (rows of ``theta``, float32). Returns (θ, losses per row, final objective)."""
     theta = theta.clone().requires_grad_(True)
     opt = torch.optim.AdamW([theta], lr=lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
     history: list[list[float]] = [[] for _ in range(theta.shape[0])]
@@ -156,101 +172,127 @@ def _optimize(
 def train_vectors(
     model: Any,
     prompts: Sequence[PromptLike],
+    cfg: MelboConfig | None = None,
     *,
-    radius: float,
-    source_layer: int | None = None,
-    target_layer: int | None = None,
-    p: float = 2.0,
-    q: float = 1.0,
-    positions: Positions | str = "all",
-    n_vectors: int = 8,
-    steps: int = 300,
-    lr: float = 1e-3,
-    orthogonal: bool = True,
-    seed: int = 0,
-    batch_size: int = 8,
-    diversity_penalty: float = 0.0,
-    chat: bool = True,
     previous: Sequence[VectorRecord] = (),
     on_vector: Callable[[VectorRecord], None] | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> MelboResult:
-    """Learn ``n_vectors`` MELBO steering vectors on ``prompts``.
+    """Learn ``cfg.n_vectors`` MELBO steering vectors on ``prompts`` (``settings`` are
+    :class:`MelboConfig` fields, applied on top of ``cfg``: ``train_vectors(model, p, radius=4)``).
 
-    ``steps=0`` gives the random baseline: random directions of norm R through the same path.
     ``previous`` holds already finished vectors (a resumed run): they are kept, define the span
     in orthogonal mode, and training continues at index ``len(previous)``. ``on_vector`` is
     called with each finished vector (in index order), e.g. to checkpoint a run folder.
     """
-    config = MelboConfig.create(
-        model,
-        radius=radius,
-        source_layer=source_layer,
-        target_layer=target_layer,
-        positions=positions,
-        p=p,
-        q=q,
-        n_vectors=n_vectors,
-        steps=steps,
-        lr=lr,
-        orthogonal=orthogonal,
-        seed=seed,
-        batch_size=batch_size,
-        diversity_penalty=diversity_penalty,
-    )
-    if n_vectors < 1:
-        raise ValueError(f"n_vectors must be ≥ 1, got {n_vectors}.")
-    if steps < 0 or batch_size < 1:
-        raise ValueError(f"steps must be ≥ 0 and batch_size ≥ 1 (got steps={steps}, batch_size={batch_size}).")
-    if diversity_penalty and orthogonal:
-        raise ValueError("diversity_penalty is the soft alternative to orthogonal mode: pass orthogonal=False.")
+    cfg = MelboConfig.build(cfg, **settings).for_model(model)
+    cfg.check_model(model)
+    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model,
-        prompts,
-        source=config.source_layer,
-        target=config.target_layer,
-        p=p,
-        q=q,
-        radius=radius,
-        positions=positions,
-        chat=chat,
-    )
-    device = problem.segment.residual.device
+        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
+        chat=cfg.chat,
+    )  # fmt: skip
     d = d_model(model)
     records = list(previous)
-    if len(records) > n_vectors:
-        raise ValueError(f"{len(records)} finished vectors already exceed n_vectors={n_vectors}.")
-    while len(records) < n_vectors:
+    if len(records) > cfg.n_vectors:
+        raise ValueError(f"{len(records)} finished vectors already exceed n_vectors={cfg.n_vectors}.")
+    while len(records) < cfg.n_vectors:
         first = len(records)
-        count = 1 if orthogonal else min(batch_size, n_vectors - first)
-        basis = (
-            orthonormal_basis(torch.stack([r.vector.to(device) for r in records])) if orthogonal and records else None
-        )
-        theta = torch.cat([_start(first + j, seed, d, radius, basis, device) for j in range(count)])
+        count = 1 if cfg.orthogonal else min(cfg.batch_size, cfg.n_vectors - first)
+        done = [master_copy(r.vector, model) for r in records]
+        basis = orthonormal_basis(torch.stack(done)) if cfg.orthogonal and done else None
+        theta = torch.cat([_start(first + j, cfg.seed, d, cfg.radius, basis, model) for j in range(count)])
         started = time.perf_counter()
         theta, history, final = _optimize(
             problem,
             theta,
-            radius=radius,
-            steps=steps,
-            lr=lr,
+            radius=cfg.radius,
+            steps=cfg.steps,
+            lr=cfg.lr,
             basis=basis,
-            diversity_penalty=diversity_penalty,
+            diversity_penalty=cfg.diversity_penalty,
             desc=f"vector {first}" if count == 1 else f"vectors {first}-{first + count - 1}",
             progress=progress,
         )
         seconds = (time.perf_counter() - started) / count
         for j in range(count):
-            record = VectorRecord(first + j, theta[j].cpu(), history[j], float(final[j]), seconds)
+            record = VectorRecord(first + j, to_result(theta[j]), history[j], float(final[j]), seconds)
             records.append(record)
             if on_vector is not None:
                 on_vector(record)
     return MelboResult(
         vectors=torch.stack([r.vector for r in records]),
-        hook=problem.hook,
-        config=config,
+        hook=cfg.hook,
+        config=cfg,
         losses=[r.losses for r in records],
         objectives=[r.objective for r in records],
         seconds=[r.seconds for r in records],
         texts=problem.texts,
     )
+
+
+# --- the registered method: results as run folders -------------------------------------------
+
+
+def per_vector_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """run.json's ``per_vector`` rows (index, final objective, seconds, objective per step)."""
+    return [{"index": r.index, "objective": r.objective, "seconds": r.seconds, "losses": r.losses} for r in records]
+
+
+def _as_run(cfg: MelboConfig, records: Sequence[VectorRecord], texts: Sequence[str]) -> Run:
+    d = records[0].vector.shape[-1] if records else 0
+    vectors = torch.stack([r.vector for r in records]) if records else torch.zeros(0, d)
+    meta = {
+        "hooks": [cfg.hook] * len(records),
+        "source_layer": cfg.source_layer,
+        "target_layer": cfg.target_layer,
+        "radius": cfg.radius,
+        "objective_positions": cfg.positions,
+        "steer_positions": "all",
+        "random_baseline": cfg.steps == 0,
+        "texts": list(texts),
+        "per_vector": per_vector_rows(records),
+    }
+    return Run({"vectors": vectors}, meta)
+
+
+def _records(run: Run | None) -> list[VectorRecord]:
+    if run is None:
+        return []
+    rows = run.meta.get("per_vector", [])
+    return [
+        VectorRecord(r["index"], run.vectors[i], r["losses"], r["objective"], r["seconds"]) for i, r in enumerate(rows)
+    ]
+
+
+def _train(model: Any, prompts: Sequence[PromptLike], cfg: MelboConfig, ckpt: Checkpoints) -> Run:
+    cfg = cfg.for_model(model)
+    finished = _records(ckpt.previous)
+    texts = list(ckpt.previous.meta.get("texts", [])) if ckpt.previous else []
+
+    def checkpoint(record: VectorRecord) -> None:
+        finished.append(record)
+        ckpt.save(_as_run(cfg, finished, texts))
+
+    result = train_vectors(model, prompts, cfg, previous=list(finished), on_vector=checkpoint, progress=ckpt.progress)
+    return _as_run(cfg, finished, result.texts)
+
+
+def legacy_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 stored MelboConfig's fields under "config" already (no ``chat``)."""
+    return dict(meta.get("config", {}))
+
+
+METHOD = register_method(
+    Method(
+        name=NAME,
+        config=MelboConfig,
+        train=_train,
+        intervention=vector_intervention,
+        count=vector_count,
+        description="MELBO steering vectors (Mack & Turner): maximize the change at a later layer, ‖θ‖ = R",
+        legacy_config=legacy_config,
+    ),
+    aliases=("melbo-random",),
+)

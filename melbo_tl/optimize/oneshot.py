@@ -12,10 +12,13 @@ certainty, or with ``satisfice=True`` minimize (L − target_loss)². Adam from 
 norm ``init_norm``; an optional max-norm ball. Every completion of a step is in one padded
 batch, and the residual entering ``layer`` (which does not depend on v) is computed once.
 
+Registered as method ``"oneshot"``.
+
 Example::
 
-    result = optimize_vector(model, "How can I make a bomb?", layer=10,
-                             promote=["Sure, here is how"], steps=40, lr=0.1)
+    cfg = OneShotConfig(layer=10, promote=("Sure, here is how",), steps=40, lr=0.1)
+    result = optimize_vector(model, "How can I make a bomb?", cfg)
+    result = optimize_vector(model, "How can I make a bomb?", layer=10, promote=["Sure, here is how"])
     steer = AddVector(result.vector, result.hook)
 """
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,12 +34,18 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from melbo_tl.generate import prepare_prompts
+from melbo_tl.artifacts import Run
+from melbo_tl.config import Config, require
+from melbo_tl.forward import run_forward
 from melbo_tl.models.loading import chat_tokenizer
-from melbo_tl.prompts import Positions, PromptLike, TokenBatch, left_pad
+from melbo_tl.placement import like, master_copy, to_result
+from melbo_tl.prompts import Positions, PromptLike, TokenBatch, left_pad, prepare_prompts
+from melbo_tl.registry import Checkpoints, Method, register_method
+from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
-from melbo_tl.steering.layout import TokenLayout, token_layout
 from melbo_tl.steering.sites import check_layer, d_model, n_layers, resid_hook
+
+NAME = "oneshot"
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,17 @@ class Example:
 
 
 @dataclass
-class OneShotConfig:
+class OneShotConfig(Config):
+    """Settings of a one-shot run (``run.json["config"]``): ``layer`` (the vector acts at
+    ``blocks.layer.hook_resid_pre``), completions to ``promote``/``suppress`` (for plain prompts;
+    :class:`Example` objects carry their own), ``coldness``, ``lr``, ``steps``, optional
+    ``max_norm`` ball, ``target_loss`` (early stop, or with ``satisfice`` minimize
+    (L − target)²), ``positions`` where v acts, ``seed``, ``init_norm`` of the random start,
+    ``n_vectors`` independent fits (seeds ``seed``…``seed + n − 1``), ``chat`` formatting."""
+
     layer: int
+    promote: tuple[str, ...] = ()
+    suppress: tuple[str, ...] = ()
     coldness: float = 0.7
     lr: float = 0.1
     steps: int = 50
@@ -60,9 +78,36 @@ class OneShotConfig:
     positions: str = "all"
     seed: int = 0
     init_norm: float = 1.0
+    n_vectors: int = 1
+    chat: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    RESUMABLE = ("n_vectors",)
+
+    def validate(self) -> None:
+        self.promote, self.suppress = tuple(self.promote), tuple(self.suppress)
+        self.positions = str(Positions.parse(self.positions))
+        require(
+            self.steps >= 0 and self.lr > 0 and self.coldness > 0,
+            f"Need steps ≥ 0, lr > 0 and coldness > 0 (got steps={self.steps}, lr={self.lr}, coldness={self.coldness}).",
+        )
+        require(self.max_norm is None or self.max_norm > 0, f"max_norm must be > 0, got {self.max_norm}.")
+        require(
+            not self.satisfice or self.target_loss is not None,
+            "satisfice=True minimizes (L − target_loss)²: give target_loss.",
+        )
+        require(self.n_vectors >= 1, f"n_vectors must be ≥ 1, got {self.n_vectors}.")
+        require(self.init_norm > 0, f"init_norm must be > 0, got {self.init_norm}.")
+        require(
+            all(c for c in (*self.promote, *self.suppress)),
+            "A completion to promote or suppress is empty; give its text.",
+        )
+
+    def check_model(self, model: Any) -> None:
+        check_layer(model, self.layer)
+
+    @property
+    def hook(self) -> str:
+        return resid_hook(self.layer, "pre")
 
 
 @dataclass
@@ -166,23 +211,22 @@ class _Steered:
 
     def __init__(self, model: Any, tf: TeacherForcing, layer: int, positions: Positions) -> None:
         self.model = model
-        device = next(model.parameters()).device
         self.tf = tf
-        self.batch = tf.batch.to(device)
-        self.segment = ResidualSegment.capture(model, self.batch, start=layer, stop=n_layers(model))
-        self.layout = TokenLayout(self.batch.token_index, tf.prompt_lengths.to(device))
-        self.mask = positions.mask(self.layout.token_index, self.layout.prompt_length)[..., None].to(
-            self.segment.residual.dtype
+        self.segment = ResidualSegment.capture(
+            model, tf.batch, start=layer, stop=n_layers(model), prompt_lengths=tf.prompt_lengths
         )
+        layout = self.segment.layout
+        self.mask = positions.mask(layout.token_index, layout.prompt_length)[..., None].to(self.segment.residual.dtype)
 
     def loss(self, v: Tensor, coldness: float) -> Tensor:
-        resid = self.segment.residual + v * self.mask
-        with token_layout(self.layout):
-            final = self.segment.run(resid)
+        """The summed loss (float32) with v (float32, cast to the model's dtype) added."""
+        resid = self.segment.residual + like(v, self.segment.residual) * self.mask
+        final = self.segment.run(resid)
         logits = self.model.unembed(self.model.ln_final(final))
         return completion_loss_terms(logits, self.tf, coldness).sum()
 
 
+@torch.no_grad()
 def completion_loss(
     model: Any,
     examples: Sequence[Example],
@@ -193,87 +237,119 @@ def completion_loss(
 ) -> float:
     """The one-shot loss (nats) of ``examples`` under full forward passes with ``interventions``:
     e.g. a completion's loss in a reference condition, to use as ``target_loss``."""
-    from melbo_tl.steering.interventions import apply
-
     tf, _ = teacher_forcing(model, examples, chat=chat)
-    device = next(model.parameters()).device
-    b = tf.batch.to(device)
-    with (
-        torch.no_grad(),
-        apply(model, *interventions),
-        token_layout(TokenLayout(b.token_index, tf.prompt_lengths.to(device))),
-    ):
-        logits = model(b.input_ids, attention_mask=b.attention_mask)
-    return float(completion_loss_terms(logits, tf, coldness).sum())
+    fwd = run_forward(model, tf.batch, interventions, prompt_lengths=tf.prompt_lengths)
+    assert fwd.logits is not None
+    return float(completion_loss_terms(fwd.logits, tf, coldness).sum())
 
 
 def optimize_vector(
     model: Any,
     examples: PromptLike | Sequence[PromptLike] | Sequence[Example],
+    cfg: OneShotConfig | None = None,
     *,
-    layer: int,
-    promote: Sequence[str] = (),
-    suppress: Sequence[str] = (),
-    coldness: float = 0.7,
-    lr: float = 0.1,
-    steps: int = 50,
-    max_norm: float | None = None,
-    target_loss: float | None = None,
-    satisfice: bool = False,
-    positions: Positions | str = "all",
-    seed: int = 0,
-    init_norm: float = 1.0,
-    chat: bool = True,
     progress: bool = True,
+    **settings: Any,
 ) -> OneShotResult:
-    """Fit a steering vector at ``blocks.layer.hook_resid_pre`` on one or a few examples (see module doc)."""
-    check_layer(model, layer)
-    if steps < 0 or lr <= 0 or coldness <= 0:
-        raise ValueError(f"Need steps ≥ 0, lr > 0 and coldness > 0 (got steps={steps}, lr={lr}, coldness={coldness}).")
-    if max_norm is not None and max_norm <= 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}.")
-    if satisfice and target_loss is None:
-        raise ValueError("satisfice=True minimizes (L − target_loss)²: give target_loss.")
-    positions = Positions.parse(positions)
-    config = OneShotConfig(
-        layer, coldness, lr, steps, max_norm, target_loss, satisfice, str(positions), seed, init_norm
-    )
-    exs = _examples(examples, promote, suppress)
-    tf, texts = teacher_forcing(model, exs, chat=chat)
-    steered = _Steered(model, tf, layer, positions)
+    """Fit one steering vector at ``blocks.layer.hook_resid_pre`` on one or a few examples (see
+    module doc). ``settings`` are :class:`OneShotConfig` fields applied on top of ``cfg``
+    (``optimize_vector(model, prompt, layer=10, promote=["Sure"])``)."""
+    cfg = OneShotConfig.build(cfg, **settings)
+    cfg.check_model(model)
+    seed = cfg.seed
+    positions = Positions.parse(cfg.positions)
+    exs = _examples(examples, cfg.promote, cfg.suppress)
+    tf, texts = teacher_forcing(model, exs, chat=cfg.chat)
+    steered = _Steered(model, tf, cfg.layer, positions)
     gen = torch.Generator().manual_seed(seed)
     start = torch.randn(d_model(model), generator=gen)
-    v = (init_norm * start / start.norm()).to(steered.segment.residual.device).requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=lr)
+    v = master_copy(cfg.init_norm * start / start.norm(), model).requires_grad_(True)
+    opt = torch.optim.Adam([v], lr=cfg.lr)
     losses: list[float] = []
     stopped = False
     started = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"one-shot layer {layer}", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"one-shot layer {cfg.layer}", disable=not progress)
     for _ in bar:
         opt.zero_grad(set_to_none=True)
-        loss = steered.loss(v, coldness)
+        loss = steered.loss(v, cfg.coldness)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
-        if target_loss is not None and not satisfice and losses[-1] <= target_loss:
+        if cfg.target_loss is not None and not cfg.satisfice and losses[-1] <= cfg.target_loss:
             stopped = True
             break
-        objective = (loss - target_loss) ** 2 if satisfice else loss
+        objective = (loss - cfg.target_loss) ** 2 if cfg.satisfice else loss
         objective.backward()
         opt.step()
-        if max_norm is not None:
+        if cfg.max_norm is not None:
             with torch.no_grad():
                 norm = v.norm()
-                if norm > max_norm:
-                    v.mul_(max_norm / norm)
+                if norm > cfg.max_norm:
+                    v.mul_(cfg.max_norm / norm)
     with torch.no_grad():
-        final = float(steered.loss(v, coldness))
+        final = float(steered.loss(v, cfg.coldness))
     return OneShotResult(
-        vector=v.detach().cpu(),
-        hook=resid_hook(layer, "pre"),
-        config=config,
+        vector=to_result(v),
+        hook=cfg.hook,
+        config=cfg,
         losses=losses,
         final_loss=final,
         stopped_early=stopped,
         seconds=time.perf_counter() - started,
         texts=texts,
     )
+
+
+# --- the registered method --------------------------------------------------------------------
+
+
+def _as_run(cfg: OneShotConfig, done: Sequence[tuple[Tensor, dict[str, Any]]], texts: Sequence[str], d: int) -> Run:
+    vectors = torch.stack([v for v, _ in done]) if done else torch.zeros(0, d)
+    meta = {
+        "hooks": [cfg.hook] * len(done),
+        "layer": cfg.layer,
+        "seed": cfg.seed,
+        "steer_positions": cfg.positions,
+        "texts": list(texts),
+        "per_vector": [row for _, row in done],
+    }
+    return Run({"vectors": vectors}, meta)
+
+
+def _train(model: Any, prompts: Sequence[PromptLike], cfg: OneShotConfig, ckpt: Checkpoints) -> Run:
+    prev = ckpt.previous
+    done = [(prev.vectors[i], row) for i, row in enumerate(prev.meta.get("per_vector", []))] if prev else []
+    texts: list[str] = list(prev.meta.get("texts", [])) if prev else []
+    d = d_model(model)
+    for index in range(len(done), cfg.n_vectors):
+        result = optimize_vector(model, list(prompts), cfg, seed=cfg.seed + index, progress=ckpt.progress)
+        texts = result.texts
+        row = {
+            "index": index,
+            "seed": cfg.seed + index,
+            "losses": result.losses,
+            "final_loss": result.final_loss,
+            "stopped_early": result.stopped_early,
+            "seconds": result.seconds,
+            "norm": float(result.vector.norm()),
+        }
+        done.append((result.vector, row))
+        ckpt.save(_as_run(cfg, done, texts, d))
+    return _as_run(cfg, done, texts, d)
+
+
+def legacy_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """Format 1 kept the settings under "options", the seed and the vector count beside them."""
+    return {**meta.get("options", {}), "seed": int(meta.get("seed", 0)), "n_vectors": int(meta.get("n_vectors", 1))}
+
+
+METHOD = register_method(
+    Method(
+        name=NAME,
+        config=OneShotConfig,
+        train=_train,
+        intervention=vector_intervention,
+        count=vector_count,
+        description="one-shot optimized steering vectors (Dunefsky): promote/suppress completions of one example",
+        legacy_config=legacy_config,
+    )
+)

@@ -18,10 +18,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from melbo_tl.generate import prepare_prompts
-from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.config import require
+from melbo_tl.forward import as_batch
 from melbo_tl.optimize.objective import melbo_objective
-from melbo_tl.prompts import Positions, PromptLike, TokenBatch, tokenize
+from melbo_tl.placement import like
+from melbo_tl.prompts import Positions, PromptLike, TokenBatch, prepare_prompts
 from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering.sites import check_layer, n_layers, resid_hook
 
@@ -31,17 +32,51 @@ def default_layers(model: Any) -> tuple[int, int]:
     return 7, n_layers(model) - 8
 
 
-def check_objective_args(model: Any, source: int, target: int, radius: float, p: float, q: float) -> None:
+def check_objective_args(model: Any, source: int, target: int) -> None:
+    """The source and target layers exist and the target comes after the source."""
     check_layer(model, source, what="source layer")
     check_layer(model, target, what="target layer")
     if target <= source:
         raise ValueError(
             f"target layer {target} must be after source layer {source} (valid targets: {source + 1}…{n_layers(model) - 1})."
         )
-    if not radius > 0:
-        raise ValueError(f"radius R must be > 0, got {radius}.")
-    if not p > 0 or not q > 0:
-        raise ValueError(f"p and q must be > 0, got p={p}, q={q}.")
+
+
+class LayerPairSettings:
+    """Behaviour shared by configs with a source layer s, a target layer t and the MELBO objective
+    (fields ``radius``, ``source_layer``, ``target_layer``, ``p``, ``q``, ``positions``, ``steps``,
+    ``lr``, ``batch_size`` on the dataclass that mixes this in)."""
+
+    radius: float
+    source_layer: int | None
+    target_layer: int | None
+    p: float
+    q: float
+    positions: str
+    steps: int
+    lr: float
+    batch_size: int
+
+    def validate_objective(self) -> None:
+        self.radius = float(self.radius)
+        self.positions = str(Positions.parse(self.positions))
+        require(self.radius > 0, f"radius R must be > 0, got {self.radius}.")
+        require(self.p > 0 and self.q > 0, f"p and q must be > 0, got p={self.p}, q={self.q}.")
+        require(self.steps >= 0, f"steps must be ≥ 0 (0 = random baseline), got {self.steps}.")
+        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}.")
+
+    def for_model(self, model: Any) -> Any:
+        """The config with the reference default layers (7, n_layers − 8) where left as None."""
+        s, t = default_layers(model)
+        return self.replace(  # type: ignore[attr-defined]
+            source_layer=s if self.source_layer is None else self.source_layer,
+            target_layer=t if self.target_layer is None else self.target_layer,
+        )
+
+    def check_model(self, model: Any) -> None:
+        cfg = self.for_model(model)
+        check_objective_args(model, cfg.source_layer, cfg.target_layer)
 
 
 @dataclass
@@ -80,21 +115,18 @@ class MelboProblem:
         target: int,
         p: float,
         q: float,
-        radius: float,
         positions: Positions | str,
         chat: bool = True,
     ) -> MelboProblem:
-        check_objective_args(model, source, target, radius, p, q)
+        check_objective_args(model, source, target)
         positions = Positions.parse(positions)
         texts = prepare_prompts(model, prompts, chat=chat)
-        batch = tokenize(chat_tokenizer(model), texts)
+        batch = as_batch(model, texts)
         for n in batch.lengths.tolist():
             positions.resolve(n)  # raises if the spec selects nothing in some prompt
-        device = next(model.parameters()).device
-        batch = batch.to(device)
         segment = ResidualSegment.capture(model, batch, start=source + 1, stop=target)
         with torch.no_grad():
-            target0 = segment.run(segment.residual)
+            target0 = segment.run(segment.residual).float()
         select = positions.mask(batch.token_index, batch.lengths)
         return cls(source, target, p, q, positions, texts, batch, segment, target0, select, batch.token_index >= 0)
 
@@ -105,13 +137,14 @@ class MelboProblem:
         """
         z = self.segment.run(steered_residual)
         k = z.shape[0] // self.n_prompts
-        delta = z - self.target0.repeat(k, 1, 1)
+        delta = z.float() - self.target0.repeat(k, 1, 1)  # float32 whatever the model computes in
         per_row = melbo_objective(delta, self.select.repeat(k, 1), p=self.p, q=self.q)
         return per_row.view(k, self.n_prompts).sum(1), delta.view(k, self.n_prompts, *delta.shape[1:])
 
     def add_vectors(self, theta: Float[Tensor, "k d_model"]) -> Float[Tensor, "rows pos d_model"]:
-        """The residual entering block s+1 with each vector added at every real token."""
+        """The residual entering block s+1 with each vector added at every real token (θ, kept in
+        float32, is cast to the model's dtype when added)."""
         k = theta.shape[0]
         base = self.segment.residual.repeat(k, 1, 1)
-        steer = theta.repeat_interleave(self.n_prompts, dim=0)[:, None, :]
+        steer = like(theta, base).repeat_interleave(self.n_prompts, dim=0)[:, None, :]
         return base + steer * self.real.repeat(k, 1)[..., None].to(base.dtype)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from melbo_tl.evaluate.embeddings import embed_texts, mean_pairwise_distance
 from melbo_tl.evaluate.fluency import completion_nll, perplexity
 from melbo_tl.generate import generate_per_vector
-from melbo_tl.optimize.melbo import MelboResult, train_vectors
+from melbo_tl.optimize.melbo import MelboConfig, MelboResult, train_vectors
 from melbo_tl.prompts import PromptLike
 
 
@@ -66,15 +66,14 @@ def sweep_radius(
     model: Any,
     prompt: PromptLike,
     radii: Sequence[float],
+    cfg: MelboConfig,
     *,
-    n_vectors: int = 4,
-    steps: int = 300,
     max_new_tokens: int = 48,
     embedder: str = "auto",
     progress: bool = True,
-    **train_kwargs: Any,
 ) -> SweepResult:
-    """Train ``n_vectors`` per radius on ``prompt`` and score their completions (see module doc)."""
+    """Train ``cfg.n_vectors`` vectors per radius on ``prompt`` (``cfg`` with each R in turn) and
+    score their completions (see module doc)."""
     if not radii:
         raise ValueError("Give at least one radius.")
     rows: list[SweepRow] = []
@@ -82,9 +81,7 @@ def sweep_radius(
     used = ""
     for radius in tqdm(list(radii), desc="radius sweep", disable=not progress):
         started = time.perf_counter()
-        result = train_vectors(
-            model, [prompt], radius=radius, n_vectors=n_vectors, steps=steps, progress=progress, **train_kwargs
-        )
+        result = train_vectors(model, [prompt], cfg.replace(radius=radius), progress=progress)
         completions = generate_per_vector(
             model, prompt, result.vectors, hook=result.hook, max_new_tokens=max_new_tokens
         )
@@ -103,10 +100,5 @@ def sweep_radius(
             )
         )
         results.append(result)
-    settings = {
-        "n_vectors": n_vectors,
-        "steps": steps,
-        "max_new_tokens": max_new_tokens,
-        **{k: str(v) for k, v in train_kwargs.items()},
-    }
+    settings = {"max_new_tokens": max_new_tokens, **cfg.for_model(model).to_dict()}
     return SweepResult(rows, used, settings, results)

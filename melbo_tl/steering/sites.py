@@ -40,6 +40,26 @@ def resid_hook(layer: int, kind: str = "pre") -> str:
     return f"blocks.{layer}.hook_resid_{kind}"
 
 
+def attn_out_hook(layer: int) -> str:
+    """The attention output of block ``layer`` (what it writes into the residual stream)."""
+    return f"blocks.{layer}.hook_attn_out"
+
+
+def mlp_out_hook(layer: int) -> str:
+    """The MLP output of block ``layer`` (what it writes into the residual stream)."""
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def mlp_hidden_hook(layer: int) -> str:
+    """The MLP hidden activation of block ``layer`` (input of its output projection)."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def attn_hook(layer: int, name: str) -> str:
+    """An attention hook of block ``layer``, e.g. ``attn_hook(3, "hook_z")`` → ``blocks.3.attn.hook_z``."""
+    return f"blocks.{layer}.attn.{name}"
+
+
 def hook_layer(name: str) -> int | None:
     """The block index a hook name belongs to, or None for hooks outside the blocks."""
     m = _BLOCK.match(name)

@@ -1,0 +1,92 @@
+"""Configs: the unit of melbo_tl's API.
+
+Every method's settings are one dataclass deriving from :class:`Config`: validated when built
+(``__post_init__`` calls :meth:`Config.validate`), written to ``run.json["config"]`` with
+:meth:`to_dict`, and read back with :meth:`from_dict`, so a run folder alone says how to re-run,
+resume or ship a run to another process. Settings that depend on the model (layer ranges) are
+checked by :meth:`check_model` when training starts.
+
+Fields listed in ``RESUMABLE`` may differ when a run is resumed (e.g. ``n_vectors``: ask for more
+vectors than an earlier run trained); any other difference is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, TypeVar
+
+C = TypeVar("C", bound="Config")
+
+
+class Config:
+    """Base of every method config (a dataclass): validation and dict round trips."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad value and what would be valid."""
+
+    def for_model(self: C, model: Any) -> C:
+        """The config with model-dependent defaults (e.g. layers left as None) filled in."""
+        return self
+
+    def check_model(self, model: Any) -> None:
+        """Raise ``ValueError`` if the settings do not fit ``model`` (layers, widths)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build from a dict as written by :meth:`to_dict`; unknown keys are an error."""
+        _check_names(cls, data)
+        values = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                value = data[f.name]
+                values[f.name] = tuple(value) if isinstance(value, list) and _is_tuple(f.type) else value
+        return cls(**values)
+
+    def replace(self: C, **changes: Any) -> C:
+        _check_names(type(self), changes)
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @classmethod
+    def build(cls: type[C], cfg: C | None = None, **settings: Any) -> C:
+        """``cfg`` with ``settings`` changed, or a new config from ``settings``: what entry
+        functions do with ``f(model, prompts, cfg=None, **settings)``."""
+        if cfg is not None and not isinstance(cfg, cls):
+            raise ValueError(f"Expected a {cls.__name__}, got a {type(cfg).__name__}.")
+        if cfg is None:
+            _check_names(cls, settings)
+            return cls(**settings)
+        return cfg.replace(**settings) if settings else cfg
+
+    def differences(self, other: Config, *, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's value, other's value)}`` for fields that differ."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {
+            k: (mine.get(k), theirs.get(k))
+            for k in sorted(set(mine) | set(theirs))
+            if k not in ignore and mine.get(k) != theirs.get(k)
+        }
+
+
+def _check_names(cls: type, settings: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting(s) {unknown}; valid: {sorted(names)}.")
+
+
+def _is_tuple(annotation: Any) -> bool:
+    return "tuple" in str(annotation)
+
+
+def require(condition: bool, message: str) -> None:
+    """``ValueError(message)`` unless ``condition``: a one-line check for ``validate``."""
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,77 @@
+"""Configs: validated on construction, exact dict round trips (through JSON), errors that name
+the bad value and what is valid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from melbo_tl.directions.method import RefusalDirectionConfig
+from melbo_tl.optimize.adapters import AdapterConfig
+from melbo_tl.optimize.melbo import MelboConfig
+from melbo_tl.optimize.oneshot import OneShotConfig
+
+CONFIGS = [
+    MelboConfig(radius=4, source_layer=7, target_layer=16, positions="last:2", orthogonal=False, diversity_penalty=0.5),
+    AdapterConfig(radius=0.35, rank=16, n_adapters=2),
+    OneShotConfig(layer=10, promote=("Sure",), suppress=("Sorry",), target_loss=2.0, satisfice=True),
+    RefusalDirectionConfig(layers=(6, 8), positions=(-5, -1), kl_threshold=0.3),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: type(c).__name__)
+def test_dict_round_trip_through_json(cfg):
+    data = json.loads(json.dumps(cfg.to_dict()))
+    again = type(cfg).from_dict(data)
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_values_are_normalized():
+    cfg = MelboConfig(radius=4, positions=" last:2 ")
+    assert cfg.radius == 4.0 and isinstance(cfg.radius, float) and cfg.positions == "last:2"
+    assert OneShotConfig(layer=1, promote=["a", "b"]).promote == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: MelboConfig(radius=0), "radius R must be > 0, got 0.0"),
+        (lambda: MelboConfig(radius=1, n_vectors=0), "n_vectors must be ≥ 1, got 0"),
+        (lambda: MelboConfig(radius=1, positions="last:x"), "Unknown positions spec 'last:x'"),
+        (lambda: MelboConfig(radius=1, diversity_penalty=1.0), "pass orthogonal=False"),
+        (lambda: AdapterConfig(radius=1, rank=0), "rank must be ≥ 1, got 0"),
+        (lambda: OneShotConfig(layer=1, satisfice=True), "give target_loss"),
+        (lambda: OneShotConfig(layer=1, promote=("",)), "is empty"),
+        (lambda: RefusalDirectionConfig(positions=(1,)), "must be negative offsets"),
+        (lambda: RefusalDirectionConfig(split="dev"), "split must be train, test or all, got 'dev'"),
+    ],
+)
+def test_bad_values_name_what_is_valid(build, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build()
+
+
+def test_unknown_settings_are_named_with_the_valid_ones():
+    with pytest.raises(ValueError, match=r"MelboConfig has no setting\(s\) \['raduis'\]; valid: \[.*'radius'"):
+        MelboConfig.from_dict({"raduis": 4})
+    with pytest.raises(ValueError, match=r"no setting\(s\) \['step'\]"):
+        MelboConfig(radius=1).replace(step=3)
+    with pytest.raises(ValueError, match=r"no setting\(s\) \['rank'\]"):
+        MelboConfig.build(None, radius=1, rank=4)
+
+
+def test_model_dependent_defaults_and_checks(tiny_model):
+    cfg = MelboConfig(radius=1).for_model(tiny_model)
+    assert (cfg.source_layer, cfg.target_layer) == (7, -4)  # the reference defaults; 4 layers is too few
+    with pytest.raises(ValueError, match="source layer 7 is out of range"):
+        cfg.check_model(tiny_model)
+    assert RefusalDirectionConfig().for_model(tiny_model).layers == (0, 1, 2, 3)  # ℓ < 0.8 · 4
+    with pytest.raises(ValueError, match="rank must be in 1…128"):
+        AdapterConfig(radius=1, rank=500, source_layer=0, target_layer=2).check_model(tiny_model)
+
+
+def test_differences_ignore_resumable_fields():
+    a, b = MelboConfig(radius=1, n_vectors=2), MelboConfig(radius=1, n_vectors=5, seed=1)
+    assert a.differences(b, ignore=MelboConfig.RESUMABLE) == {"seed": (0, 1)}
