@@ -81,7 +81,7 @@ test-latest:
 	"$$env/bin/python" -m pytest -q -p no:cacheprovider $(FAST_TESTS) tests
 
 bench: $(STAMP)
-	@set -e; for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@set -e; for script in $(filter-out benchmarks/common.py,$(wildcard benchmarks/*.py)); do echo "== $$script"; $(BIN)/python $$script; done
 
 # Build and test leftovers. Keeps .venv, run folders (runs/) and the model cache ($$MELBO_TL_CACHE).
 clean:

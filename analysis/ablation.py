@@ -46,7 +46,8 @@ class RestoreCoordinate:
     """Set x·r̂ back to given per-token values at every ``hook_resid_pre`` and the final residual.
 
     ``values`` maps hook name → ``[batch, pos]`` coordinates from an unsteered run (see
-    :func:`unsteered_coordinates`); used only in single forward passes on the same batch.
+    :func:`unsteered_coordinates`); valid only in forward passes over that same batch, rows in the
+    same order (one batch: ``refusal_log_odds(…, batch_size=len(texts))``).
     """
 
     direction: Float[Tensor, " d_model"]

@@ -41,3 +41,16 @@ def write_html(fig: go.Figure, path: Any) -> None:
     from melbo_tl.artifacts import atomic_write_text
 
     atomic_write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def enumeration_figure(result: Any) -> go.Figure:
+    """Distinct behaviour clusters reached by the first n vectors, one line per run."""
+    fig = go.Figure()
+    for label, curve in zip(result.labels, result.curves):
+        fig.add_trace(go.Scatter(x=list(range(1, len(curve.counts) + 1)), y=curve.counts, mode="lines", name=label))
+    fig.update_layout(
+        title=f"Behaviours found vs vectors ({result.n_clusters} clusters in all, threshold {result.threshold})",
+        xaxis={"title": "number of vectors (in the run's order: rank order for DCT)", "type": "log"},
+        yaxis_title="distinct behaviour clusters",
+    )
+    return fig

@@ -36,6 +36,7 @@ from melbo_tl.artifacts import GENERATIONS_FILE, atomic_write_text, load_run, re
 from melbo_tl.evaluate.refusal import is_refusal
 
 SECTIONS = (
+    "atlas",
     "settings",
     "losses",
     "generations",
@@ -224,16 +225,59 @@ def _token_views(folder: Path) -> str:
         av = token_views.AttentionView.from_dict(v["attention"])
         parts.append(
             f"<h3>{_esc(name)}: ‖Δ‖ per token at {_esc(tv.hook)}</h3>"
+            + f"<p class='note'>{token_views.sink_note(tv, 'delta_norm')}</p>"
             + token_views.token_view_html(tv, values="delta_norm", bundle=False)
         )
         parts.append(
             f"<h3>{_esc(name)}: projection onto {_esc(v.get('direction', 'r̂'))} per token</h3>"
+            + f"<p class='note'>{token_views.sink_note(tv, 'projection')}</p>"
             + token_views.token_view_html(tv, values="projection", bundle=False)
         )
         parts.append(
             f"<h3>{_esc(name)}: attention at layer {av.layer}</h3>" + token_views.attention_view_html(av, bundle=False)
         )
     return "".join(parts)
+
+
+def _atlas(run_dir: Path) -> list[tuple[str, str, str]]:
+    """The behaviour atlas section, first on the page, when the run has been triaged."""
+    from analysis.atlas import ATLAS_FIGURE, FRONTIER_FIGURE, cluster_rows, write_atlas
+    from melbo_tl.evaluate.triage import BEHAVIOURS_FILE, UNSTEERED, triage_dir
+
+    folder = triage_dir(run_dir)
+    if not (folder / BEHAVIOURS_FILE).is_file():
+        return []
+    if not (folder / f"{ATLAS_FIGURE}.json").is_file():
+        write_atlas(run_dir)
+    summary = json.loads((folder / BEHAVIOURS_FILE).read_text())
+    by_index = {row["index"]: row for row in summary["rows"]}
+    shortlist = [
+        {
+            "read #": n,
+            "vector": v,
+            "why": "frontier" if by_index[v]["frontier"] else f"cluster {by_index[v]['cluster']}",
+            "novelty": round(by_index[v]["novelty"], 3),
+            "perplexity": round(by_index[v]["perplexity"], 2),
+            "refusal": by_index[v]["refusal"],
+            "completion": by_index[v]["completion"][:300],
+        }
+        for n, v in enumerate(summary["shortlist"])
+    ]
+    note = (
+        f"<p class='note'>{summary['n_vectors']} vectors → {summary['n_behaviours']} behaviour clusters "
+        f"({summary['n_degenerate']} degenerate vectors kept apart; embedder {_esc(summary['embedder'])}). "
+        f"Unsteered: {_esc(by_index[UNSTEERED]['completion'][:200])}</p>"
+    )
+    body = (
+        note
+        + _figure(folder / f"{ATLAS_FIGURE}.json")
+        + "<h3>Shortlist: read these first</h3>"
+        + _table(shortlist)
+        + "<h3>Clusters</h3>"
+        + _table(cluster_rows(run_dir))
+        + _figure(folder / f"{FRONTIER_FIGURE}.json")
+    )
+    return [("atlas", "Behaviour atlas", body)]
 
 
 def _section(sid: str, title: str, body: str) -> str:
@@ -251,6 +295,7 @@ def write_report(run_dir: str | Path) -> Path:
     analysed = step_file(folder, EFFECTS).is_file()
     effects = _load(folder, EFFECTS)
     body: list[tuple[str, str, str]] = [
+        *_atlas(run_dir),
         ("settings", "Run settings", _settings(meta)),
         ("losses", "Loss curves", _losses(meta)),
         ("generations", "Generations", _generations(run_dir)),

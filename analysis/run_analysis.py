@@ -68,6 +68,7 @@ class AnalysisSettings:
     n_prompts: int = 8
     max_new_tokens: int = 32
     mediate_top: int = 1
+    top: int | None = None  # only the main run's first ``top`` vectors (its rank order); None: all
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -85,11 +86,12 @@ class Steer:
     prompts: list[str] = field(default_factory=list)  # the prompts its run was fitted on
 
 
-def _steers(model: Any, run_dirs: Sequence[Path], main: Path) -> list[Steer]:
+def _steers(model: Any, run_dirs: Sequence[Path], main: Path, top: int | None = None) -> list[Steer]:
     out = []
     for run_dir in run_dirs:
         run = load_run(run_dir, model)
-        for i in range(n_interventions(run)):
+        n = n_interventions(run)
+        for i in range(n if run_dir != main or top is None else min(top, n)):
             iv = intervention_from_run(run, i)
             if not isinstance(iv, AddVector):
                 raise ValueError(f"{run_dir} holds {type(iv).__name__}s; analyze works on steering-vector runs.")
@@ -269,7 +271,9 @@ def analyze_run(
     )
     if settings.n_prompts < 1:
         raise ValueError(f"n_prompts must be ≥ 1, got {settings.n_prompts}.")
-    steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir)
+    if settings.top is not None and settings.top < 1:
+        raise ValueError(f"top must be ≥ 1 (or None for every vector), got {settings.top}.")
+    steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir, settings.top)
     refusal = load_refusal(model, against) if against is not None else None
     prompts = load_prompts(settings.prompts, split=settings.split, limit=settings.n_prompts)
     texts = prepare_prompts(model, prompts)

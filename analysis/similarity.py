@@ -215,14 +215,14 @@ def delta_similarity(
     adds = [s for s in steers.values() if isinstance(s, AddVector) and s.vector.ndim == 1]
     randoms: dict[str, Tensor] = {}
     if adds and n_random > 0:
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
         norm = float(torch.stack([a.vector.float().norm() * abs(a.scale) for a in adds]).mean())
         d = adds[0].vector.shape[-1]
-        rand = torch.randn(n_random, d, generator=gen)
+        rand = torch.randn(n_random, d, generator=gen, device="cpu")
         rand = rand / rand.norm(dim=-1, keepdim=True) * norm
         rand_steers = [AddVector(r.to(adds[0].vector.dtype), adds[0].hook, adds[0].positions) for r in rand]
         randoms = _mean_deltas(model, texts, at, rand_steers, last, unsteered)
-    ref_matrix = torch.stack(list(refs.values())) if refs else torch.zeros(0, deltas["all"].shape[-1])
+    ref_matrix = torch.stack(list(refs.values())) if refs else torch.zeros(0, deltas["all"].shape[-1], device="cpu")
     cosine, cos_against, norms, rand_mean, rand_q95 = {}, {}, {}, {}, {}
     for key, d_mat in deltas.items():
         cosine[key] = _cosine_matrix(d_mat, d_mat).tolist()

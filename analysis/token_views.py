@@ -110,8 +110,8 @@ class AttentionView:
         return cls(
             tokens=[str(t) for t in data["tokens"]],
             layer=int(data["layer"]),
-            unsteered=torch.tensor(data["unsteered"], dtype=torch.float32),
-            steered=torch.tensor(data["steered"], dtype=torch.float32),
+            unsteered=torch.tensor(data["unsteered"], dtype=torch.float32, device="cpu"),
+            steered=torch.tensor(data["steered"], dtype=torch.float32, device="cpu"),
         )
 
 
@@ -147,7 +147,7 @@ def _acts(model: Any, ids: list[int], n_prompt: int, name: str, steer: Intervent
     first ``n_prompt`` tokens are prompt, the rest completion)."""
     batch = left_pad([ids], 0)
     fwd = run_forward(model, batch, [steer] if steer is not None else [], record=[name], logits="none",
-                      prompt_lengths=torch.tensor([n_prompt]))  # fmt: skip
+                      prompt_lengths=torch.tensor([n_prompt], device="cpu"))  # fmt: skip
     return to_result(fwd.activations[name][0])
 
 
@@ -224,11 +224,36 @@ def _shown(tokens: list[str]) -> list[str]:
     return [html.escape(t, quote=False) for t in tokens]
 
 
-def token_view_html(view: TokenView, *, values: str = "delta_norm", bundle: bool = True) -> str:
-    """Tokens coloured by ``values`` (``delta_norm`` or ``projection``); offline HTML fragment."""
+def colour_range(values: list[float], *, skip_first: bool) -> tuple[float, float]:
+    """The colour scale's (min, max): symmetric around 0 over the tokens shown on it. With
+    ``skip_first`` the first token (the attention sink, ``<|im_start|>``, whose residual norm dwarfs
+    every other) is left off the scale, so the others are not all drawn blank."""
+    shown = values[1:] if skip_first and len(values) > 1 else values
+    top = max((abs(v) for v in shown), default=0.0) or 1.0
+    return -top, top
+
+
+def token_view_html(view: TokenView, *, values: str = "delta_norm", bundle: bool = True, skip_sink: bool = True) -> str:
+    """Tokens coloured by ``values`` (``delta_norm`` or ``projection``); offline HTML fragment.
+
+    With ``skip_sink`` the colour scale is set by every token but the first (see
+    :func:`colour_range`; the first token's own value is given by :func:`sink_note`)."""
     if values not in TOKEN_VALUES:
         raise ValueError(f"values {values!r} is not one of {TOKEN_VALUES}.")
-    return _offline(colored_tokens(_shown(view.tokens), getattr(view, values)), bundle=bundle)
+    data = list(getattr(view, values))
+    low, high = colour_range(data, skip_first=skip_sink)
+    if values == "delta_norm":
+        low = 0.0
+    return _offline(colored_tokens(_shown(view.tokens), data, min_value=low, max_value=high), bundle=bundle)
+
+
+def sink_note(view: TokenView, values: str) -> str:
+    """A line giving the first token's value, which the colour scale leaves out."""
+    data = getattr(view, values)
+    if not data:
+        return ""
+    token = html.escape(view.tokens[0])
+    return f"first token {token!r} (attention sink, off the colour scale): {data[0]:+.3g}; scale ±{colour_range(list(data), skip_first=True)[1]:.3g}"
 
 
 def attention_view_html(view: AttentionView, *, bundle: bool = True) -> str:

@@ -199,18 +199,29 @@ def length_sorted_batches(model: Any, texts: Sequence[str], batch_size: int) -> 
 
 @torch.no_grad()
 def next_token_logprobs(
-    model: Any, texts: Sequence[str], interventions: Sequence[Intervention] = (), *, batch_size: int = 16
+    model: Any,
+    texts: Sequence[str],
+    interventions: Sequence[Intervention] = (),
+    *,
+    batch_size: int = 16,
+    sort_by_length: bool = False,
 ) -> Float[Tensor, "n vocab"]:
     """Log-softmax of the next-token logits after each formatted text, interventions active.
 
-    Texts run in batches of similar length, only the last column is unembedded, and rows come
-    back in the order given, as CPU float32.
+    Only the last column is unembedded; rows come back in the order given, as CPU float32.
+    Texts run in consecutive batches of ``batch_size``, or with ``sort_by_length`` in batches of
+    similar length (less padding) — only for interventions that treat every row alike, since a
+    batch then holds other rows than the caller's.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("No texts given.")
+    if sort_by_length:
+        batches = length_sorted_batches(model, texts, batch_size)
+    else:
+        batches = [list(range(s, min(s + batch_size, len(texts)))) for s in range(0, len(texts), batch_size)]
     out: list[Tensor | None] = [None] * len(texts)
-    for rows in length_sorted_batches(model, texts, batch_size):
+    for rows in batches:
         fwd = run_forward(model, [texts[i] for i in rows], interventions, logits="last")
         assert fwd.logits is not None
         logprobs = to_result(torch.log_softmax(fwd.logits.float(), dim=-1))

@@ -74,15 +74,15 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> TokenBatch:
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("Cannot build a batch from an empty token sequence.")
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    index = torch.full((len(rows), width), -1, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device="cpu")
+    index = torch.full((len(rows), width), -1, dtype=torch.long, device="cpu")
     for i, row in enumerate(rows):
         n = len(row)
-        ids[i, width - n :] = torch.tensor(list(row), dtype=torch.long)
+        ids[i, width - n :] = torch.tensor(list(row), dtype=torch.long, device="cpu")
         mask[i, width - n :] = 1
-        index[i, width - n :] = torch.arange(n)
-    return TokenBatch(ids, mask, index, torch.tensor([len(r) for r in rows]))
+        index[i, width - n :] = torch.arange(n, device="cpu")
+    return TokenBatch(ids, mask, index, torch.tensor([len(r) for r in rows], device="cpu"))
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str]) -> TokenBatch:

@@ -115,9 +115,11 @@ def write_generations(
     seed: int = 0,
     system: str | None = None,
     batch_size: int = 16,
+    indices: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Complete every prompt unsteered and with each of the run's interventions; write the rows
-    to ``directory/generations.jsonl`` (atomically) and return them.
+    """Complete every prompt unsteered and with each of the run's interventions (or those in
+    ``indices``); write the rows to ``directory/generations.jsonl`` (atomically) and return them.
 
     One row per (intervention or none, prompt), unsteered rows first, then vector 0 on every
     prompt, vector 1, …. Fields: ``vector`` (index, None = unsteered), ``prompt_index``,
@@ -129,12 +131,13 @@ def write_generations(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("No prompts given.")
-    n = n_interventions(run)
+    chosen = list(range(n_interventions(run))) if indices is None else list(indices)
     options = dict(
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system, batch_size=batch_size
-    )
-    plan = [None, *range(n)]  # which intervention each group of len(prompts) rows uses
-    steers = [intervention_from_run(run, i, scale=scale) for i in range(n)]
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, system=system, batch_size=batch_size,
+        progress=progress,
+    )  # fmt: skip
+    plan = [None, *chosen]  # which intervention each group of len(prompts) rows uses
+    steers = [intervention_from_run(run, i, scale=scale) for i in chosen]
     completions = generate_conditions(model, prompts, [None, *steers], **options)
     rows_out = [
         {

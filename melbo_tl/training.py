@@ -24,7 +24,11 @@ from melbo_tl.config import Config
 from melbo_tl.registry import Checkpoints, Method, get_method, method_of
 
 RUNNING, COMPLETE = "running", "complete"
-_HEAD = ("hooks", "method", "config", "prompts", "status")  # written by stamp(), never by a method
+# Written by stamp() and run_meta(), never by a method (a resumed run's meta carries them).
+_HEAD = (
+    "hooks", "method", "config", "prompts", "status", "format_version", "library_version", "model", "d_model",
+    "n_layers", "chat_template", "n_vectors",
+)  # fmt: skip
 
 
 def _method(method: str | Method) -> Method:

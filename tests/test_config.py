@@ -13,7 +13,9 @@ from melbo_tl.optimize.melbo import MelboConfig
 from melbo_tl.optimize.oneshot import OneShotConfig
 
 CONFIGS = [
-    MelboConfig(radius=4, source_layer=7, target_layer=16, positions="last:2", orthogonal=False, diversity_penalty=0.5),
+    MelboConfig(
+        radius=4, source_layer=7, target_layer=16, positions="last:2", mode="independent", diversity_penalty=0.5
+    ),
     AdapterConfig(radius=0.35, rank=16, n_adapters=2),
     OneShotConfig(layer=10, promote=("Sure",), suppress=("Sorry",), target_loss=2.0, satisfice=True),
     RefusalDirectionConfig(layers=(6, 8), positions=(-5, -1), kl_threshold=0.3),
@@ -40,7 +42,7 @@ def test_values_are_normalized():
         (lambda: MelboConfig(radius=0), "radius R must be > 0, got 0.0"),
         (lambda: MelboConfig(radius=1, n_vectors=0), "n_vectors must be ≥ 1, got 0"),
         (lambda: MelboConfig(radius=1, positions="last:x"), "Unknown positions spec 'last:x'"),
-        (lambda: MelboConfig(radius=1, diversity_penalty=1.0), "pass orthogonal=False"),
+        (lambda: MelboConfig(radius=1, diversity_penalty=1.0), "use mode=.independent."),
         (lambda: AdapterConfig(radius=1, rank=0), "rank must be ≥ 1, got 0"),
         (lambda: OneShotConfig(layer=1, satisfice=True), "give target_loss"),
         (lambda: OneShotConfig(layer=1, promote=("",)), "is empty"),

@@ -84,7 +84,7 @@ def test_prompt_lengths_mark_completion_tokens(tiny_model, texts):
 
 def test_next_token_logprobs_keep_the_order_given(tiny_model, texts):
     reordered = [texts[2], texts[0], texts[1]]
-    lp = next_token_logprobs(tiny_model, reordered, batch_size=2)
+    lp = next_token_logprobs(tiny_model, reordered, batch_size=2, sort_by_length=True)
     full = torch.log_softmax(plain_logits(tiny_model, reordered)[:, -1].float(), -1)
     torch.testing.assert_close(lp, full, atol=1e-4, rtol=1e-4)
     assert lp.device.type == "cpu" and lp.dtype == torch.float32

@@ -11,6 +11,7 @@ import torch
 from melbo_tl.artifacts import load_run
 from melbo_tl.directions.method import RefusalDirectionConfig
 from melbo_tl.optimize.adapters import AdapterConfig
+from melbo_tl.optimize.dct import DCTConfig
 from melbo_tl.optimize.melbo import MelboConfig
 from melbo_tl.optimize.oneshot import OneShotConfig
 from melbo_tl.registry import Checkpoints, get_method
@@ -27,11 +28,29 @@ REFUSAL_PROMPTS = {
 
 CASES = {
     "melbo": (MelboConfig(radius=2.0, source_layer=0, target_layer=2, steps=3, n_vectors=3), PROMPTS),
+    "melbo batched-orthogonal": (
+        MelboConfig(
+            radius=2.0, source_layer=0, target_layer=2, steps=3, n_vectors=4, batch_size=2, mode="batched-orthogonal"
+        ),
+        PROMPTS,
+    ),
     "melbo-adapter": (
         AdapterConfig(radius=0.5, rank=2, source_layer=0, target_layer=2, steps=3, n_adapters=3, batch_size=1),
         PROMPTS,
     ),
     "oneshot": (OneShotConfig(layer=1, promote=("Sure",), steps=3, n_vectors=3), PROMPTS),
+    "dct": (
+        DCTConfig(
+            source_layer=0,
+            target_layer=3,
+            n_factors=6,
+            iterations=3,
+            calibration_target=0.02,
+            calibration_directions=4,
+            tolerance=0.0,
+        ),
+        PROMPTS,
+    ),
     "refusal-direction": (
         RefusalDirectionConfig(
             layers=(1, 2), positions=(-2, -1), kl_threshold=float("inf"), induce_threshold=-float("inf"), batch_size=2
@@ -67,6 +86,7 @@ def interrupted_after(n_saves: int):
 @pytest.mark.parametrize("name", list(CASES))
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_model, tmp_path, name):
     cfg, prompts = CASES[name]
+    name = name.split()[0]
     whole = train_to_folder(tiny_model, name, prompts, cfg, tmp_path / "whole", progress=False)
     method = get_method(name)
     crashing = dataclasses.replace(method, train=interrupted_after(2)(method.train))

@@ -39,6 +39,16 @@ def analyze_cmd(
             "--mediate-top", min=1, metavar="K", help="mediation for the K most refusal-lowering vectors of RUN"
         ),
     ] = 1,
+    top: Annotated[
+        Optional[int],
+        typer.Option(
+            "--top",
+            min=1,
+            metavar="N",
+            help="only RUN's first N vectors (its rank order) [default: all]",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "float32",
@@ -54,7 +64,12 @@ def analyze_cmd(
         load_run(folder)  # fail on a bad folder before loading the model
     bridge = load(model or load_run(run).meta.get("model", {}).get("spec"), device=device, dtype=dtype)
     settings = AnalysisSettings(
-        prompts=prompts, split=split, n_prompts=n_prompts, max_new_tokens=max_new_tokens, mediate_top=mediate_top
+        prompts=prompts,
+        split=split,
+        n_prompts=n_prompts,
+        max_new_tokens=max_new_tokens,
+        mediate_top=mediate_top,
+        top=top,
     )
     out = analyze_run(bridge, run, against=against, compare=compare or [], settings=settings)
     typer.echo(f"wrote {out}")

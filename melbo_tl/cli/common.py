@@ -167,16 +167,23 @@ def parse_floats(spec: str, what: str) -> list[float]:
 
 
 def write_run_outputs(
-    model: Any, folder: Path, prompts: list[Any], *, max_new_tokens: int, echo: bool = True
+    model: Any,
+    folder: Path,
+    prompts: list[Any],
+    *,
+    max_new_tokens: int,
+    echo: bool = True,
+    indices: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """After training: ``generations.jsonl`` (greedy completions, unsteered and per entry) and
-    ``losses.html`` (the objective per step, when the run has curves); echo the completions."""
+    """After training: ``generations.jsonl`` (greedy completions, unsteered and per entry, or the
+    entries in ``indices``) and ``losses.html`` (the objective per step, when the run has curves);
+    echo the completions."""
     from analysis.figures import loss_curves, write_html
     from melbo_tl.artifacts import load_run
     from melbo_tl.runs import write_generations
 
     run = load_run(folder, model)
-    rows = write_generations(model, run, folder, prompts, max_new_tokens=max_new_tokens)
+    rows = write_generations(model, run, folder, prompts, max_new_tokens=max_new_tokens, indices=indices, progress=True)
     curves = [r.get("losses") or [] for r in run.meta.get("per_vector", [])]
     if any(curves):
         write_html(loss_curves(curves), folder / "losses.html")

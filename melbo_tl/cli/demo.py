@@ -1,14 +1,19 @@
 """``melbo demo``: the main job, end to end, on the embedded model (about 15 minutes on 2 cores).
 
-1. the supervised baseline: a difference-in-means refusal direction (candidates at the MELBO and
+Discovery at scale, then a close look at what it found:
+
+1. the supervised baseline: a difference-in-means refusal direction (candidates at the DCT and
    one-shot sites too, so each vector can be compared with r̂ where it acts);
-2. MELBO on the bomb prompt: orthogonal vectors that maximize the change at a later layer;
-3. a one-shot vector fitted on one refused prompt to promote "Sure, here's how";
-4. ``melbo analyze`` of the MELBO run with the one-shot vector, against the refusal direction;
-5. ``melbo report``, then the cosine table, the mediation result and where the report is.
+2. deep causal transcoding on the bomb prompt: ``--factors`` calibrated vectors at once, ranked;
+3. triage of every DCT vector: completions, fluency, novelty, refusal, behaviour clusters, the
+   shortlist and the atlas;
+4. a one-shot vector fitted on one refused prompt to promote "Sure, here's how";
+5. ``melbo analyze`` of the top DCT vectors with the one-shot vector, against the refusal direction;
+6. ``melbo report`` (the atlas first), then the cluster table, the cosine table, the mediation
+   result and where the report is.
 
 Every stage writes a run folder and is skipped when a previous demo finished it, so an
-interrupted demo resumes (MELBO and the analysis also resume mid-stage).
+interrupted demo resumes (DCT, triage and the analysis also resume mid-stage).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ ONESHOT_TARGET = "Sure, here's how"
 
 
 def demo_layers(n_layers: int) -> dict[str, Any]:
-    """Sites scaled from the 24-layer embedded model (MELBO 7 → 16, one-shot 10, refusal 14)."""
+    """Sites scaled from the 24-layer embedded model (DCT 7 → 16, one-shot 10, refusal 14)."""
     source = max(0, round(7 / 24 * n_layers))
     oneshot = min(n_layers - 1, round(10 / 24 * n_layers))
     refusal = min(n_layers - 1, round(14 / 24 * n_layers))
@@ -62,8 +67,12 @@ def demo_cmd(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "float32",
-    vectors: Annotated[int, typer.Option("--vectors", min=1, help="MELBO vectors")] = 4,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="MELBO steps per vector")] = 300,
+    factors: Annotated[int, typer.Option("--factors", min=1, help="DCT vectors")] = 256,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="DCT iterations at most")] = 10,
+    rho: Annotated[float, typer.Option("--rho", help="DCT calibration target ρ")] = 0.5,
+    analyze_top: Annotated[
+        int, typer.Option("--analyze-top", min=1, help="top DCT vectors the analysis compares with r̂")
+    ] = 4,
     n_train: Annotated[int, typer.Option("--n-train", min=2, help="prompts per set for the difference in means")] = 64,
     n_val: Annotated[int, typer.Option("--n-val", min=2, help="prompts per set to select the direction")] = 16,
     n_prompts: Annotated[
@@ -80,14 +89,15 @@ def demo_cmd(
     from analysis.run_analysis import AnalysisSettings, analyze_run
     from melbo_tl.artifacts import atomic_write_json
     from melbo_tl.directions.method import RefusalDirectionConfig, refusal_prompts
-    from melbo_tl.optimize.melbo import MelboConfig
+    from melbo_tl.evaluate.triage import TriageConfig, triage_run
+    from melbo_tl.optimize.dct import DCTConfig
     from melbo_tl.optimize.oneshot import OneShotConfig
     from melbo_tl.training import train_to_folder
 
     started = time.perf_counter()
     bridge = load(model, device=device, dtype=dtype)
     layers = demo_layers(int(bridge.cfg.n_layers))
-    refusal, melbo, oneshot = out / "refusal_direction", out / "melbo", out / "oneshot"
+    refusal, dct, oneshot = out / "refusal_direction", out / "dct", out / "oneshot"
     timings: dict[str, float] = {}
 
     refusal_cfg = RefusalDirectionConfig(
@@ -98,16 +108,19 @@ def demo_cmd(
         bridge, "refusal-direction", refusal_prompts(refusal_cfg), refusal_cfg, refusal, resume=True
     ))  # fmt: skip
 
-    melbo_cfg = MelboConfig(
-        radius=4.0, source_layer=layers["source"], target_layer=layers["target"], steps=steps, positions="last:2",
-        n_vectors=vectors,
+    dct_cfg = DCTConfig(
+        n_factors=factors, source_layer=layers["source"], target_layer=layers["target"], iterations=iterations,
+        calibration_target=rho,
     )  # fmt: skip
+    def train_dct() -> None:
+        train_to_folder(bridge, "dct", [HARMFUL_PROMPT], dct_cfg, dct, resume=True)
+        write_run_outputs(bridge, dct, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens, indices=list(range(min(16, factors))))
 
-    def train_melbo() -> None:
-        train_to_folder(bridge, "melbo", [HARMFUL_PROMPT], melbo_cfg, melbo, resume=True)
-        write_run_outputs(bridge, melbo, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens)
-
-    _stage("MELBO", melbo, timings, train_melbo, writes=GENERATIONS_FILE)
+    _stage("DCT", dct, timings, train_dct, writes=GENERATIONS_FILE)
+    status("== triage")
+    t = time.perf_counter()
+    triage = triage_run(bridge, dct, TriageConfig(max_new_tokens=max_new_tokens))
+    timings["triage"] = round(time.perf_counter() - t, 1)
 
     oneshot_cfg = OneShotConfig(layer=layers["oneshot"], promote=(ONESHOT_TARGET,), target_loss=2.0)
 
@@ -119,15 +132,28 @@ def demo_cmd(
 
     status("== analysis")
     t = time.perf_counter()
-    analyze_run(bridge, melbo, against=refusal, compare=[oneshot], settings=AnalysisSettings(n_prompts=n_prompts))
+    settings = AnalysisSettings(n_prompts=n_prompts, top=analyze_top)
+    analyze_run(bridge, dct, against=refusal, compare=[oneshot], settings=settings)
     timings["analysis"] = round(time.perf_counter() - t, 1)
     status("== report")
-    report = write_report(melbo)
+    report = write_report(dct)
     timings["total"] = round(time.perf_counter() - started, 1)
-    _summary(melbo)
+    _clusters(triage)
+    _summary(dct)
     atomic_write_json(out / "demo_timings.json", timings)
     typer.echo(f"stage timings (s): {timings}")
     typer.echo(f"report: {report.resolve()}")
+
+
+def _clusters(triage: Any) -> None:
+    """Print the behaviour clusters of the DCT run, largest first, and the shortlist."""
+    typer.echo(
+        f"\nbehaviours of {len(triage.behaviours) - 1} DCT vectors (cluster: size, refusal share, label, representative)"
+    )
+    for c in triage.clusters:
+        mark = " [like unsteered]" if c.unsteered_like else ""
+        typer.echo(f"{c.id:>4}: {c.size:>4} {c.refusal:>5.2f}  {c.label[:50]}{mark}  {c.completion[:90]!r}")
+    typer.echo(f"shortlist (read first): {triage.shortlist[:16]}")
 
 
 def _summary(melbo: Path) -> None:

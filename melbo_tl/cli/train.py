@@ -43,6 +43,12 @@ TargetOpt = Annotated[
 StepsOpt = Annotated[int, typer.Option("--steps", min=0, metavar="K", help="optimizer steps per vector")]
 
 
+def _mode(mode: str | None, independent: bool) -> str:
+    if independent and mode not in (None, "independent"):
+        raise ValueError(f"--independent contradicts --mode {mode}; give one of them.")
+    return "independent" if independent else (mode or "orthogonal")
+
+
 @app.command("train", short_help="Learn MELBO steering vectors (or adapters) into a run folder.")
 def train_cmd(
     prompt: PromptsOpt,
@@ -54,8 +60,17 @@ def train_cmd(
         int, typer.Option("--vectors", "-n", min=1, metavar="N", help="number of vectors (or adapters)")
     ] = 8,
     radius: Annotated[
-        float, typer.Option("--radius", "-R", metavar="R", help="norm R of each vector (adapters: scale of B·Aᵀ)")
-    ] = 4.0,
+        str,
+        typer.Option(
+            "--radius",
+            "-R",
+            metavar="R|auto",
+            help="norm R of each vector (adapters: scale of B·Aᵀ); auto: calibrated (vectors only)",
+        ),
+    ] = "4",
+    rho: Annotated[
+        float, typer.Option("--rho", metavar="X", help="with --radius auto: the calibration target ρ")
+    ] = 0.5,
     source: SourceOpt = None,
     target: TargetOpt = None,
     steps: StepsOpt = 300,
@@ -64,9 +79,16 @@ def train_cmd(
     q: Annotated[float, typer.Option("--q", metavar="Q", help="root taken of each prompt's sum")] = 1.0,
     lr: Annotated[float, typer.Option("--lr", metavar="LR")] = 1e-3,
     seed: SeedOpt = 0,
-    independent: Annotated[
-        bool, typer.Option("--independent", help="train vectors independently in batches instead of orthogonally")
-    ] = False,
+    mode: Annotated[
+        Optional[str],
+        typer.Option(
+            "--mode",
+            metavar="MODE",
+            help="orthogonal (one at a time, the reference's) | batched-orthogonal (a batch at once, on the Stiefel manifold) | independent [default: orthogonal]",
+            show_default=False,
+        ),
+    ] = None,
+    independent: Annotated[bool, typer.Option("--independent", help="shorthand for --mode independent")] = False,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -100,6 +122,8 @@ def train_cmd(
     from melbo_tl.training import train_to_folder
 
     steps = 0 if random_baseline else steps
+    if adapters and radius == "auto":
+        raise ValueError("--radius auto calibrates a steering vector's norm; give adapters a number.")
     common = dict(
         radius=radius,
         source_layer=source,
@@ -118,9 +142,10 @@ def train_cmd(
         cfg = MelboConfig(
             **common,
             n_vectors=vectors,
-            orthogonal=not independent,
+            mode=_mode(mode, independent),
             batch_size=batch_size,
             diversity_penalty=diversity_penalty,
+            calibration_target=rho,
         )
         method = "melbo"
     bridge = load(model, device=device, dtype=dtype)
@@ -142,9 +167,11 @@ def sweep_cmd(
     target: TargetOpt = None,
     steps: StepsOpt = 300,
     positions: PositionsOpt = "all",
-    independent: Annotated[
-        bool, typer.Option("--independent", help="batched independent vectors instead of orthogonal")
-    ] = False,
+    mode: Annotated[
+        Optional[str],
+        typer.Option("--mode", metavar="MODE", help="as for melbo train [default: orthogonal]", show_default=False),
+    ] = None,
+    independent: Annotated[bool, typer.Option("--independent", help="shorthand for --mode independent")] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
     embedder: Annotated[str, typer.Option("--embedder", metavar="E", help="auto | minilm | model")] = "auto",
     seed: SeedOpt = 0,
@@ -158,7 +185,7 @@ def sweep_cmd(
     values = parse_floats(radii, "--radii")
     cfg = MelboConfig(
         radius=values[0], source_layer=source, target_layer=target, positions=positions, n_vectors=vectors, steps=steps,
-        orthogonal=not independent, seed=seed,
+        mode=_mode(mode, independent), seed=seed,
     )  # fmt: skip
     bridge = load(model, device=device, dtype=dtype)
     result = sweep_radius(bridge, prompt, values, cfg, max_new_tokens=max_new_tokens, embedder=embedder)

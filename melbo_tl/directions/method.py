@@ -126,7 +126,7 @@ def _running(cands: CandidateDirections, scores: dict[tuple[int, int], Candidate
         "candidate_positions": cands.positions,
         "scores": [s.to_dict() for s in scores.values()],
     }
-    return Run({"vectors": torch.zeros(0, d)}, meta)
+    return Run({"vectors": torch.zeros(0, d, device="cpu")}, meta)
 
 
 def _train(model: Any, prompts: dict[str, list[str]], cfg: RefusalDirectionConfig, ckpt: Checkpoints) -> Run:

@@ -136,7 +136,7 @@ def score_candidates(
     ids = refusal_token_ids(chat_tokenizer(model))
     both = bad + good
 
-    base = next_token_logprobs(model, both, batch_size=batch_size)
+    base = next_token_logprobs(model, both, batch_size=batch_size, sort_by_length=True)
     base_good = base[len(bad) :]
     baseline = {
         "harmful": float(log_odds(base[: len(bad)], ids).mean()),
@@ -160,7 +160,9 @@ def score_candidates(
                 layer, pos, float(raw.norm()), baseline["harmful"], baseline["harmless"], 0.0, zero_vector=True
             )
         else:
-            ablated = next_token_logprobs(model, both, [AblateDirection(raw)], batch_size=batch_size)
+            ablated = next_token_logprobs(
+                model, both, [AblateDirection(raw)], batch_size=batch_size, sort_by_length=True
+            )
             if layer not in segments:  # residual entering block ℓ, shared by every position at ℓ
                 segments = {
                     layer: [

@@ -35,7 +35,9 @@ def completion_nll(
             ids = tok(prompt, add_special_tokens=False)["input_ids"]
             rows.append(list(ids) + list(completion))
             spans.append((len(ids), len(completion)))
-        fwd = run_forward(model, left_pad(rows, int(pad)), prompt_lengths=torch.tensor([n for n, _ in spans]))
+        fwd = run_forward(
+            model, left_pad(rows, int(pad)), prompt_lengths=torch.tensor([n for n, _ in spans], device="cpu")
+        )
         assert fwd.logits is not None
         logprobs = torch.log_softmax(fwd.logits.float(), dim=-1)
         ids_on_device = fwd.batch.input_ids

@@ -148,9 +148,13 @@ def train_adapters(
     while len(records) < cfg.n_adapters:
         first = len(records)
         count = min(cfg.batch_size, cfg.n_adapters - first)
-        gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + first + j) for j in range(count)]
-        A = master_copy(normalize_columns(torch.stack([torch.randn(d_mlp, rank, generator=g) for g in gens])), model)
-        B = master_copy(normalize_columns(torch.stack([torch.randn(d, rank, generator=g) for g in gens])), model)
+        gens = [torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + first + j) for j in range(count)]
+        A = master_copy(
+            normalize_columns(torch.stack([torch.randn(d_mlp, rank, generator=g, device="cpu") for g in gens])), model
+        )
+        B = master_copy(
+            normalize_columns(torch.stack([torch.randn(d, rank, generator=g, device="cpu") for g in gens])), model
+        )
         A.requires_grad_(True)
         B.requires_grad_(True)
         opt = torch.optim.AdamW([A, B], lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
@@ -206,7 +210,7 @@ def train_adapters(
 
 def _as_run(model: Any, cfg: AdapterConfig, records: Sequence[AdapterRecord], texts: Sequence[str]) -> Run:
     d, d_mlp = int(model.cfg.d_model), int(model.cfg.d_mlp)
-    stack = lambda xs, shape: torch.stack(xs) if xs else torch.zeros(0, *shape)  # noqa: E731
+    stack = lambda xs, shape: torch.stack(xs) if xs else torch.zeros(0, *shape, device="cpu")  # noqa: E731
     tensors = {
         "vectors": stack([r.mean_delta for r in records], (d,)),
         "A": stack([r.A for r in records], (d_mlp, cfg.rank)),

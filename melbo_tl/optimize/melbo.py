@@ -4,10 +4,15 @@ Each vector θ (‖θ‖ = R) is added at ``blocks.s.hook_resid_post`` on every 
 Riemannian AdamW on the sphere (tangent projection of the gradient, step, retraction) to
 maximize the objective in :mod:`melbo_tl.optimize.objective` at ``blocks.t.hook_resid_pre``.
 
-Two modes:
-- ``orthogonal=True`` (the reference's): vectors one at a time; vector k's start, gradient and
-  iterate are projected off the span of vectors 0…k−1, which stay frozen.
-- ``orthogonal=False``: ``batch_size`` independent vectors trained at once, one per batch row;
+Three modes (``MelboConfig.mode``):
+- ``"orthogonal"`` (the reference's, the default): vectors one at a time; vector k's start,
+  gradient and iterate are projected off the span of vectors 0…k−1, which stay frozen.
+- ``"batched-orthogonal"``: ``batch_size`` mutually orthogonal vectors trained at once, as one
+  point of the Stiefel manifold of orthonormal frames scaled by R (tangent projection, AdamW
+  step, polar retraction); every batch is kept orthogonal to the vectors before it. Orthogonality
+  at the batched mode's speed, but not the same optimum: vector k no longer maximizes the
+  objective given 0…k−1, all of a batch share the constraint.
+- ``"independent"``: ``batch_size`` independent vectors trained at once, one per batch row;
   optionally with a soft penalty on the pairwise cosine of the changes Δ they cause.
 
 ``steps=0`` is the random baseline: random directions of norm R through the same code path.
@@ -37,30 +42,41 @@ from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
 from melbo_tl.config import Config, require
-from melbo_tl.optimize.objective import delta_cosines, orthonormal_basis, project_off, retract, tangent
+from melbo_tl.optimize.calibration import Calibration, SliceResponse, calibrate_radius
+from melbo_tl.optimize.objective import (
+    delta_cosines,
+    orthonormal_basis,
+    project_off,
+    retract,
+    stiefel_retract,
+    stiefel_tangent,
+    tangent,
+)
 from melbo_tl.optimize.problem import LayerPairSettings, MelboProblem
 from melbo_tl.placement import master_copy, to_result
 from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
-from melbo_tl.steering.sites import d_model, resid_hook
+from melbo_tl.steering.sites import d_model
 
 NAME = "melbo"
+MODES = ("orthogonal", "batched-orthogonal", "independent")
 
 
 @dataclass
 class MelboConfig(LayerPairSettings, Config):
     """Settings of a MELBO run (``run.json["config"]``).
 
-    ``radius`` R = ‖θ‖; ``source_layer`` s (θ added at ``blocks.s.hook_resid_post``; None: 7) and
+    ``radius`` R = ‖θ‖, or ``"auto"``: calibrated where the response at the target stops being
+    linear (ρ(R) = ``calibration_target``, :func:`~melbo_tl.optimize.calibration.calibrate_radius`); ``source_layer`` s (θ added at ``blocks.s.hook_resid_post``; None: 7) and
     ``target_layer`` t (objective at ``blocks.t.hook_resid_pre``; None: n_layers − 8), filled in
     for the model by :meth:`for_model`; ``p``, ``q`` the objective's exponents; ``positions`` its
-    token set; ``n_vectors``; ``steps`` (0: random baseline); ``lr``; ``orthogonal`` (else
-    independent vectors, ``batch_size`` at a time, with optional ``diversity_penalty``);
-    ``seed``; ``chat`` format prompts with the chat template.
+    token set; ``n_vectors``; ``steps`` (0: random baseline); ``lr``; ``mode`` (see the module
+    docstring: the batched modes train ``batch_size`` vectors at a time, ``independent`` with an
+    optional ``diversity_penalty``); ``seed``; ``chat`` format prompts with the chat template.
     """
 
-    radius: float
+    radius: float | str
     source_layer: int | None = None
     target_layer: int | None = None
     p: float = 2.0
@@ -69,29 +85,29 @@ class MelboConfig(LayerPairSettings, Config):
     n_vectors: int = 8
     steps: int = 300
     lr: float = 1e-3
-    orthogonal: bool = True
+    mode: str = "orthogonal"
     seed: int = 0
     batch_size: int = 8
     diversity_penalty: float = 0.0
+    calibration_target: float = 0.5
     chat: bool = True
 
     RESUMABLE = ("n_vectors",)
 
     def validate(self) -> None:
-        self.validate_objective()
+        self.validate_objective(auto_radius=True)
         require(self.n_vectors >= 1, f"n_vectors must be ≥ 1, got {self.n_vectors}.")
         require(self.diversity_penalty >= 0, f"diversity_penalty must be ≥ 0, got {self.diversity_penalty}.")
+        require(self.mode in MODES, f"mode {self.mode!r} is not one of {', '.join(MODES)}.")
         require(
-            not (self.diversity_penalty and self.orthogonal),
-            "diversity_penalty is the soft alternative to orthogonal mode: pass orthogonal=False.",
+            not (self.diversity_penalty and self.mode != "independent"),
+            "diversity_penalty is the soft alternative to orthogonality: use mode='independent'.",
         )
 
     @property
-    def hook(self) -> str:
-        """Where the vectors act (needs the layers filled in)."""
-        if self.source_layer is None:
-            raise ValueError("source_layer is not set; call for_model(model) first.")
-        return resid_hook(self.source_layer, "post")
+    def batched(self) -> bool:
+        """Whether vectors train ``batch_size`` at a time."""
+        return self.mode != "orthogonal"
 
 
 @dataclass
@@ -120,12 +136,13 @@ class MelboResult:
     objectives: list[float]
     seconds: list[float]
     texts: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None
 
 
 def _start(index: int, seed: int, d: int, radius: float, basis: Tensor | None, model: Any) -> Tensor:
     """Random start of vector ``index``: depends only on (seed, index), so resuming reproduces it."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    theta = master_copy(torch.randn(1, d, generator=gen), model)
+    gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + index)
+    theta = master_copy(torch.randn(1, d, generator=gen, device="cpu"), model)
     return retract(project_off(theta, basis), radius)
 
 
@@ -138,10 +155,14 @@ def _optimize(
     lr: float,
     basis: Tensor | None,
     diversity_penalty: float,
+    joint: bool,
     desc: str,
     progress: bool,
 ) -> tuple[Tensor, list[list[float]], Tensor]:
-    """Riemannian AdamW on k vectors at once (rows of ``theta``, float32). Returns (θ, losses per row, final objective)."""
+    """Riemannian AdamW on k vectors at once (rows of ``theta``, float32): each on its sphere, or
+    with ``joint`` all on the Stiefel manifold (mutually orthogonal). Returns (θ, losses per row,
+    final objective)."""
+    project, back = (stiefel_tangent, stiefel_retract) if joint else (tangent, retract)
     theta = theta.clone().requires_grad_(True)
     opt = torch.optim.AdamW([theta], lr=lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
     history: list[list[float]] = [[] for _ in range(theta.shape[0])]
@@ -156,11 +177,11 @@ def _optimize(
             loss = loss + diversity_penalty * (objective.detach() * off.sum(1) / (theta.shape[0] - 1)).sum()
         loss.backward()
         with torch.no_grad():
-            grad = tangent(theta.grad, theta)
+            grad = project(theta.grad, theta)
             theta.grad.copy_(project_off(grad, basis))
         opt.step()
         with torch.no_grad():
-            theta.copy_(retract(project_off(theta, basis), radius))
+            theta.copy_(back(project_off(theta, basis), radius))
         for row, value in zip(history, objective.tolist()):
             row.append(value)
         bar.set_postfix(objective=f"{objective.mean().item():.4g}")
@@ -176,6 +197,8 @@ def train_vectors(
     *,
     previous: Sequence[VectorRecord] = (),
     on_vector: Callable[[VectorRecord], None] | None = None,
+    calibration: Calibration | None = None,
+    on_calibration: Callable[[Calibration], None] | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> MelboResult:
@@ -184,7 +207,8 @@ def train_vectors(
 
     ``previous`` holds already finished vectors (a resumed run): they are kept, define the span
     in orthogonal mode, and training continues at index ``len(previous)``. ``on_vector`` is
-    called with each finished vector (in index order), e.g. to checkpoint a run folder.
+    called with each finished vector (in index order), e.g. to checkpoint a run folder. With
+    ``radius="auto"`` R is calibrated first (or taken from ``calibration``, e.g. a resumed run's).
     """
     cfg = MelboConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
@@ -193,16 +217,27 @@ def train_vectors(
         model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
         chat=cfg.chat,
     )  # fmt: skip
+    if cfg.radius == "auto":
+        if calibration is None:
+            calibration = calibrate_radius(
+                SliceResponse(problem), target=cfg.calibration_target, seed=cfg.seed, progress=progress
+            )
+        if on_calibration is not None:
+            on_calibration(calibration)
+        cfg = cfg.replace(radius=calibration.radius)
     d = d_model(model)
     records = list(previous)
     if len(records) > cfg.n_vectors:
         raise ValueError(f"{len(records)} finished vectors already exceed n_vectors={cfg.n_vectors}.")
+    joint = cfg.mode == "batched-orthogonal"
     while len(records) < cfg.n_vectors:
         first = len(records)
-        count = 1 if cfg.orthogonal else min(cfg.batch_size, cfg.n_vectors - first)
+        count = min(cfg.batch_size, cfg.n_vectors - first) if cfg.batched else 1
         done = [master_copy(r.vector, model) for r in records]
-        basis = orthonormal_basis(torch.stack(done)) if cfg.orthogonal and done else None
+        basis = orthonormal_basis(torch.stack(done)) if cfg.mode != "independent" and done else None
         theta = torch.cat([_start(first + j, cfg.seed, d, cfg.radius, basis, model) for j in range(count)])
+        if joint:
+            theta = stiefel_retract(theta, cfg.radius)
         started = time.perf_counter()
         theta, history, final = _optimize(
             problem,
@@ -212,6 +247,7 @@ def train_vectors(
             lr=cfg.lr,
             basis=basis,
             diversity_penalty=cfg.diversity_penalty,
+            joint=joint,
             desc=f"vector {first}" if count == 1 else f"vectors {first}-{first + count - 1}",
             progress=progress,
         )
@@ -229,6 +265,7 @@ def train_vectors(
         objectives=[r.objective for r in records],
         seconds=[r.seconds for r in records],
         texts=problem.texts,
+        calibration=calibration,
     )
 
 
@@ -240,14 +277,17 @@ def per_vector_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
     return [{"index": r.index, "objective": r.objective, "seconds": r.seconds, "losses": r.losses} for r in records]
 
 
-def _as_run(cfg: MelboConfig, records: Sequence[VectorRecord], texts: Sequence[str]) -> Run:
+def _as_run(
+    cfg: MelboConfig, records: Sequence[VectorRecord], texts: Sequence[str], calibration: Calibration | None = None
+) -> Run:
     d = records[0].vector.shape[-1] if records else 0
-    vectors = torch.stack([r.vector for r in records]) if records else torch.zeros(0, d)
+    vectors = torch.stack([r.vector for r in records]) if records else torch.zeros(0, d, device="cpu")
     meta = {
         "hooks": [cfg.hook] * len(records),
         "source_layer": cfg.source_layer,
         "target_layer": cfg.target_layer,
-        "radius": cfg.radius,
+        "radius": cfg.radius if calibration is None else calibration.radius,
+        "calibration": None if calibration is None else calibration.to_dict(),
         "objective_positions": cfg.positions,
         "steer_positions": "all",
         "random_baseline": cfg.steps == 0,
@@ -270,18 +310,29 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: MelboConfig, ckpt: Ch
     cfg = cfg.for_model(model)
     finished = _records(ckpt.previous)
     texts = list(ckpt.previous.meta.get("texts", [])) if ckpt.previous else []
+    saved = ckpt.previous.meta.get("calibration") if ckpt.previous else None
+    state: dict[str, Any] = {"calibration": Calibration(**saved) if saved else None}
+
+    def calibrated(calibration: Calibration) -> None:
+        state["calibration"] = calibration
 
     def checkpoint(record: VectorRecord) -> None:
         finished.append(record)
-        ckpt.save(_as_run(cfg, finished, texts))
+        ckpt.save(_as_run(cfg, finished, texts, state["calibration"]))
 
-    result = train_vectors(model, prompts, cfg, previous=list(finished), on_vector=checkpoint, progress=ckpt.progress)
-    return _as_run(cfg, finished, result.texts)
+    result = train_vectors(
+        model, prompts, cfg, previous=list(finished), on_vector=checkpoint, calibration=state["calibration"],
+        on_calibration=calibrated, progress=ckpt.progress,
+    )  # fmt: skip
+    return _as_run(cfg, finished, result.texts, result.calibration)
 
 
 def legacy_config(meta: dict[str, Any]) -> dict[str, Any]:
-    """Format 1 stored MelboConfig's fields under "config" already (no ``chat``)."""
-    return dict(meta.get("config", {}))
+    """Format 1 stored MelboConfig's fields under "config" already, with ``orthogonal: bool``
+    where format 2 has ``mode``."""
+    old = dict(meta.get("config", {}))
+    old["mode"] = "orthogonal" if old.pop("orthogonal", True) else "independent"
+    return old
 
 
 METHOD = register_method(

@@ -1,4 +1,5 @@
-"""The MELBO objective and the geometry of optimizing on a sphere.
+"""The MELBO objective and the geometry of optimizing on a sphere (one vector) or on the Stiefel
+manifold (k mutually orthogonal vectors of norm R, trained together).
 
 Objective (Mack & Turner), for one prompt with selected token set I:
 
@@ -70,3 +71,22 @@ def delta_cosines(delta: Float[Tensor, "k rows pos d_model"], select: Bool[Tenso
     flat = (delta * select[None, :, :, None].to(delta.dtype)).flatten(1)
     unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return unit @ unit.T
+
+
+def stiefel_tangent(grad: Float[Tensor, "k d"], theta: Float[Tensor, "k d"]) -> Float[Tensor, "k d"]:
+    """Project ``grad`` onto the tangent space at ``theta`` of the set {rows orthogonal, equal norms}.
+
+    With Q = θ/‖θ_row‖ (orthonormal rows) the tangent space is {Z : Q Zᵀ + Z Qᵀ = 0}, and the
+    projection (embedded metric) is G − sym(G Qᵀ) Q. For one row it is the sphere's :func:`tangent`.
+    """
+    q = theta / theta.norm(dim=-1, keepdim=True)
+    a = grad @ q.T
+    return grad - 0.5 * (a + a.T) @ q
+
+
+def stiefel_retract(theta: Float[Tensor, "k d"], radius: float) -> Float[Tensor, "k d"]:
+    """The nearest set of mutually orthogonal rows of norm ``radius`` (polar retraction, R·U·Vᵀ of
+    the SVD θ = U S Vᵀ). It treats every row alike (unlike QR, whose result depends on the row
+    order) and keeps each row on its own side: for one row it is :func:`retract`."""
+    u, _, vh = torch.linalg.svd(theta.double(), full_matrices=False)
+    return (radius * u @ vh).to(theta.dtype)

@@ -186,14 +186,14 @@ def teacher_forcing(model: Any, examples: Sequence[Example], *, chat: bool = Tru
             cols.append(offset + m + j - 1)
             targets.append(int(batch.input_ids[r, offset + m + j]))
             signs.append(sign)
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device="cpu")  # noqa: E731
     return TeacherForcing(
         batch,
         as_long(prompt_lens),
         as_long(rows),
         as_long(cols),
         as_long(targets),
-        torch.tensor(signs, dtype=torch.float32),
+        torch.tensor(signs, dtype=torch.float32, device="cpu"),
     ), texts
 
 
@@ -261,8 +261,8 @@ def optimize_vector(
     exs = _examples(examples, cfg.promote, cfg.suppress)
     tf, texts = teacher_forcing(model, exs, chat=cfg.chat)
     steered = _Steered(model, tf, cfg.layer, positions)
-    gen = torch.Generator().manual_seed(seed)
-    start = torch.randn(d_model(model), generator=gen)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    start = torch.randn(d_model(model), generator=gen, device="cpu")
     v = master_copy(cfg.init_norm * start / start.norm(), model).requires_grad_(True)
     opt = torch.optim.Adam([v], lr=cfg.lr)
     losses: list[float] = []
@@ -303,7 +303,7 @@ def optimize_vector(
 
 
 def _as_run(cfg: OneShotConfig, done: Sequence[tuple[Tensor, dict[str, Any]]], texts: Sequence[str], d: int) -> Run:
-    vectors = torch.stack([v for v, _ in done]) if done else torch.zeros(0, d)
+    vectors = torch.stack([v for v, _ in done]) if done else torch.zeros(0, d, device="cpu")
     meta = {
         "hooks": [cfg.hook] * len(done),
         "layer": cfg.layer,

@@ -42,32 +42,16 @@ def check_objective_args(model: Any, source: int, target: int) -> None:
         )
 
 
-class LayerPairSettings:
-    """Behaviour shared by configs with a source layer s, a target layer t and the MELBO objective
-    (fields ``radius``, ``source_layer``, ``target_layer``, ``p``, ``q``, ``positions``, ``steps``,
-    ``lr``, ``batch_size`` on the dataclass that mixes this in)."""
+class LayerPair:
+    """For configs with a source layer s (vectors at ``blocks.s.hook_resid_post``) and a target
+    layer t (read at ``blocks.t.hook_resid_pre``), either left as None for the reference defaults
+    (7, n_layers − 8); mixed into the config dataclass, which declares the two fields."""
 
-    radius: float
     source_layer: int | None
     target_layer: int | None
-    p: float
-    q: float
-    positions: str
-    steps: int
-    lr: float
-    batch_size: int
-
-    def validate_objective(self) -> None:
-        self.radius = float(self.radius)
-        self.positions = str(Positions.parse(self.positions))
-        require(self.radius > 0, f"radius R must be > 0, got {self.radius}.")
-        require(self.p > 0 and self.q > 0, f"p and q must be > 0, got p={self.p}, q={self.q}.")
-        require(self.steps >= 0, f"steps must be ≥ 0 (0 = random baseline), got {self.steps}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        require(self.lr > 0, f"lr must be > 0, got {self.lr}.")
 
     def for_model(self, model: Any) -> Any:
-        """The config with the reference default layers (7, n_layers − 8) where left as None."""
+        """The config with the default layers filled in where left as None."""
         s, t = default_layers(model)
         return self.replace(  # type: ignore[attr-defined]
             source_layer=s if self.source_layer is None else self.source_layer,
@@ -77,6 +61,42 @@ class LayerPairSettings:
     def check_model(self, model: Any) -> None:
         cfg = self.for_model(model)
         check_objective_args(model, cfg.source_layer, cfg.target_layer)
+
+    @property
+    def hook(self) -> str:
+        """Where the vectors act (needs the layers filled in)."""
+        if self.source_layer is None:
+            raise ValueError("source_layer is not set; call for_model(model) first.")
+        return resid_hook(self.source_layer, "post")
+
+
+class LayerPairSettings(LayerPair):
+    """A :class:`LayerPair` trained on the MELBO objective: also ``radius``, ``p``, ``q``,
+    ``positions``, ``steps``, ``lr`` and ``batch_size``, validated together."""
+
+    radius: float
+    p: float
+    q: float
+    positions: str
+    steps: int
+    lr: float
+    batch_size: int
+
+    def validate_objective(self, *, auto_radius: bool = False) -> None:
+        """Check the objective's settings; with ``auto_radius``, ``radius="auto"`` is allowed (calibrated)."""
+        self.positions = str(Positions.parse(self.positions))
+        if not (auto_radius and self.radius == "auto"):
+            try:
+                self.radius = float(self.radius)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"radius R must be a number > 0{' or auto' if auto_radius else ''}, got {self.radius!r}."
+                ) from None
+            require(self.radius > 0, f"radius R must be > 0, got {self.radius}.")
+        require(self.p > 0 and self.q > 0, f"p and q must be > 0, got p={self.p}, q={self.q}.")
+        require(self.steps >= 0, f"steps must be ≥ 0 (0 = random baseline), got {self.steps}.")
+        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}.")
 
 
 @dataclass

@@ -86,3 +86,17 @@ def test_shared_baseline_gives_the_same_result(tiny_model, texts):
     assert shared.layer_sweep["layers"] == [2, 3]
     with pytest.raises(ValueError, match="baseline must hold"):
         mediation(tiny_model, texts[:2], steer, r, max_new_tokens=0, baseline=base)
+
+
+def test_restoring_the_unsteered_coordinate_on_an_unsteered_run_changes_nothing(tiny_model):
+    """Prompts of different lengths, not in length order: the restored values must meet their own
+    rows (a batch reordered by length would put row i's coordinates on row j)."""
+    from analysis.ablation import RestoreCoordinate, unsteered_coordinates
+    from melbo_tl.evaluate.refusal import refusal_log_odds
+
+    texts = prepare_prompts(tiny_model, ["Write a long story about dragons and castles, please.", "Hi", "What is 2+2?"])
+    r = torch.randn(64, generator=torch.Generator(device="cpu").manual_seed(3), device="cpu")
+    restore = RestoreCoordinate(r, unsteered_coordinates(tiny_model, texts, r))
+    plain = refusal_log_odds(tiny_model, texts, batch_size=len(texts))
+    restored = refusal_log_odds(tiny_model, texts, [restore], batch_size=len(texts))
+    torch.testing.assert_close(restored, plain, atol=1e-6, rtol=0)  # reordered rows: off by ~5e-4

@@ -1,5 +1,5 @@
-"""The whole pipeline on a tiny model: ``melbo demo`` (refusal direction, MELBO, one-shot,
-``melbo analyze``, ``melbo report``), then the report opened in headless Chromium."""
+"""The whole pipeline on a tiny model: ``melbo demo`` (refusal direction, DCT, triage, one-shot,
+``melbo analyze``, ``melbo report``), then the report, atlas first, opened in headless Chromium."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from analysis.report import SECTIONS, write_report
 from melbo_tl.cli import app
 
 TINY_DEMO = [
-    "--vectors",
+    "--factors",
+    "6",
+    "--iterations",
     "2",
-    "--steps",
-    "3",
+    "--rho",
+    "0.02",
+    "--analyze-top",
+    "2",
     "--n-train",
     "4",
     "--n-val",
@@ -42,9 +46,10 @@ def demo(tiny_model_dir, tmp_path_factory):
 
 def test_demo_writes_every_stage_and_prints_the_results(demo):
     out, output = demo
-    for stage in ("refusal_direction", "melbo", "oneshot"):
+    for stage in ("refusal_direction", "dct", "oneshot"):
         assert (out / stage / "run.json").is_file()
-    analysis = out / "melbo" / "analysis"
+    assert (out / "dct" / "triage" / "behaviours.json").is_file()
+    analysis = out / "dct" / "analysis"
     for name in (
         "vector_effects",
         "vector_cosines",
@@ -63,27 +68,29 @@ def test_demo_writes_every_stage_and_prints_the_results(demo):
     html_figures = list(figures.glob("*.html"))
     assert html_figures and all('src="plotly.min.js"' in p.read_text() for p in html_figures)
     rows = json.loads((analysis / "vector_cosines.json").read_text())["rows"]
-    assert [r["vector"] for r in rows] == ["melbo[0]", "melbo[1]", "oneshot[0]"]
+    assert [r["vector"] for r in rows] == ["dct[0]", "dct[1]", "oneshot[0]"]
     assert all(-1 <= r["cos_r_at_site"] <= 1 for r in rows)
-    assert "cos(v, r̂@site)" in output and "mediation melbo[" in output and "report: " in output
+    assert "cos(v, r̂@site)" in output and "mediation dct[" in output and "report: " in output
+    assert "behaviours of 6 DCT vectors" in output and "shortlist (read first)" in output
     timings = json.loads((out / "demo_timings.json").read_text())
-    assert set(timings) >= {"refusal direction", "MELBO", "one-shot vector", "analysis", "total"}
+    assert set(timings) >= {"refusal direction", "DCT", "triage", "one-shot vector", "analysis", "total"}
 
 
 def test_report_renders_offline_in_chromium(demo, tmp_path):
     out, _ = demo
-    report = out / "melbo" / "report.html"
+    report = out / "dct" / "report.html"
     page = report.read_text()
     assert "unpkg.com" not in page and "src='http" not in page and 'src="http' not in page
     assert page.count("var CircuitsVis") == 1  # the circuitsvis bundle is inlined once
     # Views project onto r̂ where the refusal run has it at the Δ hook, else onto the vector itself.
-    has_r = json.loads((out / "melbo" / "analysis" / "delta_cosines.json").read_text())["against"] == ["r̂"]
+    has_r = json.loads((out / "dct" / "analysis" / "delta_cosines.json").read_text())["against"] == ["r̂"]
     assert ("projection onto r̂ per token" in page) == has_r
     assert ("projection onto the vector&#x27;s own direction per token" in page) == (not has_r)
     check = check_page(report, screenshot=tmp_path / "report.png")
     assert check.console_errors == [] and check.page_errors == [] and check.external_requests == []
     assert check.element_ids == list(SECTIONS)
     assert {
+        "Behaviour atlas",
         "Run settings",
         "Loss curves",
         "Generations",
@@ -98,17 +105,19 @@ def test_report_renders_offline_in_chromium(demo, tmp_path):
 
 def test_analysis_resumes_and_restarts_on_new_settings(demo, tiny_model_dir):
     out, _ = demo
-    analysis = out / "melbo" / "analysis"
+    analysis = out / "dct" / "analysis"
     before = {p.name: p.stat().st_mtime_ns for p in analysis.glob("*.json")}
     args = [
         "analyze",
-        str(out / "melbo"),
+        str(out / "dct"),
         "--against",
         str(out / "refusal_direction"),
         "--with",
         str(out / "oneshot"),
         "--model",
         str(tiny_model_dir),
+        "--top",
+        "2",
         "--n-prompts",
         "2",
     ]

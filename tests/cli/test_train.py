@@ -276,3 +276,31 @@ def test_sweep_writes_table_and_figure(tiny_model_dir, tmp_path):
     html = (tmp_path / "sw" / "sweep.html").read_text()
     assert "diversity" in html and "perplexity" in html
     assert Path(tmp_path / "sw" / "sweep.json").stat().st_size > 0
+
+
+def test_dct_command_writes_a_ranked_run_and_completions_of_the_top_vectors(tiny_model_dir, tmp_path):
+    out = tmp_path / "dct"
+    res = run_cli(
+        "dct", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--factors", "6", "--source", "0",
+        "--target", "3", "--radius", "auto", "--rho", "0.02", "--iterations", "2", "--top", "2",
+        "--max-new-tokens", "3", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "calibrated R = " in res.stderr and "K condition number" in res.stderr
+    run = load_run(out)
+    assert run.meta["method"] == "dct" and run.vectors.shape == (6, 64)
+    assert run.meta["config"]["radius"] == "auto" and run.meta["radius"] == run.meta["calibration"]["radius"]
+    rows = read_jsonl(out / "generations.jsonl")
+    assert [r["vector"] for r in rows] == [None, 0, 1]
+
+
+def test_train_with_a_calibrated_radius(tiny_model_dir, tmp_path):
+    out = tmp_path / "auto"
+    res = run_cli(
+        "train", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--vectors", "2", "--radius", "auto",
+        "--rho", "0.02", "--source", "0", "--target", "3", "--steps", "2", "--out", str(out), "--max-new-tokens", "2",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    run = load_run(out)
+    assert run.meta["config"]["radius"] == "auto" and run.meta["calibration"]["target"] == 0.02
+    assert run.vectors.norm(dim=-1).allclose(torch.full((2,), run.meta["radius"]), atol=1e-4)

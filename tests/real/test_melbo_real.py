@@ -25,7 +25,7 @@ def test_orthogonal_vectors_on_bomb_prompt_find_a_non_refusal(real_model):
         positions="last:2",
         n_vectors=4,
         steps=300,
-        orthogonal=True,
+        mode="orthogonal",
         seed=0,
         progress=False,
     )

@@ -1,0 +1,102 @@
+"""``melbo dct``: deep causal transcoding, hundreds of calibrated steering vectors from one prompt."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from melbo_tl.cli.app import app
+from melbo_tl.cli.common import (
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    OutOpt,
+    PromptsOpt,
+    ResumeOpt,
+    SeedOpt,
+    load,
+    status,
+    write_run_outputs,
+)
+
+
+@app.command("dct", short_help="Deep causal transcoding: F calibrated steering vectors at once, ranked.")
+def dct_cmd(
+    prompt: PromptsOpt,
+    out: OutOpt,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "float32",
+    factors: Annotated[
+        int, typer.Option("--factors", "-F", min=1, metavar="F", help="number of factors (vectors)")
+    ] = 256,
+    source: Annotated[
+        Optional[int],
+        typer.Option(
+            "--source", metavar="S", help="vectors added at blocks.S.hook_resid_post [default: 7]", show_default=False
+        ),
+    ] = None,
+    target: Annotated[
+        Optional[int],
+        typer.Option(
+            "--target",
+            metavar="T",
+            help="response read at blocks.T.hook_resid_pre [default: n_layers − 8]",
+            show_default=False,
+        ),
+    ] = None,
+    positions: Annotated[str, typer.Option("--positions", metavar="SPEC", help="target positions averaged")] = "last:3",
+    radius: Annotated[
+        str, typer.Option("--radius", "-R", metavar="auto|R", help="R, or auto: calibrated so that ρ(R) = --rho")
+    ] = "auto",
+    rho: Annotated[
+        float, typer.Option("--rho", metavar="X", help="calibration target: non-linear / linear response")
+    ] = 0.5,
+    iterations: Annotated[
+        int, typer.Option("--iterations", min=0, metavar="N", help="alternating updates at most")
+    ] = 10,
+    orthogonalize: Annotated[
+        str, typer.Option("--orthogonalize", metavar="HOW", help="polar | qr | none (sign-keeping)")
+    ] = "polar",
+    rank_by: Annotated[
+        str,
+        typer.Option(
+            "--rank-by", metavar="KEY", help='importance | alpha | "A:B" (logit A − logit B at the last position)'
+        ),
+    ] = "importance",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, metavar="N", help="factors per forward pass")] = 64,
+    seed: SeedOpt = 0,
+    top: Annotated[
+        int, typer.Option("--top", min=0, metavar="N", help="greedy completions of the N top-ranked vectors (0: all)")
+    ] = 32,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
+    resume: ResumeOpt = False,
+) -> None:
+    """Fit F steering vectors at once by deep causal transcoding (Mack & Turner) and write a run folder
+    with the vectors in rank order (R·v_l), their output directions U, α and importance, and the ρ(R)
+    calibration curve; then greedy completions of the top vectors into generations.jsonl."""
+    from melbo_tl.artifacts import load_run
+    from melbo_tl.optimize.dct import DCTConfig
+    from melbo_tl.training import train_to_folder
+
+    cfg = DCTConfig(
+        n_factors=factors, source_layer=source, target_layer=target, positions=positions, radius=radius,
+        calibration_target=rho, iterations=iterations, orthogonalize=orthogonalize, rank_by=rank_by,
+        chunk_size=chunk_size, seed=seed,
+    )  # fmt: skip
+    bridge = load(model, device=device, dtype=dtype)
+    folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume)
+    meta = load_run(folder).meta
+    cal = meta.get("calibration")
+    if cal:
+        curve = ", ".join(f"{r:.3g}:{p:.2f}" for r, p in zip(cal["radii"], cal["rho"]))
+        status(f"calibrated R = {meta['radius']:.3f} (ρ = {cal['target']:g}; R:ρ {curve}) in {cal['seconds']:.1f} s")
+    status(
+        f"{meta['iteration']} iterations ({'converged' if meta['converged'] else 'not converged'}), fit "
+        f"{meta['seconds'].get('fit', 0):.1f} s; K condition number {meta['condition_number']:.3g}"
+    )
+    n = len(meta["per_vector"])
+    indices = list(range(n if top == 0 else min(top, n)))
+    write_run_outputs(bridge, folder, list(prompt), max_new_tokens=max_new_tokens, indices=indices)
+    typer.echo(f"wrote {folder}")

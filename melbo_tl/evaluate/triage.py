@@ -1,0 +1,469 @@
+"""Triage: from hundreds of vectors to a short list of behaviours worth reading.
+
+For every vector of a run, :func:`triage_run` generates completions of the run's training
+prompt(s) (and optionally held-out prompts, for generalization) in batched per-row generation,
+then scores each vector:
+
+- **fluency**: perplexity of its completion under the unsteered model;
+- **novelty**: cosine distance of the completion's sentence embedding from the unsteered
+  completion of the same prompt;
+- **refusal** (substring judge), **length**, and **degenerate** flags (repetition, echo of the
+  prompt, empty: :mod:`melbo_tl.evaluate.degenerate`);
+
+clusters the vectors' behaviours (:mod:`melbo_tl.evaluate.behaviours`; degenerate vectors are
+kept apart as their own classes, and the cluster holding the unsteered completion is marked),
+labels each cluster, draws the Pareto frontier of novelty × fluency, and writes a shortlist:
+the frontier first, then one representative per cluster.
+
+Outputs go to ``RUN/triage/``: ``behaviours.json`` + ``.csv`` (one row per vector),
+``clusters.json``, ``completions.jsonl``, ``embeddings.safetensors``, ``settings.json``.
+Generation is checkpointed after every batch of vectors; a rerun with the same settings resumes.
+
+>>> triage_run(model, "runs/demo/dct", TriageConfig(heldout="harmful", n_heldout=8))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from tqdm.auto import tqdm
+
+from melbo_tl.artifacts import (
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    load_run,
+    read_jsonl,
+    save_tensors,
+)
+from melbo_tl.config import Config, require
+from melbo_tl.evaluate.behaviours import cluster_embeddings, distinctive_words, pareto_front, representative
+from melbo_tl.evaluate.datasets import load_prompts
+from melbo_tl.evaluate.degenerate import degeneracy
+from melbo_tl.evaluate.embeddings import embed_texts
+from melbo_tl.evaluate.fluency import completion_nll, perplexity
+from melbo_tl.evaluate.refusal import is_refusal
+from melbo_tl.prompts import PromptLike
+from melbo_tl.runs import generate_conditions, intervention_from_run, n_interventions
+
+TRIAGE_DIR = "triage"
+SETTINGS_FILE = "settings.json"
+COMPLETIONS_FILE = "completions.jsonl"
+BEHAVIOURS_FILE = "behaviours.json"
+BEHAVIOURS_CSV = "behaviours.csv"
+CLUSTERS_FILE = "clusters.json"
+EMBEDDINGS_FILE = "embeddings.safetensors"
+UNSTEERED = -1  # the vector index of unsteered completions
+
+
+@dataclass
+class TriageConfig(Config):
+    """Settings of a triage: ``heldout`` prompt set (built-in name or file; None: the training
+    prompts only) with ``n_heldout`` prompts from its ``heldout_split``; ``samples`` completions per
+    (vector, prompt): 1 = greedy, more = sampled at ``temperature``; ``max_new_tokens``;
+    ``threshold`` the clustering's cosine-distance cut; ``batch_size`` vectors per generate;
+    ``seed``; ``embedder`` (auto | minilm | model)."""
+
+    heldout: str | None = None
+    n_heldout: int = 8
+    heldout_split: str = "test"
+    samples: int = 1
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    threshold: float = 0.35
+    batch_size: int = 32
+    seed: int = 0
+    embedder: str = "auto"
+
+    def validate(self) -> None:
+        require(self.n_heldout >= 1, f"n_heldout must be ≥ 1, got {self.n_heldout}.")
+        require(self.samples >= 1, f"samples must be ≥ 1, got {self.samples}.")
+        require(self.samples == 1 or self.temperature > 0, "samples > 1 needs temperature > 0 (greedy repeats itself).")
+        require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
+        require(0 < self.threshold < 2, f"threshold is a cosine distance in (0, 2), got {self.threshold}.")
+        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
+
+
+@dataclass
+class VectorBehaviour:
+    """One vector's triage row (``index`` -1: the unsteered model). ``cluster`` id (see
+    ``clusters.json``); ``novelty``, ``perplexity`` (median), ``refusal`` share, ``length`` (mean
+    tokens) on the training prompts; ``degenerate`` kind ("" if fine); ``frontier``;
+    ``shortlist`` position (None if not listed); ``completion`` (first training completion);
+    ``heldout_refusal``/``heldout_novelty`` with held-out prompts."""
+
+    index: int
+    cluster: int
+    novelty: float
+    perplexity: float
+    refusal: float
+    length: float
+    degenerate: str
+    frontier: bool = False
+    shortlist: int | None = None
+    completion: str = ""
+    heldout_refusal: float | None = None
+    heldout_novelty: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Cluster:
+    """A behaviour: ``id``; ``words`` its most distinctive words; ``size``; ``members`` (vector
+    indices); ``representative`` vector and its ``completion``; ``refusal`` share of members;
+    ``degenerate`` kind for the classes of degenerate vectors ("" for behaviours);
+    ``unsteered_like`` if the unsteered completion falls in it."""
+
+    id: int
+    words: list[str]
+    size: int
+    members: list[int]
+    representative: int
+    completion: str
+    refusal: float
+    degenerate: str = ""
+    unsteered_like: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.degenerate:
+            return f"degenerate: {self.degenerate}"
+        return ", ".join(self.words) or "(no distinctive words)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label}
+
+
+@dataclass
+class TriageResult:
+    """Fields: ``behaviours`` one row per vector (and one for unsteered, index -1, first);
+    ``clusters``; ``shortlist`` vector indices in reading order; ``seconds`` per stage."""
+
+    behaviours: list[VectorBehaviour]
+    clusters: list[Cluster]
+    shortlist: list[int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def triage_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TRIAGE_DIR
+
+
+def _prompts(run_meta: dict[str, Any], cfg: TriageConfig) -> tuple[list[PromptLike], list[PromptLike]]:
+    train = run_meta.get("prompts")
+    if not isinstance(train, list) or not train:
+        raise ValueError(
+            "This run's run.json lists no training prompts; triage needs them (a method trained on prompt lists)."
+        )
+    heldout: list[PromptLike] = []
+    if cfg.heldout is not None:
+        heldout = list(load_prompts(cfg.heldout, split=cfg.heldout_split, limit=cfg.n_heldout))
+    return list(train), heldout
+
+
+def _generate(
+    model: Any, run: Any, out: Path, prompts: list[PromptLike], cfg: TriageConfig, progress: bool
+) -> list[dict]:
+    """Completions of every prompt × sample, unsteered and under every vector, checkpointed per batch."""
+    n = n_interventions(run)
+    done = read_jsonl(out / COMPLETIONS_FILE)
+    have = {r["vector"] for r in done}
+    per_condition = len(prompts) * cfg.samples
+    todo = [v for v in [UNSTEERED, *range(n)] if v not in have]
+    options = dict(max_new_tokens=cfg.max_new_tokens, temperature=0.0 if cfg.samples == 1 else cfg.temperature)
+    bar = tqdm(total=len(todo), desc="triage: generate", disable=not progress)
+    for start in range(0, len(todo), cfg.batch_size):
+        chunk = todo[start : start + cfg.batch_size]
+        conditions = [None if v == UNSTEERED else intervention_from_run(run, v) for v in chunk]
+        rows: list[dict] = []
+        for sample in range(cfg.samples):
+            completions = generate_conditions(
+                model, prompts, conditions, seed=cfg.seed + sample, batch_size=len(prompts) * len(chunk), **options
+            )
+            for j, vector in enumerate(chunk):
+                for p, prompt in enumerate(prompts):
+                    c = completions[j * len(prompts) + p]
+                    rows.append({"vector": vector, "prompt_index": p, "sample": sample, "prompt": prompt,
+                                 "completion": c.text, "n_tokens": len(c.token_ids), "prompt_text": c.prompt,
+                                 "token_ids": c.token_ids})  # fmt: skip
+        done += rows
+        atomic_write_jsonl(out / COMPLETIONS_FILE, done)
+        bar.update(len(chunk))
+    bar.close()
+    if len(done) != (n + 1) * per_condition:
+        raise RuntimeError(
+            f"{out / COMPLETIONS_FILE} holds {len(done)} completions, expected {(n + 1) * per_condition}."
+        )
+    return sorted(done, key=lambda r: (r["vector"], r["sample"], r["prompt_index"]))
+
+
+def _question(prompt: PromptLike) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def triage_run(
+    model: Any, run_dir: str | Path, cfg: TriageConfig | None = None, *, progress: bool = True, **settings: Any
+) -> TriageResult:
+    """Triage every vector of the run in ``run_dir`` (module docstring); writes ``RUN/triage/``."""
+    cfg = TriageConfig.build(cfg, **settings)
+    run = load_run(run_dir, model)
+    out = triage_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / SETTINGS_FILE
+    if saved.is_file() and json.loads(saved.read_text()) != cfg.to_dict():
+        for stale in out.iterdir():
+            stale.unlink()
+    atomic_write_json(saved, cfg.to_dict())
+    train, heldout = _prompts(run.meta, cfg)
+    prompts = train + heldout
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    rows = _generate(model, run, out, prompts, cfg, progress)
+    seconds["generate"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    texts = [r["completion"] for r in rows]
+    emb, embedder = embed_texts(texts, model=model, embedder=cfg.embedder)
+    nll = completion_nll(model, [r["prompt_text"] for r in rows], [r["token_ids"] for r in rows])
+    for r, e_nll in zip(rows, nll):
+        r["perplexity"] = perplexity(e_nll)
+        r["refusal"] = is_refusal(r["completion"])
+        r["degeneracy"] = degeneracy(r["completion"], _question(r["prompt"]))
+    unsteered = {(r["prompt_index"], r["sample"]): i for i, r in enumerate(rows) if r["vector"] == UNSTEERED}
+    for i, r in enumerate(rows):
+        base = emb[unsteered[(r["prompt_index"], 0)]]
+        r["novelty"] = float(1 - emb[i] @ base)
+    seconds["score"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    n_train = len(train)
+    vectors = [UNSTEERED, *range(n_interventions(run))]
+    by_vector: dict[int, list[int]] = {v: [] for v in vectors}
+    for i, r in enumerate(rows):
+        by_vector[r["vector"]].append(i)
+    behaviours: list[VectorBehaviour] = []
+    behaviour_emb = []
+    for v in vectors:
+        mine = [i for i in by_vector[v] if rows[i]["prompt_index"] < n_train]
+        held = [i for i in by_vector[v] if rows[i]["prompt_index"] >= n_train]
+        kinds = [rows[i]["degeneracy"].kind for i in mine]
+        kind, count = Counter(kinds).most_common(1)[0]
+        degenerate = kind if kind and count * 2 >= len(mine) else ""
+        behaviours.append(
+            VectorBehaviour(
+                index=v,
+                cluster=-1,
+                novelty=_mean([rows[i]["novelty"] for i in mine]),
+                perplexity=statistics.median([rows[i]["perplexity"] for i in mine]),
+                refusal=_mean([float(rows[i]["refusal"]) for i in mine]),
+                length=_mean([float(rows[i]["n_tokens"]) for i in mine]),
+                degenerate=degenerate,
+                completion=rows[mine[0]]["completion"],
+                heldout_refusal=_mean([float(rows[i]["refusal"]) for i in held]) if held else None,
+                heldout_novelty=_mean([rows[i]["novelty"] for i in held]) if held else None,
+            )
+        )
+        behaviour_emb.append(torch.nn.functional.normalize(emb[mine].mean(0), dim=0))
+    behaviour_emb_t = torch.stack(behaviour_emb)
+    clusters = _cluster(behaviours, behaviour_emb_t, rows, by_vector, cfg.threshold)
+    shortlist = _shortlist(behaviours, clusters)
+    seconds["cluster"] = time.perf_counter() - started
+    result = TriageResult(behaviours, clusters, shortlist, seconds)
+    _write(out, result, rows, emb, behaviour_emb_t, embedder, run.meta.get("method"), n_train)
+    return result
+
+
+def _cluster(
+    behaviours: list[VectorBehaviour],
+    emb: torch.Tensor,
+    rows: list[dict],
+    by_vector: dict[int, list[int]],
+    threshold: float,
+) -> list[Cluster]:
+    fine = [i for i, b in enumerate(behaviours) if not b.degenerate]
+    labels = cluster_embeddings(emb[fine], threshold=threshold)
+    groups: dict[str, list[int]] = {}
+    for i, label in zip(fine, labels):
+        groups.setdefault(f"behaviour {label}", []).append(i)
+    for i, b in enumerate(behaviours):
+        if b.degenerate:
+            groups.setdefault(f"degenerate {b.degenerate}", []).append(i)
+    ordered = sorted(
+        groups.values(), key=lambda members: (behaviours[members[0]].degenerate != "", -len(members), members[0])
+    )
+    documents = [
+        " ".join(rows[by_vector[behaviours[i].index][0]]["completion"] for i in members) for members in ordered
+    ]
+    words = distinctive_words(documents)
+    clusters = []
+    for cid, (members, top) in enumerate(zip(ordered, words)):
+        rep = representative(emb, members)
+        vectors = [behaviours[i].index for i in members]
+        for i in members:
+            behaviours[i].cluster = cid
+        clusters.append(
+            Cluster(
+                id=cid,
+                words=top if not behaviours[members[0]].degenerate else [],
+                size=len([v for v in vectors if v != UNSTEERED]),
+                members=[v for v in vectors if v != UNSTEERED],
+                representative=behaviours[rep].index,
+                completion=behaviours[rep].completion,
+                refusal=_mean([behaviours[i].refusal for i in members]),
+                degenerate=behaviours[members[0]].degenerate,
+                unsteered_like=UNSTEERED in vectors,
+            )
+        )
+    return clusters
+
+
+def _shortlist(behaviours: list[VectorBehaviour], clusters: list[Cluster]) -> list[int]:
+    """Frontier vectors first (most novel first), then one representative per behaviour cluster."""
+    candidates = [
+        b for b in behaviours if b.index != UNSTEERED and not b.degenerate and not clusters[b.cluster].unsteered_like
+    ]
+    front = pareto_front([b.novelty for b in candidates], [b.perplexity for b in candidates])
+    listed = [candidates[i].index for i in front]
+    for c in clusters:
+        if (
+            not c.degenerate
+            and not c.unsteered_like
+            and c.representative != UNSTEERED
+            and c.representative not in listed
+        ):
+            listed.append(c.representative)
+    by_index = {b.index: b for b in behaviours}
+    for position, v in enumerate(listed):
+        by_index[v].shortlist = position
+    for i in front:
+        by_index[candidates[i].index].frontier = True
+    return listed
+
+
+def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor, behaviour_emb: torch.Tensor,
+           embedder: str, method: Any, n_train: int) -> None:  # fmt: skip
+    table = [b.to_dict() for b in result.behaviours]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_text(out / BEHAVIOURS_CSV, buf.getvalue())
+    save_tensors(out / EMBEDDINGS_FILE, {"completions": emb, "behaviours": behaviour_emb})
+    summary = {
+        "method": method,
+        "embedder": embedder,
+        "n_train_prompts": n_train,
+        "n_vectors": len(result.behaviours) - 1,
+        "n_behaviours": sum(1 for c in result.clusters if not c.degenerate and not c.unsteered_like),
+        "n_degenerate": sum(c.size for c in result.clusters if c.degenerate),
+        "shortlist": result.shortlist,
+        "seconds": result.seconds,
+        "completion_rows": [
+            {
+                "vector": r["vector"],
+                "prompt_index": r["prompt_index"],
+                "sample": r["sample"],
+                "novelty": r["novelty"],
+                "perplexity": r["perplexity"],
+                "refusal": r["refusal"],
+                "degenerate": r["degeneracy"].kind,
+            }
+            for r in rows
+        ],
+    }
+    atomic_write_json(out / CLUSTERS_FILE, [c.to_dict() for c in result.clusters])
+    atomic_write_json(out / BEHAVIOURS_FILE, {**summary, "rows": table})
+
+
+def load_triage(run_dir: str | Path) -> dict[str, Any]:
+    """The triage files of a run: ``behaviours`` (summary + rows), ``clusters``, ``completions``,
+    ``embeddings`` (``completions`` [n, dim], ``behaviours`` [vectors + 1, dim])."""
+    folder = triage_dir(run_dir)
+    if not (folder / BEHAVIOURS_FILE).is_file():
+        raise FileNotFoundError(f"{folder} holds no triage; run `melbo triage {run_dir}` first.")
+    return {
+        "behaviours": json.loads((folder / BEHAVIOURS_FILE).read_text()),
+        "clusters": json.loads((folder / CLUSTERS_FILE).read_text()),
+        "completions": read_jsonl(folder / COMPLETIONS_FILE),
+        "embeddings": safetensors.torch.load_file(str(folder / EMBEDDINGS_FILE)),
+    }
+
+
+@dataclass
+class Enumeration:
+    """Fields: ``runs`` the run folders; ``labels`` their names; ``curves`` one
+    :class:`~melbo_tl.evaluate.behaviours.EnumerationCurve` per run (distinct behaviour clusters
+    reached by its first n vectors, clustered together with one ``threshold``); ``n_clusters``
+    behaviour clusters over all runs."""
+
+    runs: list[str]
+    labels: list[str]
+    curves: list[Any]
+    threshold: float
+    n_clusters: int
+
+    def table(self, at: Sequence[int] = (16, 64, 256)) -> list[dict[str, Any]]:
+        return [
+            {"run": label, **{f"{n} vectors": curve.at(n) for n in at}}
+            for label, curve in zip(self.labels, self.curves)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs": self.runs, "labels": self.labels, "threshold": self.threshold, "n_clusters": self.n_clusters,
+                "curves": [c.to_dict() for c in self.curves], "table": self.table()}  # fmt: skip
+
+
+def enumerate_behaviours(
+    run_dirs: Sequence[str | Path], *, labels: Sequence[str] | None = None, threshold: float = 0.35
+) -> Enumeration:
+    """Cluster the behaviours of several triaged runs together (one threshold, so counts compare)
+    and count, for each run, the distinct behaviour clusters its first 1, 2, … vectors reach.
+    Degenerate vectors and the cluster of the unsteered completion never count."""
+    from melbo_tl.evaluate.behaviours import enumeration_curve
+
+    if not run_dirs:
+        raise ValueError("Give at least one triaged run folder.")
+    labels = list(labels) if labels is not None else [Path(d).name for d in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs.")
+    points, owners = [], []
+    for r, run_dir in enumerate(run_dirs):
+        triage = load_triage(run_dir)
+        emb = triage["embeddings"]["behaviours"]
+        for k, row in enumerate(triage["behaviours"]["rows"]):
+            if row["degenerate"] or (row["index"] == UNSTEERED and r > 0):
+                continue
+            points.append(emb[k])
+            owners.append((r, row["index"]))
+    joint = cluster_embeddings(torch.stack(points), threshold=threshold)
+    unsteered_like = {c for c, (r, v) in zip(joint, owners) if v == UNSTEERED}
+    curves = []
+    for r in range(len(run_dirs)):
+        mine = sorted((v, c) for c, (rr, v) in zip(joint, owners) if rr == r and v != UNSTEERED)
+        n = load_triage(run_dirs[r])["behaviours"]["n_vectors"]
+        by_vector = dict(mine)
+        order = [by_vector.get(v, -1) for v in range(n)]  # -1: degenerate
+        curves.append(enumeration_curve(order, ignore=[-1, *unsteered_like]))
+    n_clusters = len(set(joint) - unsteered_like)
+    return Enumeration([str(d) for d in run_dirs], labels, curves, threshold, n_clusters)
