@@ -112,9 +112,12 @@ def demo_cmd(
         n_factors=factors, source_layer=layers["source"], target_layer=layers["target"], iterations=iterations,
         calibration_target=rho,
     )  # fmt: skip
+
     def train_dct() -> None:
         train_to_folder(bridge, "dct", [HARMFUL_PROMPT], dct_cfg, dct, resume=True)
-        write_run_outputs(bridge, dct, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens, indices=list(range(min(16, factors))))
+        write_run_outputs(
+            bridge, dct, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens, indices=list(range(min(16, factors)))
+        )
 
     _stage("DCT", dct, timings, train_dct, writes=GENERATIONS_FILE)
     status("== triage")
