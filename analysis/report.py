@@ -32,8 +32,9 @@ from analysis.names import (
     TOKEN_VIEWS,
     step_file,
 )
-from melbo_tl.artifacts import GENERATIONS_FILE, atomic_write_text, load_run, read_jsonl
+from melbo_tl.artifacts import atomic_write_text, load_run, read_jsonl
 from melbo_tl.evaluate.refusal import is_refusal
+from melbo_tl.filenames import GENERATIONS_FILE
 
 SECTIONS = (
     "atlas",

@@ -21,13 +21,11 @@ import safetensors.torch
 from torch import Tensor
 
 import melbo_tl
+from melbo_tl.filenames import RUN_FILE, VECTORS_FILE
 from melbo_tl.models.loading import model_info
 from melbo_tl.steering.sites import check_hook
 
 FORMAT_VERSION = 2  # 2: every method stores its settings as run.json["config"]
-VECTORS_FILE = "vectors.safetensors"
-RUN_FILE = "run.json"
-GENERATIONS_FILE = "generations.jsonl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

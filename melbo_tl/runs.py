@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from melbo_tl.artifacts import GENERATIONS_FILE, Run, atomic_write_jsonl
+from melbo_tl.artifacts import Run, atomic_write_jsonl
+from melbo_tl.filenames import GENERATIONS_FILE
 from melbo_tl.placement import like
 from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import method_of

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from melbo_tl.artifacts import RUN_FILE, Run, load_run, run_meta, save_run
+from melbo_tl.artifacts import Run, load_run, run_meta, save_run
 from melbo_tl.config import Config
+from melbo_tl.filenames import RUN_FILE
 from melbo_tl.registry import Checkpoints, Method, get_method, method_of
 
 RUNNING, COMPLETE = "running", "complete"

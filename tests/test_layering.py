@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
-    ("melbo_tl.models", "melbo_tl.placement", "melbo_tl.config"),
+    ("melbo_tl.models", "melbo_tl.placement", "melbo_tl.config", "melbo_tl.filenames"),
     ("melbo_tl.prompts", "melbo_tl.steering"),
     (
         "melbo_tl.forward",

@@ -95,11 +95,12 @@ def refusal_direction_cmd(
     candidate_scores.json, run.json) after every candidate: --resume continues an interrupted run,
     or re-selects with other --kl-threshold/--induce-threshold without recomputing anything.
     """
-    from melbo_tl.artifacts import RUN_FILE, load_run
+    from melbo_tl.artifacts import load_run
     from melbo_tl.directions import NoDirectionError
     from melbo_tl.directions.io import CANDIDATES_FILE, SCORES_FILE, load_candidates
     from melbo_tl.directions.method import RefusalDirectionConfig, refusal_prompts
     from melbo_tl.directions.scores import CandidateScore, format_table
+    from melbo_tl.filenames import RUN_FILE
     from melbo_tl.training import train_to_folder
 
     cfg = RefusalDirectionConfig(

