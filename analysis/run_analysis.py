@@ -50,7 +50,7 @@ from melbo_tl.directions.io import load_candidates, load_refusal_direction
 from melbo_tl.evaluate.datasets import load_prompts
 from melbo_tl.evaluate.refusal import refusal_log_odds
 from melbo_tl.prompts import prepare_prompts
-from melbo_tl.runs import intervention_from_run, n_interventions
+from melbo_tl.runs import check_index, intervention_from_run, n_interventions
 from melbo_tl.steering.interventions import AddVector
 from melbo_tl.steering.sites import hook_layer, n_layers, resid_hook
 
@@ -69,6 +69,7 @@ class AnalysisSettings:
     max_new_tokens: int = 32
     mediate_top: int = 1
     top: int | None = None  # only the main run's first ``top`` vectors (its rank order); None: all
+    vectors: list[int] | None = None  # these of the main run's vectors (e.g. a triage shortlist); wins over top
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -86,12 +87,18 @@ class Steer:
     prompts: list[str] = field(default_factory=list)  # the prompts its run was fitted on
 
 
-def _steers(model: Any, run_dirs: Sequence[Path], main: Path, top: int | None = None) -> list[Steer]:
+def _steers(
+    model: Any, run_dirs: Sequence[Path], main: Path, top: int | None = None, vectors: Sequence[int] | None = None
+) -> list[Steer]:
     out = []
     for run_dir in run_dirs:
         run = load_run(run_dir, model)
         n = n_interventions(run)
-        for i in range(n if run_dir != main or top is None else min(top, n)):
+        if run_dir == main and vectors is not None:
+            indices = [check_index(i, n, "vector") % n for i in vectors]
+        else:
+            indices = list(range(n if run_dir != main or top is None else min(top, n)))
+        for i in indices:
             iv = intervention_from_run(run, i)
             if not isinstance(iv, AddVector):
                 raise ValueError(f"{run_dir} holds {type(iv).__name__}s; analyze works on steering-vector runs.")
@@ -273,7 +280,9 @@ def analyze_run(
         raise ValueError(f"n_prompts must be ≥ 1, got {settings.n_prompts}.")
     if settings.top is not None and settings.top < 1:
         raise ValueError(f"top must be ≥ 1 (or None for every vector), got {settings.top}.")
-    steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir, settings.top)
+    if settings.vectors is not None and not settings.vectors:
+        raise ValueError("vectors must name at least one vector index (or be None for the first `top`).")
+    steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir, settings.top, settings.vectors)
     refusal = load_refusal(model, against) if against is not None else None
     prompts = load_prompts(settings.prompts, split=settings.split, limit=settings.n_prompts)
     texts = prepare_prompts(model, prompts)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DeviceOpt, DtypeOpt, ModelOpt, load
+from melbo_tl.cli.common import DeviceOpt, DtypeOpt, ModelOpt, load, parse_int_list
 
 
 @app.command("analyze", short_help="Similarity, lens, attribution, mediation and token views of a run's vectors.")
@@ -49,6 +49,15 @@ def analyze_cmd(
             show_default=False,
         ),
     ] = None,
+    vectors: Annotated[
+        Optional[str],
+        typer.Option(
+            "--vectors",
+            metavar="I,J,…",
+            help="only these of RUN's vectors, e.g. a triage shortlist (wins over --top)",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "float32",
@@ -70,6 +79,7 @@ def analyze_cmd(
         max_new_tokens=max_new_tokens,
         mediate_top=mediate_top,
         top=top,
+        vectors=parse_int_list(vectors, "--vectors") if vectors is not None else None,
     )
     out = analyze_run(bridge, run, against=against, compare=compare or [], settings=settings)
     typer.echo(f"wrote {out}")

@@ -8,7 +8,8 @@ Discovery at scale, then a close look at what it found:
 3. triage of every DCT vector: completions, fluency, novelty, refusal, behaviour clusters, the
    shortlist and the atlas;
 4. a one-shot vector fitted on one refused prompt to promote "Sure, here's how";
-5. ``melbo analyze`` of the top DCT vectors with the one-shot vector, against the refusal direction;
+5. ``melbo analyze`` of the shortlist's first non-refusing DCT vectors (the top-ranked factors are
+   often the most explosive, degenerate ones) with the one-shot vector, against the refusal direction;
 6. ``melbo report`` (the atlas first), then the cluster table, the cosine table, the mediation
    result and where the report is.
 
@@ -68,7 +69,10 @@ def demo_cmd(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "float32",
-    factors: Annotated[int, typer.Option("--factors", min=1, help="DCT vectors")] = 256,
+    factors: Annotated[
+        int,
+        typer.Option("--factors", min=1, help="DCT vectors (64 keeps the demo near 15 min on 2 cores; 256: ~33 min)"),
+    ] = 64,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="DCT iterations at most")] = 10,
     rho: Annotated[float, typer.Option("--rho", help="DCT calibration target ρ")] = 0.5,
     analyze_top: Annotated[
@@ -136,7 +140,7 @@ def demo_cmd(
 
     status("== analysis")
     t = time.perf_counter()
-    settings = AnalysisSettings(n_prompts=n_prompts, top=analyze_top)
+    settings = AnalysisSettings(n_prompts=n_prompts, vectors=_to_analyze(triage, analyze_top))
     analyze_run(bridge, dct, against=refusal, compare=[oneshot], settings=settings)
     timings["analysis"] = round(time.perf_counter() - t, 1)
     status("== report")
@@ -147,6 +151,17 @@ def demo_cmd(
     atomic_write_json(out / "demo_timings.json", timings)
     typer.echo(f"stage timings (s): {timings}")
     typer.echo(f"report: {report.resolve()}")
+
+
+def _to_analyze(triage: Any, k: int) -> list[int]:
+    """The ``k`` vectors the analysis compares with r̂: the triage shortlist's first non-refusing
+    ones (fluent, novel, one per behaviour), topped up in rank order if the shortlist is short.
+    The top-ranked DCT factors are often the most explosive ones (degenerate text), which say
+    little about how refusal is bypassed."""
+    by_index = {b.index: b for b in triage.behaviours}
+    chosen = [i for i in triage.shortlist if by_index[i].refusal == 0][:k]
+    ranked = sorted(i for i in by_index if i >= 0 and i not in chosen)
+    return chosen + ranked[: k - len(chosen)]
 
 
 def _clusters(triage: Any) -> None:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from analysis.browser import check_page
 from analysis.report import SECTIONS, write_report
 from melbo_tl.cli import app
+from melbo_tl.evaluate.triage import load_triage
 
 TINY_DEMO = [
     "--factors",
@@ -44,6 +45,11 @@ def demo(tiny_model_dir, tmp_path_factory):
     return out, result.output
 
 
+def analyzed(out) -> list[int]:
+    """The DCT vectors the demo's analysis compared with r̂ (recorded in its settings)."""
+    return json.loads((out / "dct" / "analysis" / "settings.json").read_text())["vectors"]
+
+
 def test_demo_writes_every_stage_and_prints_the_results(demo):
     out, output = demo
     for stage in ("refusal_direction", "dct", "oneshot"):
@@ -68,7 +74,12 @@ def test_demo_writes_every_stage_and_prints_the_results(demo):
     html_figures = list(figures.glob("*.html"))
     assert html_figures and all('src="plotly.min.js"' in p.read_text() for p in html_figures)
     rows = json.loads((analysis / "vector_cosines.json").read_text())["rows"]
-    assert [r["vector"] for r in rows] == ["dct[0]", "dct[1]", "oneshot[0]"]
+    chosen = analyzed(out)
+    assert [r["vector"] for r in rows] == [f"dct[{i}]" for i in chosen] + ["oneshot[0]"]
+    triage = load_triage(out / "dct")["behaviours"]
+    refusal = {r["index"]: r["refusal"] for r in triage["rows"]}
+    expected = [i for i in triage["shortlist"] if refusal[i] == 0][:2]  # the shortlist's non-refusing first
+    assert chosen[: len(expected)] == expected and len(set(chosen)) == 2
     assert all(-1 <= r["cos_r_at_site"] <= 1 for r in rows)
     assert "cos(v, r̂@site)" in output and "mediation dct[" in output and "report: " in output
     assert "behaviours of 6 DCT vectors" in output and "shortlist (read first)" in output
@@ -116,8 +127,8 @@ def test_analysis_resumes_and_restarts_on_new_settings(demo, tiny_model_dir):
         str(out / "oneshot"),
         "--model",
         str(tiny_model_dir),
-        "--top",
-        "2",
+        "--vectors",
+        ",".join(map(str, analyzed(out))),
         "--n-prompts",
         "2",
     ]
