@@ -61,6 +61,7 @@ from melbo_tl.runs import generate_conditions, intervention_from_run, n_interven
 TRIAGE_DIR = "triage"
 SETTINGS_FILE = "settings.json"
 COMPLETIONS_FILE = "completions.jsonl"
+FLUENCY_FILE = "fluency.jsonl"  # per-completion NLL under the unsteered model, checkpointed per batch
 BEHAVIOURS_FILE = "behaviours.json"
 BEHAVIOURS_CSV = "behaviours.csv"
 CLUSTERS_FILE = "clusters.json"
@@ -211,6 +212,28 @@ def _generate(
     return sorted(done, key=lambda r: (r["vector"], r["sample"], r["prompt_index"]))
 
 
+def _fluency(model: Any, out: Path, rows: list[dict], batch_size: int, progress: bool) -> list[float]:
+    """Mean NLL of every completion under the unsteered model, in ``rows`` order. Scored batches
+    are appended to ``fluency.jsonl`` so that a resumed triage never scores a completion twice."""
+    key = lambda r: (r["vector"], r["prompt_index"], r["sample"])  # noqa: E731
+    done = {key(r): r["nll"] for r in read_jsonl(out / FLUENCY_FILE)}
+    todo = [r for r in rows if key(r) not in done]
+    saved = [{"vector": k[0], "prompt_index": k[1], "sample": k[2], "nll": v} for k, v in done.items()]
+    bar = tqdm(total=len(todo), desc="triage: fluency", disable=not progress or not todo)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        nll = completion_nll(model, [r["prompt_text"] for r in chunk], [r["token_ids"] for r in chunk])
+        for r, value in zip(chunk, nll):
+            done[key(r)] = value
+            saved.append(
+                {"vector": r["vector"], "prompt_index": r["prompt_index"], "sample": r["sample"], "nll": value}
+            )
+        atomic_write_jsonl(out / FLUENCY_FILE, saved)
+        bar.update(len(chunk))
+    bar.close()
+    return [done[key(r)] for r in rows]
+
+
 def _question(prompt: PromptLike) -> str:
     if isinstance(prompt, str):
         return prompt
@@ -245,7 +268,7 @@ def triage_run(
     started = time.perf_counter()
     texts = [r["completion"] for r in rows]
     emb, embedder = embed_texts(texts, model=model, embedder=cfg.embedder)
-    nll = completion_nll(model, [r["prompt_text"] for r in rows], [r["token_ids"] for r in rows])
+    nll = _fluency(model, out, rows, cfg.batch_size, progress)
     for r, e_nll in zip(rows, nll):
         r["perplexity"] = perplexity(e_nll)
         r["refusal"] = is_refusal(r["completion"])

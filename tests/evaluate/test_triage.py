@@ -81,3 +81,33 @@ def test_other_settings_start_afresh_and_bad_settings_are_named(tiny_model, run_
         TriageConfig(threshold=3)
     with pytest.raises(ValueError, match="samples > 1 needs temperature > 0"):
         TriageConfig(samples=2, temperature=0)
+
+
+def test_a_resumed_triage_never_scores_a_completion_twice(tiny_model, run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("triage"))
+    scored: list[int] = []
+    real = triage_module.completion_nll
+
+    def crash_on_second_batch(model, prompts, completions, **kwargs):
+        if scored:
+            raise KeyboardInterrupt
+        scored.append(len(prompts))
+        return real(model, prompts, completions, **kwargs)
+
+    monkeypatch.setattr(triage_module, "completion_nll", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        triage_run(tiny_model, copy, CFG, progress=False)
+    assert len(read_jsonl(triage_dir(copy) / "fluency.jsonl")) == scored[0] == CFG.batch_size
+
+    def count(model, prompts, completions, **kwargs):
+        scored.append(len(prompts))
+        return real(model, prompts, completions, **kwargs)
+
+    monkeypatch.setattr(triage_module, "completion_nll", count)
+    resumed = triage_run(tiny_model, copy, CFG, progress=False)
+    assert sum(scored) == 8  # unsteered + 7 vectors, each scored once across the two runs
+    whole = triage_run(tiny_model, run_dir, CFG, progress=False)
+    assert [b.perplexity for b in resumed.behaviours] == pytest.approx([b.perplexity for b in whole.behaviours])
