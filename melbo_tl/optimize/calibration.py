@@ -165,18 +165,26 @@ def calibrate_radius(
 
     n = round(math.log2(high / low) * points_per_doubling)
     radii = [low * (high / low) ** (i / n) for i in range(n + 1)]
-    bracket = None
+    # The first upward crossing: ρ below the target, then at or above it. Points above the target
+    # before any point below it are skipped: at small R a half-precision model's Δ = f(x+θ) − f(x)
+    # is rounding noise (ρ(0.25) ≈ 0.8 in bfloat16 on the embedded model), not non-linearity.
+    bracket, below = None, None
     for radius in tqdm(radii, desc="calibrating R", disable=not progress):
-        if rho(radius) >= target:
-            previous = [r for r in radii if r < radius]
-            if not previous:
-                break
-            bracket = (previous[-1], radius)
+        if rho(radius) < target:
+            below = radius
+        elif below is not None:
+            bracket = (below, radius)
             break
     if bracket is None:
         curve = ", ".join(f"ρ({r:.3g}) = {seen[r]:.3g}" for r in sorted(seen))
+        why = (
+            " ρ was at or above the target everywhere; in float16/bfloat16 that is rounding noise at small R,"
+            " so widen the grid downwards or calibrate on a float32 model."
+            if below is None
+            else ""
+        )
         raise CalibrationError(
-            f"ρ(R) never crossed the target {target:g} for R in [{low:g}, {high:g}] ({curve}). "
+            f"ρ(R) never crossed the target {target:g} upwards for R in [{low:g}, {high:g}] ({curve}).{why} "
             f"Widen the grid, or choose another target, or pass a fixed radius."
         )
     log_r = brentq(

@@ -90,8 +90,23 @@ def test_calibrated_radius_hits_the_target_rho(response):
 
 
 def test_calibration_that_never_crosses_names_the_range_and_values(response):
-    with pytest.raises(CalibrationError, match=r"never crossed the target 50 for R in \[0.25, 1\] \(ρ\(0.25\) = "):
+    with pytest.raises(
+        CalibrationError, match=r"never crossed the target 50 upwards for R in \[0.25, 1\] \(ρ\(0.25\) = "
+    ):
         calibrate_radius(response, target=50, n_directions=2, grid=(0.25, 1.0), progress=False)
+
+
+def test_calibration_skips_a_noise_floor_at_small_radii(response, monkeypatch):
+    """Half precision: ρ starts high at small R (rounding noise), dips, then rises with the
+    non-linearity. The calibrated R is the upward crossing, not the first grid point."""
+    from melbo_tl.optimize import calibration
+
+    monkeypatch.setattr(calibration, "nonlinearity", lambda response, v, jv, radius: 0.2 / radius + 0.075 * radius)
+    cal = calibrate_radius(response, target=0.5, n_directions=2, progress=False)
+    assert cal.radius == pytest.approx((0.5 + (0.5**2 - 4 * 0.075 * 0.2) ** 0.5) / (2 * 0.075), rel=1e-2)
+    monkeypatch.setattr(calibration, "nonlinearity", lambda response, v, jv, radius: 0.9)
+    with pytest.raises(CalibrationError, match="at or above the target everywhere"):
+        calibrate_radius(response, target=0.5, n_directions=2, progress=False)
 
 
 def test_factor_norms_are_one_after_every_iteration_and_orthogonal(tiny_model):
