@@ -24,7 +24,8 @@ from pathlib import Path
 from analysis.atlas import write_atlas
 from analysis.figures import enumeration_figure, write_html
 from melbo_tl.artifacts import atomic_write_json, load_run
-from melbo_tl.evaluate.triage import TriageConfig, enumerate_behaviours, triage_run
+from melbo_tl.evaluate.enumeration import enumerate_behaviours
+from melbo_tl.evaluate.triage import TriageConfig, triage_run
 from melbo_tl.models import load_model
 from melbo_tl.optimize.dct import DCTConfig
 from melbo_tl.optimize.melbo import MelboConfig

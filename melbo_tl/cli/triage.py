@@ -85,7 +85,7 @@ def enumerate_cmd(
     clustered together with one threshold so the counts compare (e.g. DCT vs MELBO vs random)."""
     from analysis.figures import enumeration_figure, write_html
     from melbo_tl.artifacts import atomic_write_json
-    from melbo_tl.evaluate.triage import enumerate_behaviours
+    from melbo_tl.evaluate.enumeration import enumerate_behaviours
 
     names = [s.strip() for s in labels.split(",")] if labels else None
     result = enumerate_behaviours(runs, labels=names, threshold=threshold)
