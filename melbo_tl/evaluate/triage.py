@@ -218,16 +218,12 @@ def _fluency(model: Any, out: Path, rows: list[dict], batch_size: int, progress:
     key = lambda r: (r["vector"], r["prompt_index"], r["sample"])  # noqa: E731
     done = {key(r): r["nll"] for r in read_jsonl(out / FLUENCY_FILE)}
     todo = [r for r in rows if key(r) not in done]
-    saved = [{"vector": k[0], "prompt_index": k[1], "sample": k[2], "nll": v} for k, v in done.items()]
     bar = tqdm(total=len(todo), desc="triage: fluency", disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         nll = completion_nll(model, [r["prompt_text"] for r in chunk], [r["token_ids"] for r in chunk])
-        for r, value in zip(chunk, nll):
-            done[key(r)] = value
-            saved.append(
-                {"vector": r["vector"], "prompt_index": r["prompt_index"], "sample": r["sample"], "nll": value}
-            )
+        done.update(zip(map(key, chunk), nll))
+        saved = [{"vector": v, "prompt_index": p, "sample": s, "nll": x} for (v, p, s), x in done.items()]
         atomic_write_jsonl(out / FLUENCY_FILE, saved)
         bar.update(len(chunk))
     bar.close()
