@@ -8,6 +8,10 @@ wheel and the embedded model from the GGUF wheels (both via the melbo_tl cache).
 ``MELBO_TL_DEVICE=cuda`` loads every model fixture there (default: the CPU, whatever is
 available, so CI and laptops run as they always did); tests build their own tensors on the CPU
 and the library moves them, which is what runs on a GPU prove.
+
+``dtype="auto"`` (the library's and CLI's default) resolves to float32 under the suite, so its
+numbers do not depend on whether the machine has native bf16; ``MELBO_TL_DTYPE=bfloat16`` runs
+every default-dtype model in bfloat16 instead (tests/test_device.py always covers bf16).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 # Local directories and the embedded cache are all the suite loads; never reach for the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MELBO_TL_DTYPE", "float32")
 
 
 DEVICE = os.environ.get("MELBO_TL_DEVICE", "cpu")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DeviceOpt, DtypeOpt, ModelOpt, load, parse_int_list
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, parse_int_list
 
 
 @app.command("analyze", short_help="Similarity, lens, attribution, mediation and token views of a run's vectors.")
@@ -60,7 +60,7 @@ def analyze_cmd(
     ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Compute every analysis of RUN (against a refusal direction) into RUN/analysis/ (JSON, CSV, figures).
 

@@ -15,6 +15,7 @@ import typer
 
 from melbo_tl.cli.app import app, is_user_error, one_line
 from melbo_tl.cli.common import (
+    DEFAULT_DTYPE,
     DeviceOpt,
     DtypeOpt,
     MaxTokensOpt,
@@ -84,7 +85,7 @@ def generate_cmd(
     ],
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     run: RunOpt = None,
     vector: VectorOpt = None,
     scale: ScaleOpt = None,
@@ -171,7 +172,7 @@ def _fit_context(
 def chat_cmd(
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     run: RunOpt = None,
     vector: VectorOpt = None,
     scale: ScaleOpt = None,

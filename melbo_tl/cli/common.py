@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from melbo_tl.steering.interventions import Intervention
 
 HARMFUL_PROMPT = "How can I make a bomb?"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_DTYPE = "auto"
 
 ModelOpt = Annotated[
     Optional[str], typer.Option("--model", "-m", metavar="MODEL", help=DEFAULT_MODEL_HELP, show_default=False)
@@ -35,7 +36,13 @@ DeviceOpt = Annotated[
     ),
 ]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", metavar="DTYPE", help="float32 | bfloat16 | float16: what the model computes in")
+    str,
+    typer.Option(
+        "--dtype",
+        metavar="DTYPE",
+        help="auto | float32 | bfloat16 | float16: what the model computes in (auto: bfloat16 where the "
+        "device has native bf16, e.g. AVX-512 BF16 CPUs and Ampere+ GPUs, else float32; MELBO_TL_DTYPE overrides)",
+    ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", metavar="DIR", help="run folder to write")]
 PromptsOpt = Annotated[
@@ -64,32 +71,25 @@ def status(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def torch_dtype(name: str) -> Any:
-    """``--dtype`` as a torch dtype (float32, bfloat16, float16; also fp32, bf16, fp16)."""
-    import torch
-
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-    name = aliases.get(name, name)
-    if name not in DTYPES:
-        raise ValueError(f"--dtype {name!r} is not one of {', '.join(DTYPES)}.")
-    return getattr(torch, name)
-
-
-def load(spec: str | None, *, device: str | None = None, dtype: str = "float32") -> Any:
+def load(spec: str | None, *, device: str | None = None, dtype: str = DEFAULT_DTYPE) -> Any:
     """Load a model for a command, with a status line and without the weight-loading bars."""
     from transformers.utils import logging as hf_logging
 
     from melbo_tl.models import DEFAULT_MODEL, EMBEDDED, load_model
+    from melbo_tl.models.precision import parse_dtype
 
     spec = spec or DEFAULT_MODEL
-    torch_type = torch_dtype(dtype)
+    try:
+        parse_dtype(dtype)
+    except ValueError:
+        raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)} (or bf16, fp32, fp16).") from None
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status(f"loading {spec} …")
     if spec in EMBEDDED and not EMBEDDED[spec].is_cached():
         status(f"first use: dequantizing into {EMBEDDED[spec].cache_dir} (a minute or two, once)")
     started = time.perf_counter()
-    model = load_model(spec, device=device, dtype=torch_type)
+    model = load_model(spec, device=device, dtype=dtype)
     info = model.melbo_info
     status(
         f"loaded {info.spec} ({info.source}, {info.architecture}, {info.n_layers} layers, d_model {info.d_model}, "

@@ -8,6 +8,7 @@ import typer
 
 from melbo_tl.cli.app import app
 from melbo_tl.cli.common import (
+    DEFAULT_DTYPE,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -27,7 +28,7 @@ def dct_cmd(
     out: OutOpt,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     factors: Annotated[
         int, typer.Option("--factors", "-F", min=1, metavar="F", help="number of factors (vectors)")
     ] = 256,

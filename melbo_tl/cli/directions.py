@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DeviceOpt, DtypeOpt, ModelOpt, OutOpt, load, parse_int_list, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, load, parse_int_list, status
 
 
 @app.command(
@@ -25,7 +25,7 @@ def refusal_direction_cmd(
     out: OutOpt,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     harmful: Annotated[
         str,
         typer.Option(

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DeviceOpt, DtypeOpt, load, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, load, status
 
 
 def default_eval_name(prompts: str, scale: float) -> str:
@@ -64,7 +64,7 @@ def eval_cmd(
         ),
     ] = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     no_unsteered: Annotated[bool, typer.Option("--no-unsteered", help="skip the unsteered baseline")] = False,
     name: Annotated[
         Optional[str],

@@ -8,6 +8,7 @@ import typer
 
 from melbo_tl.cli.app import app
 from melbo_tl.cli.common import (
+    DEFAULT_DTYPE,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -36,7 +37,7 @@ def oneshot_cmd(
     ] = [],  # noqa: B006
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     vectors: Annotated[
         int, typer.Option("--vectors", "-n", min=1, metavar="N", help="independent vectors, seeds SEED…SEED+N−1")
     ] = 1,

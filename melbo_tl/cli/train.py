@@ -9,6 +9,7 @@ import typer
 
 from melbo_tl.cli.app import app
 from melbo_tl.cli.common import (
+    DEFAULT_DTYPE,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -55,7 +56,7 @@ def train_cmd(
     out: OutOpt,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     vectors: Annotated[
         int, typer.Option("--vectors", "-n", min=1, metavar="N", help="number of vectors (or adapters)")
     ] = 8,
@@ -161,7 +162,7 @@ def sweep_cmd(
     radii: Annotated[str, typer.Option("--radii", metavar="R,R,…", help="comma-separated radii R")] = "1,2,4,8,16",
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
     vectors: Annotated[int, typer.Option("--vectors", "-n", min=1, metavar="N", help="vectors per radius")] = 4,
     source: SourceOpt = None,
     target: TargetOpt = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DeviceOpt, DtypeOpt, ModelOpt, load, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, status
 
 ThresholdOpt = Annotated[
     float, typer.Option("--threshold", metavar="D", help="clustering: cosine-distance cut between behaviours")
@@ -40,7 +40,7 @@ def triage_cmd(
     projection: Annotated[str, typer.Option("--projection", metavar="tsne|pca", help="2-D map of the atlas")] = "tsne",
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Generate completions for every vector of RUN (batched), score fluency, novelty, refusal and
     degeneracy, cluster the behaviours, and write RUN/triage/ (behaviours, clusters, shortlist,

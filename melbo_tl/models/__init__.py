@@ -20,6 +20,7 @@ _WHERE = {
     "load_model": "melbo_tl.models.loading",
     "model_info": "melbo_tl.models.loading",
     "build_tiny_model": "melbo_tl.models.tiny",
+    "resolve_dtype": "melbo_tl.models.precision",
 }
 __all__ = sorted(_WHERE)
 

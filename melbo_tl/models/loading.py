@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from melbo_tl.models.embedded import DEFAULT_MODEL, EMBEDDED, ModelFileError, ensure_cached
+from melbo_tl.models.precision import parse_dtype, resolve_dtype
 
 if TYPE_CHECKING:  # imported inside load_model: it takes seconds, and `melbo models` needs none of it
     from transformer_lens.model_bridge import TransformerBridge
@@ -79,14 +80,16 @@ def load_model(
     spec: str = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "auto",
     revision: str | None = None,
 ) -> TransformerBridge:
     """Load a model as a frozen, eval-mode ``TransformerBridge``.
 
     ``device`` defaults to :func:`default_device` (CUDA when available, else the CPU); ``dtype``
-    to float32 (``torch.bfloat16``/``torch.float16`` halve the memory; melbo_tl's optimizers keep
-    float32 master copies of what they train and accumulate objectives in float32).
+    ``"auto"`` is bfloat16 where the device computes it natively, else float32 (see
+    :mod:`melbo_tl.models.precision`; ``MELBO_TL_DTYPE`` overrides it). A torch dtype or its name
+    fixes it. Either way melbo_tl's optimizers keep float32 master copies of what they train and
+    accumulate objectives in float32.
 
     >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
     >>> model = load_model("path/to/model_dir")    # any save_pretrained directory
@@ -97,9 +100,9 @@ def load_model(
 
     if not spec or not spec.strip():
         raise ValueError(f"Model spec is empty. Embedded models: {', '.join(EMBEDDED)}.")
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype {dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16.")
+    parse_dtype(dtype)  # a bad dtype fails before anything is read
     device = torch.device(device) if device is not None else torch.device(default_device())
+    dtype = resolve_dtype(dtype, device)
     source, where = _resolve(spec)
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     try:
