@@ -8,6 +8,7 @@ import typer
 
 from melbo_tl.cli.app import app
 from melbo_tl.cli.common import (
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
@@ -72,6 +73,7 @@ def dct_cmd(
     ] = 32,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
     resume: ResumeOpt = False,
+    device_map: DeviceMapOpt = None,
 ) -> None:
     """Fit F steering vectors at once by deep causal transcoding (Mack & Turner) and write a run folder
     with the vectors in rank order (R·v_l), their output directions U, α and importance, and the ρ(R)
@@ -85,7 +87,7 @@ def dct_cmd(
         calibration_target=rho, iterations=iterations, orthogonalize=orthogonalize, rank_by=rank_by,
         chunk_size=chunk_size, seed=seed,
     )  # fmt: skip
-    bridge = load(model, device=device, dtype=dtype)
+    bridge = load(model, device=device, dtype=dtype, device_map=device_map)
     folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume)
     meta = load_run(folder).meta
     cal = meta.get("calibration")
