@@ -142,7 +142,7 @@ def test_killed_driver_resumes_after_its_finished_units(cluster, tiny_model, tin
     monkeypatch.setattr(UnitStore, "save", save_then_die)
     runner = CliRunner()
     res = runner.invoke(app, args)
-    assert res.exit_code == 1 and "Aborted" in res.output, res.output
+    assert res.exit_code == 130, res.output  # interrupted
     monkeypatch.setattr(UnitStore, "save", save)
     finished = {p.name: p.stat().st_mtime_ns for p in (out / UNITS_DIR).glob("vectors-*.pt")}
     assert list(finished) == ["vectors-0-1.pt"] and not (out / "run.json").exists()
