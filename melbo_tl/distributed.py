@@ -26,6 +26,7 @@ Ray is imported here and nowhere else; the CLI imports this module only when ``-
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -33,7 +34,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,14 @@ class ModelWorker:
                 return
             os._exit(1)
 
+    def config(self, method: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        """``cfg`` with this model's defaults filled in and checked against it (as
+        ``train_to_folder`` stores it)."""
+        from melbo_tl.training import checked_config
+
+        m = get_method(method)
+        return checked_config(m, m.config.from_dict(cfg), self.model).to_dict()
+
     def calibrate(self, prompts: list[Any], cfg: dict[str, Any]) -> dict[str, Any]:
         from melbo_tl.optimize.calibration import SliceResponse, calibrate_radius
         from melbo_tl.optimize.problem import MelboProblem
@@ -198,6 +207,35 @@ class ModelWorker:
             "seconds": trained.seconds,
             "texts": trained.texts,
         }
+
+    def dct_rows(
+        self, prompts: list[Any], cfg: dict[str, Any], op: str, theta: torch.Tensor, outputs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of rows of a DCT's Δ evaluation (``op``: delta | jvp | pullback), on this
+        worker's copy of the problem (built once per prompts and settings)."""
+        from melbo_tl.optimize.calibration import SliceResponse
+        from melbo_tl.optimize.dct import DCTConfig
+        from melbo_tl.optimize.problem import MelboProblem
+        from melbo_tl.placement import master_copy, to_result
+
+        self._started()
+        key = json.dumps([prompts, cfg], default=str)
+        if getattr(self, "_dct_key", None) != key:
+            c = DCTConfig.from_dict(cfg).for_model(self.model)
+            problem = MelboProblem.build(
+                self.model, prompts, source=c.source_layer, target=c.target_layer, p=2.0, q=1.0, positions=c.positions,
+                chat=c.chat,
+            )  # fmt: skip
+            self._dct_key, self._dct_response = key, SliceResponse(problem, chunk=max(1, c.chunk_size))
+        response = self._dct_response
+        theta = master_copy(theta, self.model)
+        if op == "delta":
+            return to_result(response(theta))
+        if op == "jvp":
+            return to_result(response.jvp(theta))
+        outputs = outputs if callable(outputs) else master_copy(outputs, self.model)
+        delta, grad = response.pullback(theta, outputs)
+        return to_result(delta), to_result(grad)
 
     def run_outputs(
         self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], write: OutputWriter
@@ -396,6 +434,61 @@ class WorkerPool:
         self.close()
 
 
+class WorkerResponse:
+    """A DCT's Δ(θ) (:class:`~melbo_tl.optimize.calibration.SliceResponse`) whose row chunks run
+    on Ray workers, one unit per chunk of ``chunk_size`` rows, the chunks the local response would
+    compute; ``problem`` and ``d_model`` stay the local ones (the driver holds the model too)."""
+
+    def __init__(self, local: Any, pool: WorkerPool, prompts: list[Any], cfg: dict[str, Any]) -> None:
+        self.local, self.pool, self.prompts, self.cfg = local, pool, prompts, cfg
+        self.problem, self.chunk = local.problem, local.chunk
+        self.calls = 0
+
+    @property
+    def d_model(self) -> int:
+        return int(self.local.d_model)
+
+    def _rows(self, op: str, theta: torch.Tensor, outputs: Any = None) -> list[Any]:
+        units = []
+        for n, i in enumerate(range(0, len(theta), self.chunk)):
+            out = outputs[i : i + self.chunk].cpu() if isinstance(outputs, torch.Tensor) else outputs
+            args = (self.prompts, self.cfg, op, theta[i : i + self.chunk].detach().cpu(), out)
+            units.append(Unit(f"{op}-{n}", "dct_rows", args))
+        self.calls += 1
+        done = self.pool.run(units, None, progress=False)
+        return [done[u.key] for u in units]
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._rows("delta", theta)).to(theta.device)
+
+    def jvp(self, directions: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._rows("jvp", directions)).to(directions.device)
+
+    def pullback(self, theta: torch.Tensor, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = self._rows("pullback", theta, outputs)
+        delta = torch.cat([d for d, _ in parts]).to(theta.device)
+        return delta, torch.cat([g for _, g in parts]).to(theta.device)
+
+
+@contextlib.contextmanager
+def dct_on_workers(
+    model: WorkerModel, prompts: Sequence[Any] | Any, cfg: Any, *, cluster: Cluster
+) -> Iterator[WorkerPool]:
+    """Within the block, every DCT fit on ``prompts`` with ``cfg`` (e.g. ``train_to_folder(…,
+    "dct", …)`` on the driver's own copy of the model: calibration bookkeeping, orthogonalization,
+    ranking, checkpoints and ``--resume`` as ever) computes its Δ evaluations, the forward and
+    backward passes over F rows, as chunk-sized units on Ray workers. The same chunks give the
+    single process's numbers."""
+    from melbo_tl.optimize.dct import response_wrapper
+
+    plain = cfg.to_dict()
+    with (
+        WorkerPool(model, cluster) as pool,
+        response_wrapper(lambda local: WorkerResponse(local, pool, stored_prompts(prompts), plain)),
+    ):
+        yield pool
+
+
 def _merge_vector_runs(parts: Sequence[dict[str, Any]]) -> Run:
     """Batches of one run, in index order, as the one run a single process writes."""
     tensors = {k: torch.cat([p["tensors"][k] for p in parts]) for k in parts[0]["tensors"]}
@@ -438,14 +531,16 @@ def train_to_folder_ray(
         raise ValueError(
             f"{out} already holds a run; pass resume=True (--resume) to continue it, or choose another folder."
         )
-    if (out / RUN_FILE).is_file():
-        previous = load_run(out)
-        check_resumable(out, previous, m, cfg, prompts)
-        if previous.meta.get("status") == COMPLETE and len(previous.hooks) == cfg.n_vectors:
-            return out
-    store.start({"method": m.name, "config": cfg.to_dict(), "prompts": prompts})
-    plain = cfg.to_dict()
     with WorkerPool(model, cluster) as pool:
+        pool.grow(len(batches))  # all workers load the model at once
+        cfg = MelboConfig.from_dict(pool.call("config", m.name, cfg.to_dict()))  # as train_to_folder stores it
+        if (out / RUN_FILE).is_file():
+            previous = load_run(out)
+            check_resumable(out, previous, m, cfg, prompts)
+            if previous.meta.get("status") == COMPLETE and len(previous.hooks) == cfg.n_vectors:
+                return out
+        store.start({"method": m.name, "config": cfg.to_dict(), "prompts": prompts})
+        plain = cfg.to_dict()
         calibration = None
         if cfg.radius == "auto":
             done = pool.run([Unit("calibration", "calibrate", (prompts, plain))], store, report=report)

@@ -186,3 +186,25 @@ print(json.dumps([res.exit_code, "ray" in sys.modules, "melbo_tl.distributed" in
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ)
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [0, False, False], res.stderr
+
+
+def test_dct_with_its_row_chunks_on_two_workers_equals_the_single_process(cluster, tiny_model, tiny_model_dir):
+    """DCT fits every factor jointly, so its units are the chunks of rows each Δ evaluation
+    (calibration, start, every iteration, ranking) passes through the model."""
+    from melbo_tl.distributed import dct_on_workers
+    from melbo_tl.optimize.dct import DCTConfig
+    from melbo_tl.training import train
+
+    cfg = DCTConfig(n_factors=8, source_layer=0, target_layer=3, iterations=2, chunk_size=4, calibration_directions=8)
+    with one_thread():
+        single = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
+    with dct_on_workers(
+        WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS, cfg, cluster=Cluster(address=cluster, workers=2)
+    ) as pool:
+        split = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
+    assert len(pool.actors) == 2
+    assert single.tensors.keys() == split.tensors.keys()
+    for key in single.tensors:
+        assert torch.equal(single.tensors[key], split.tensors[key]), key
+    drop = lambda meta: {k: v for k, v in meta.items() if k != "seconds"}  # noqa: E731
+    assert drop(single.meta) == drop(split.meta)
