@@ -195,16 +195,22 @@ def test_dct_with_its_row_chunks_on_two_workers_equals_the_single_process(cluste
     from melbo_tl.optimize.dct import DCTConfig
     from melbo_tl.training import train
 
-    cfg = DCTConfig(n_factors=8, source_layer=0, target_layer=3, iterations=2, chunk_size=4, calibration_directions=8)
+    cfg = DCTConfig(
+        n_factors=8, source_layer=0, target_layer=3, iterations=2, chunk_size=4, calibration_directions=8,
+        calibration_target=0.02,
+    )  # fmt: skip
     with one_thread():
         single = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
     with dct_on_workers(
         WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS, cfg, cluster=Cluster(address=cluster, workers=2)
     ) as pool:
         split = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
-    assert len(pool.actors) == 2
+    assert pool.started == 2  # both workers got units (a pool grows only for units)
     assert single.tensors.keys() == split.tensors.keys()
     for key in single.tensors:
         assert torch.equal(single.tensors[key], split.tensors[key]), key
-    drop = lambda meta: {k: v for k, v in meta.items() if k != "seconds"}  # noqa: E731
+    drop = lambda meta: {  # noqa: E731  (wall times differ)
+        **{k: v for k, v in meta.items() if k != "seconds"},
+        "calibration": {k: v for k, v in meta["calibration"].items() if k != "seconds"},
+    }
     assert drop(single.meta) == drop(split.meta)
