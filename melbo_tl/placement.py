@@ -28,6 +28,31 @@ def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def module_device(module: Any) -> torch.device:
+    """Where ``module`` (e.g. one block) computes. A model spread over devices with a
+    ``device_map`` has accelerate hooks whose execution device says it (the weights of an
+    offloaded block sit on "meta" until it runs); otherwise the device of its first parameter."""
+    for sub in module.modules():
+        device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device)
+    for param in module.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Every tensor in ``obj`` (nested tuples, lists, dicts) on ``device``: what one block is
+    handed when the blocks before it ran elsewhere."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple | list):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
 def model_dtype(model: Any) -> torch.dtype:
     """The floating-point dtype the model computes in."""
     return next(model.parameters()).dtype

@@ -6,6 +6,11 @@ reads layer t only needs blocks s+1…t−1. :class:`ResidualSegment` captures, 
 forward pass, the residual entering ``start`` and the keyword arguments the Hugging Face model
 hands its decoder layers (rotary position embeddings, attention mask), then calls the bridge's
 block modules directly. The blocks are the bridge's own, so every hook inside them still fires.
+
+A model spread over several devices (``load_model(..., device_map="auto")``) has consecutive
+blocks on different devices; :meth:`ResidualSegment.run` carries the residual and the block
+arguments to each block's device (:func:`~melbo_tl.placement.module_device`) and returns the
+residual where the last block left it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from melbo_tl.forward import run_forward
+from melbo_tl.placement import module_device, to_device
 from melbo_tl.prompts import TokenBatch
 from melbo_tl.steering.layout import TokenLayout, token_layout
 from melbo_tl.steering.sites import check_layer
@@ -85,8 +91,17 @@ class ResidualSegment:
             *(t.repeat(times, *([1] * (t.ndim - 1))) for t in (self.layout.token_index, self.layout.prompt_length))
         )
         hidden = residual
-        with token_layout(layout):
-            for layer in range(self.start, self.stop):
-                out = self.model.blocks[layer](hidden, **kwargs)
-                hidden = out[0] if isinstance(out, tuple) else out
+        placed: dict[torch.device, tuple[dict[str, Any], TokenLayout]] = {}
+        for layer in range(self.start, self.stop):
+            block = self.model.blocks[layer]
+            device = module_device(block)
+            if device not in placed:
+                placed[device] = (
+                    to_device(kwargs, device),
+                    TokenLayout(*to_device((layout.token_index, layout.prompt_length), device)),
+                )
+            block_kwargs, block_layout = placed[device]
+            with token_layout(block_layout):
+                out = block(hidden.to(device), **block_kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
         return hidden

@@ -36,7 +36,7 @@ def _method(method: str | Method) -> Method:
     return get_method(method) if isinstance(method, str) else method
 
 
-def _prompts(prompts: Any) -> Any:
+def stored_prompts(prompts: Any) -> Any:
     """Prompts as stored in run.json: a list (or a method's own mapping, kept as given)."""
     if isinstance(prompts, str):
         return [prompts]
@@ -71,7 +71,7 @@ def stamp(model: Any, method: Method, prompts: Any, cfg: Config, run: Run, statu
     return Run(run.tensors, meta)
 
 
-def _check_resumable(out: Path, saved: Run, method: Method, cfg: Config, prompts: Any) -> None:
+def check_resumable(out: Path, saved: Run, method: Method, cfg: Config, prompts: Any) -> None:
     if method_of(saved).name != method.name:
         raise ValueError(
             f"Cannot resume {out}: it holds a {saved.meta.get('method')!r} run, not {method.name!r}. Use another folder."
@@ -90,13 +90,13 @@ def _check_resumable(out: Path, saved: Run, method: Method, cfg: Config, prompts
 def train(model: Any, method: str | Method, prompts: Sequence[Any] | Any, cfg: Config, *, progress: bool = True) -> Run:
     """Train ``method`` with ``cfg`` on ``prompts`` in memory; the run as it would be saved."""
     m = _method(method)
-    cfg = _check_config(m, cfg, model)
-    prompts = _prompts(prompts)
+    cfg = checked_config(m, cfg, model)
+    prompts = stored_prompts(prompts)
     run = m.train(model, prompts, cfg, Checkpoints(progress=progress))
     return stamp(model, m, prompts, cfg, run, COMPLETE)
 
 
-def _check_config(method: Method, cfg: Config, model: Any) -> Config:
+def checked_config(method: Method, cfg: Config, model: Any) -> Config:
     """``cfg`` with the model's defaults filled in, checked against the method and the model."""
     if not isinstance(cfg, method.config):
         raise ValueError(f"Method {method.name!r} takes a {method.config.__name__}, got a {type(cfg).__name__}.")
@@ -122,8 +122,8 @@ def train_to_folder(
     fields) and prompts; a complete run is returned as it is unless the config asks for more.
     """
     m = _method(method)
-    cfg = _check_config(m, cfg, model)
-    prompts = _prompts(prompts)
+    cfg = checked_config(m, cfg, model)
+    prompts = stored_prompts(prompts)
     out = Path(out)
     previous = None
     if (out / RUN_FILE).is_file():
@@ -132,7 +132,7 @@ def train_to_folder(
                 f"{out} already holds a run; pass resume=True (--resume) to continue it, or choose another folder."
             )
         previous = load_run(out, model)
-        _check_resumable(out, previous, m, cfg, prompts)
+        check_resumable(out, previous, m, cfg, prompts)
 
     def save(run: Run) -> None:
         save_run(out, stamp(model, m, prompts, cfg, run, RUNNING))

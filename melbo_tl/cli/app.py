@@ -38,8 +38,27 @@ def one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+# Options whose value may be left out (``--ray`` alone means ``--ray local``); Typer has no
+# optional-value options, so a bare one gets its implied value before parsing.
+IMPLIED_VALUES = {"--ray": "local"}
+
+
+def imply_values(args: list[str]) -> list[str]:
+    """``args`` with the implied value after each bare option of :data:`IMPLIED_VALUES` (one
+    followed by nothing or by another option)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in IMPLIED_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(IMPLIED_VALUES[arg])
+    return out
+
+
 class MelboGroup(TyperGroup):
     """A Typer group whose commands report user errors as ``error: …`` and exit code 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, imply_values(list(args)))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -17,6 +17,7 @@ import typer
 from melbo_tl.cli.app import DEFAULT_MODEL_HELP
 
 if TYPE_CHECKING:
+    from melbo_tl.distributed import Cluster, WorkerModel
     from melbo_tl.steering.interventions import Intervention
 
 HARMFUL_PROMPT = "How can I make a bomb?"
@@ -35,6 +36,40 @@ DeviceOpt = Annotated[
         show_default=False,
     ),
 ]
+DeviceMapOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device-map",
+        metavar="MAP",
+        help="spread a big model over devices (accelerate): auto | balanced | sequential, or JSON "
+        '{"module": device, …}; replaces --device',
+        show_default=False,
+    ),
+]
+RayOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        help="split the run over Ray workers: local (start Ray on this machine; --ray alone), auto (the cluster "
+        "`ray start --head` started) or HOST:PORT",
+        show_default=False,
+    ),
+]
+RayWorkersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--ray-workers",
+        min=1,
+        metavar="N",
+        help="with --ray: model-holding workers [default: cluster CPUs / --ray-cpus, or GPUs / --ray-gpus]",
+        show_default=False,
+    ),
+]
+RayCpusOpt = Annotated[
+    float, typer.Option("--ray-cpus", metavar="C", help="with --ray: CPUs per worker (also its torch threads)")
+]
+RayGpusOpt = Annotated[float, typer.Option("--ray-gpus", metavar="G", help="with --ray: GPUs per worker")]
 DtypeOpt = Annotated[
     str,
     typer.Option(
@@ -71,25 +106,72 @@ def status(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def load(spec: str | None, *, device: str | None = None, dtype: str = DEFAULT_DTYPE) -> Any:
+def check_dtype(name: str) -> None:
+    """``--dtype`` must name a dtype or ``auto`` (aliases bf16, fp32, fp16 accepted)."""
+    from melbo_tl.models.precision import parse_dtype
+
+    try:
+        parse_dtype(name)
+    except ValueError:
+        raise ValueError(f"--dtype {name!r} is not one of {', '.join(DTYPES)} (or bf16, fp32, fp16).") from None
+
+
+def device_map_value(spec: str | None) -> str | dict[str, Any] | None:
+    """``--device-map``: a strategy name or a JSON object {module name: device}."""
+    if spec is None or not spec.strip().startswith("{"):
+        return spec
+    import json
+
+    try:
+        value = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'--device-map {spec!r} is not valid JSON ({exc.msg}); e.g. \'{{"": "cpu"}}\'.') from None
+    return value
+
+
+def ray_setup(
+    ray: str | None,
+    workers: int | None,
+    cpus: float,
+    gpus: float,
+    *,
+    model: str | None,
+    device: str | None,
+    dtype: str,
+    device_map: str | None,
+) -> tuple[WorkerModel, Cluster] | None:
+    """With ``--ray``: what each worker loads and the cluster to use (melbo_tl.distributed, and
+    so Ray, is imported only here); without it None, and nothing is imported."""
+    if ray is None:
+        if workers is not None or cpus != 1.0 or gpus != 0.0:
+            raise ValueError("--ray-workers, --ray-cpus and --ray-gpus size a --ray run; give --ray too.")
+        return None
+    from melbo_tl.distributed import Cluster, WorkerModel
+    from melbo_tl.models import DEFAULT_MODEL
+
+    check_dtype(dtype)
+    status(f"--ray {ray}: the units run on Ray workers, each loading {model or DEFAULT_MODEL} itself")
+    worker = WorkerModel(model or DEFAULT_MODEL, device=device, dtype=dtype, device_map=device_map_value(device_map))
+    return worker, Cluster(address=ray, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
+
+
+def load(
+    spec: str | None, *, device: str | None = None, dtype: str = DEFAULT_DTYPE, device_map: str | None = None
+) -> Any:
     """Load a model for a command, with a status line and without the weight-loading bars."""
     from transformers.utils import logging as hf_logging
 
     from melbo_tl.models import DEFAULT_MODEL, EMBEDDED, load_model
-    from melbo_tl.models.precision import parse_dtype
 
     spec = spec or DEFAULT_MODEL
-    try:
-        parse_dtype(dtype)
-    except ValueError:
-        raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)} (or bf16, fp32, fp16).") from None
+    check_dtype(dtype)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status(f"loading {spec} …")
     if spec in EMBEDDED and not EMBEDDED[spec].is_cached():
         status(f"first use: dequantizing into {EMBEDDED[spec].cache_dir} (a minute or two, once)")
     started = time.perf_counter()
-    model = load_model(spec, device=device, dtype=dtype)
+    model = load_model(spec, device=device, dtype=dtype, device_map=device_map_value(device_map))
     info = model.melbo_info
     status(
         f"loaded {info.spec} ({info.source}, {info.architecture}, {info.n_layers} layers, d_model {info.d_model}, "
@@ -188,7 +270,11 @@ def write_run_outputs(
     if any(curves):
         write_html(loss_curves(curves), folder / "losses.html")
     if echo:
-        for row in rows:
-            who = "unsteered" if row["vector"] is None else f"vector {row['vector']}"
-            typer.echo(f"[{who}] {row['completion']!r}")
+        echo_generations(rows)
     return rows
+
+
+def echo_generations(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        who = "unsteered" if row["vector"] is None else f"vector {row['vector']}"
+        typer.echo(f"[{who}] {row['completion']!r}")

@@ -9,14 +9,20 @@ import typer
 from melbo_tl.cli.app import app
 from melbo_tl.cli.common import (
     DEFAULT_DTYPE,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
     OutOpt,
     PromptsOpt,
+    RayCpusOpt,
+    RayGpusOpt,
+    RayOpt,
+    RayWorkersOpt,
     ResumeOpt,
     SeedOpt,
     load,
+    ray_setup,
     status,
     write_run_outputs,
 )
@@ -73,10 +79,16 @@ def dct_cmd(
     ] = 32,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
     resume: ResumeOpt = False,
+    device_map: DeviceMapOpt = None,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """Fit F steering vectors at once by deep causal transcoding (Mack & Turner) and write a run folder
     with the vectors in rank order (R·v_l), their output directions U, α and importance, and the ρ(R)
-    calibration curve; then greedy completions of the top vectors into generations.jsonl."""
+    calibration curve; then greedy completions of the top vectors into generations.jsonl. With --ray,
+    the forward and backward passes over the factors run as chunks (--chunk-size rows) on Ray workers."""
     from melbo_tl.artifacts import load_run
     from melbo_tl.optimize.dct import DCTConfig
     from melbo_tl.training import train_to_folder
@@ -86,8 +98,17 @@ def dct_cmd(
         calibration_target=rho, iterations=iterations, orthogonalize=orthogonalize, rank_by=rank_by,
         chunk_size=chunk_size, seed=seed,
     )  # fmt: skip
-    bridge = load(model, device=device, dtype=dtype)
-    folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume)
+    on_ray = ray_setup(
+        ray, ray_workers, ray_cpus, ray_gpus, model=model, device=device, dtype=dtype, device_map=device_map
+    )
+    bridge = load(model, device=device, dtype=dtype, device_map=device_map)
+    if on_ray is not None:  # this process keeps the fit's bookkeeping; the F-row passes go to the workers
+        from melbo_tl.distributed import dct_on_workers
+
+        with dct_on_workers(on_ray[0], prompt, cfg, cluster=on_ray[1]):
+            folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume)
+    else:
+        folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume)
     meta = load_run(folder).meta
     cal = meta.get("calibration")
     if cal:

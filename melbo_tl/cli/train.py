@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from melbo_tl.cli.app import app
 from melbo_tl.cli.common import (
     DEFAULT_DTYPE,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
     OutOpt,
     PositionsOpt,
     PromptsOpt,
+    RayCpusOpt,
+    RayGpusOpt,
+    RayOpt,
+    RayWorkersOpt,
     ResumeOpt,
     SeedOpt,
+    echo_generations,
     load,
     parse_floats,
+    ray_setup,
+    status,
     write_run_outputs,
 )
 
@@ -116,6 +124,11 @@ def train_cmd(
             "--max-new-tokens", min=1, metavar="N", help="length of the greedy completions in generations.jsonl"
         ),
     ] = 64,
+    device_map: DeviceMapOpt = None,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """Learn MELBO steering vectors (or adapters) on the prompts and write a run folder."""
     from melbo_tl.optimize.adapters import AdapterConfig
@@ -149,10 +162,40 @@ def train_cmd(
             calibration_target=rho,
         )
         method = "melbo"
-    bridge = load(model, device=device, dtype=dtype)
-    folder = train_to_folder(bridge, method, prompt, cfg, out, resume=resume)
-    write_run_outputs(bridge, folder, list(prompt), max_new_tokens=max_new_tokens)
+    on_ray = ray_setup(
+        ray, ray_workers, ray_cpus, ray_gpus, model=model, device=device, dtype=dtype, device_map=device_map
+    )
+    if on_ray is not None:
+        folder = _train_on_ray(on_ray, method, list(prompt), cfg, out, resume=resume, max_new_tokens=max_new_tokens)
+    else:
+        bridge = load(model, device=device, dtype=dtype, device_map=device_map)
+        folder = train_to_folder(bridge, method, prompt, cfg, out, resume=resume)
+        write_run_outputs(bridge, folder, list(prompt), max_new_tokens=max_new_tokens)
     typer.echo(f"wrote {folder}")
+
+
+def _train_on_ray(
+    on_ray: tuple[Any, Any], method: str, prompts: list[str], cfg: Any, out: Path, *, resume: bool, max_new_tokens: int
+) -> Path:
+    """``melbo train --ray``: the vector batches on Ray workers, then the greedy completions and
+    loss figure written by one of them, as a single-process run writes them."""
+    from functools import partial
+
+    from melbo_tl.artifacts import read_jsonl
+    from melbo_tl.distributed import UnitReport, train_to_folder_ray
+
+    worker, cluster = on_ray
+    report = UnitReport()
+    outputs = partial(write_run_outputs, prompts=prompts, max_new_tokens=max_new_tokens, echo=False)
+    folder = train_to_folder_ray(
+        worker, method, prompts, cfg, out, cluster=cluster, resume=resume, outputs=outputs, report=report
+    )
+    status(
+        f"ray: {report.units} units ({report.skipped} finished before, {len(report.retried)} retried) on "
+        f"{report.workers} workers in {report.seconds:.1f} s"
+    )
+    echo_generations(read_jsonl(folder / "generations.jsonl"))
+    return folder
 
 
 @app.command("sweep", short_help="Train a few vectors per radius; diversity and perplexity of their completions.")
@@ -176,6 +219,14 @@ def sweep_cmd(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
     embedder: Annotated[str, typer.Option("--embedder", metavar="E", help="auto | minilm | model")] = "auto",
     seed: SeedOpt = 0,
+    device_map: DeviceMapOpt = None,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    ray_cpus: RayCpusOpt = 1.0,
+    ray_gpus: RayGpusOpt = 0.0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="with --ray: continue a killed sweep in --out (finished radii are kept)")
+    ] = False,
 ) -> None:
     """Train a few vectors per radius and report diversity and perplexity of their completions."""
     from analysis.figures import radius_sweep_figure, write_html
@@ -188,8 +239,21 @@ def sweep_cmd(
         radius=values[0], source_layer=source, target_layer=target, positions=positions, n_vectors=vectors, steps=steps,
         mode=_mode(mode, independent), seed=seed,
     )  # fmt: skip
-    bridge = load(model, device=device, dtype=dtype)
-    result = sweep_radius(bridge, prompt, values, cfg, max_new_tokens=max_new_tokens, embedder=embedder)
+    on_ray = ray_setup(
+        ray, ray_workers, ray_cpus, ray_gpus, model=model, device=device, dtype=dtype, device_map=device_map
+    )
+    if on_ray is not None:
+        from melbo_tl.distributed import sweep_radius_ray
+
+        result = sweep_radius_ray(
+            on_ray[0], prompt, values, cfg, out=out, cluster=on_ray[1], resume=resume, max_new_tokens=max_new_tokens,
+            embedder=embedder,
+        )  # fmt: skip
+    else:
+        if resume:
+            raise ValueError("--resume continues a killed --ray sweep; a sweep without --ray starts afresh.")
+        bridge = load(model, device=device, dtype=dtype, device_map=device_map)
+        result = sweep_radius(bridge, prompt, values, cfg, max_new_tokens=max_new_tokens, embedder=embedder)
     Path(out).mkdir(parents=True, exist_ok=True)
     table = {**result.to_dict(), "prompt": prompt}
     atomic_write_json(out / "sweep.json", table)
@@ -199,4 +263,8 @@ def sweep_cmd(
         typer.echo(
             f"{row.radius:>8g} {row.diversity:>10.3f} {row.perplexity:>11.2f} {row.objective:>10.4g} {row.seconds:>8.1f}"
         )
+    if on_ray is not None:
+        from melbo_tl.distributed import finish
+
+        finish(out)
     typer.echo(f"best R by diversity: {result.best_radius():g} (embedder: {result.embedder}); wrote {out}")

@@ -71,6 +71,9 @@ def _resolve(spec: str) -> tuple[str, str]:
     return "hub", spec
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def default_device() -> str:
     """``"cuda"`` when a GPU is available, else ``"cpu"``: where :func:`load_model` puts a model."""
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,6 +85,8 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str = "auto",
     revision: str | None = None,
+    device_map: str | dict[str, str | int] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> TransformerBridge:
     """Load a model as a frozen, eval-mode ``TransformerBridge``.
 
@@ -90,6 +95,12 @@ def load_model(
     :mod:`melbo_tl.models.precision`; ``MELBO_TL_DTYPE`` overrides it). A torch dtype or its name
     fixes it. Either way melbo_tl's optimizers keep float32 master copies of what they train and
     accumulate objectives in float32.
+
+    ``device_map`` spreads a model too big for one device over several (accelerate's dispatch,
+    through ``boot_transformers``): ``"auto"`` fills the GPUs in order, then the CPU, then
+    ``offload_folder`` on disk; or an explicit ``{module name: device}`` map. It replaces
+    ``device``; inputs then go to the first block's device and the segment runner carries the
+    residual from block to block (:func:`melbo_tl.placement.module_device`).
 
     >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
     >>> model = load_model("path/to/model_dir")    # any save_pretrained directory
@@ -101,13 +112,24 @@ def load_model(
     if not spec or not spec.strip():
         raise ValueError(f"Model spec is empty. Embedded models: {', '.join(EMBEDDED)}.")
     parse_dtype(dtype)  # a bad dtype fails before anything is read
-    device = torch.device(device) if device is not None else torch.device(default_device())
-    dtype = resolve_dtype(dtype, device)
+    if device_map is not None and device is not None:
+        raise ValueError(f"Give a device ({device}) or a device_map ({device_map}), not both.")
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise ValueError(
+            f"device_map {device_map!r} is not one of {', '.join(DEVICE_MAPS)} (or a dict of module → device)."
+        )
+    if device_map is None:
+        device = torch.device(device) if device is not None else torch.device(default_device())
+    # With a device map, "auto" follows the device the map fills first (CUDA when there is one).
+    dtype = resolve_dtype(dtype, device if device is not None else torch.device(default_device()))
+    placed: dict[str, Any] = {"device": device}
+    if device_map is not None:
+        placed = {"device_map": device_map, "offload_folder": None if offload_folder is None else str(offload_folder)}
     source, where = _resolve(spec)
     logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     try:
         chat_tokenizer = AutoTokenizer.from_pretrained(where, revision=revision)
-        bridge = TransformerBridge.boot_transformers(where, device=device, dtype=dtype, revision=revision)
+        bridge = TransformerBridge.boot_transformers(where, dtype=dtype, revision=revision, **placed)
     except (OSError, ValueError, RuntimeError) as exc:
         if source == "embedded":
             raise ModelFileError(
@@ -135,12 +157,21 @@ def load_model(
         d_model=int(bridge.cfg.d_model),
         n_layers=int(bridge.cfg.n_layers),
         architecture=str(bridge.cfg.architecture),
-        device=str(next(bridge.parameters()).device),
+        device=_where(bridge),
         dtype=str(next(bridge.parameters()).dtype).replace("torch.", ""),
     )
     object.__setattr__(bridge, "melbo_info", info)
     object.__setattr__(bridge, "chat_tokenizer", chat_tokenizer)
     return bridge
+
+
+def _where(bridge: TransformerBridge) -> str:
+    """The device the model is on, or for a dispatched model its devices in block order ("cuda:0,cuda:1")."""
+    hf_map = getattr(getattr(bridge, "original_model", None), "hf_device_map", None)
+    if not hf_map:
+        return str(next(bridge.parameters()).device)
+    seen = dict.fromkeys(str(torch.device(d)) if isinstance(d, int) else str(d) for d in hf_map.values())
+    return ",".join(seen)
 
 
 def model_info(model: TransformerBridge) -> ModelInfo:

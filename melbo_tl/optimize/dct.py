@@ -29,8 +29,10 @@ analysis and reports work unchanged; ``U``, ``alpha``, ``importance`` ride along
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +218,24 @@ class DCTResult:
     hook: str = ""
 
 
+# How fit_dct evaluates Δ: the local SliceResponse, or what a wrapper makes of it (e.g. the same
+# response with its row chunks computed on Ray workers, melbo_tl.distributed.dct_on_workers).
+_RESPONSE: contextvars.ContextVar[Callable[[SliceResponse], Any] | None] = contextvars.ContextVar(
+    "dct_response", default=None
+)
+
+
+@contextlib.contextmanager
+def response_wrapper(wrap: Callable[[SliceResponse], Any]) -> Iterator[None]:
+    """Within the block, :func:`fit_dct` evaluates Δ through ``wrap(SliceResponse)``: an object
+    with the same ``__call__``, ``jvp``, ``pullback``, ``problem`` and ``d_model``."""
+    token = _RESPONSE.set(wrap)
+    try:
+        yield
+    finally:
+        _RESPONSE.reset(token)
+
+
 def fit_dct(
     model: Any,
     prompts: Sequence[PromptLike],
@@ -236,6 +256,9 @@ def fit_dct(
         chat=cfg.chat,
     )  # fmt: skip
     response = SliceResponse(problem, chunk=cfg.chunk_size)
+    wrap = _RESPONSE.get()
+    if wrap is not None:
+        response = wrap(response)
     save = on_checkpoint or (lambda s: None)
     if state is None:
         started = time.perf_counter()

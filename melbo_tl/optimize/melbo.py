@@ -225,38 +225,101 @@ def train_vectors(
         if on_calibration is not None:
             on_calibration(calibration)
         cfg = cfg.replace(radius=calibration.radius)
-    d = d_model(model)
     records = list(previous)
     if len(records) > cfg.n_vectors:
         raise ValueError(f"{len(records)} finished vectors already exceed n_vectors={cfg.n_vectors}.")
-    joint = cfg.mode == "batched-orthogonal"
     while len(records) < cfg.n_vectors:
         first = len(records)
         count = min(cfg.batch_size, cfg.n_vectors - first) if cfg.batched else 1
-        done = [master_copy(r.vector, model) for r in records]
-        basis = orthonormal_basis(torch.stack(done)) if cfg.mode != "independent" and done else None
-        theta = torch.cat([_start(first + j, cfg.seed, d, cfg.radius, basis, model) for j in range(count)])
-        if joint:
-            theta = stiefel_retract(theta, cfg.radius)
-        started = time.perf_counter()
-        theta, history, final = _optimize(
-            problem,
-            theta,
-            radius=cfg.radius,
-            steps=cfg.steps,
-            lr=cfg.lr,
-            basis=basis,
-            diversity_penalty=cfg.diversity_penalty,
-            joint=joint,
-            desc=f"vector {first}" if count == 1 else f"vectors {first}-{first + count - 1}",
-            progress=progress,
-        )
-        seconds = (time.perf_counter() - started) / count
-        for j in range(count):
-            record = VectorRecord(first + j, to_result(theta[j]), history[j], float(final[j]), seconds)
+        for record in _train_batch(model, problem, cfg, first, count, records, progress):
             records.append(record)
             if on_vector is not None:
                 on_vector(record)
+    return MelboResult(
+        vectors=torch.stack([r.vector for r in records]),
+        hook=cfg.hook,
+        config=cfg,
+        losses=[r.losses for r in records],
+        objectives=[r.objective for r in records],
+        seconds=[r.seconds for r in records],
+        texts=problem.texts,
+        calibration=calibration,
+    )
+
+
+def _train_batch(
+    model: Any,
+    problem: MelboProblem,
+    cfg: MelboConfig,
+    first: int,
+    count: int,
+    done: Sequence[VectorRecord],
+    progress: bool,
+) -> list[VectorRecord]:
+    """Vectors ``first`` … ``first + count − 1`` (one batch), given the finished ``done`` (their
+    span is avoided in the orthogonal modes; independent mode ignores them)."""
+    assert isinstance(cfg.radius, float | int)
+    joint = cfg.mode == "batched-orthogonal"
+    kept = [master_copy(r.vector, model) for r in done] if cfg.mode != "independent" else []
+    basis = orthonormal_basis(torch.stack(kept)) if kept else None
+    theta = torch.cat([_start(first + j, cfg.seed, d_model(model), cfg.radius, basis, model) for j in range(count)])
+    if joint:
+        theta = stiefel_retract(theta, cfg.radius)
+    started = time.perf_counter()
+    theta, history, final = _optimize(
+        problem,
+        theta,
+        radius=cfg.radius,
+        steps=cfg.steps,
+        lr=cfg.lr,
+        basis=basis,
+        diversity_penalty=cfg.diversity_penalty,
+        joint=joint,
+        desc=f"vector {first}" if count == 1 else f"vectors {first}-{first + count - 1}",
+        progress=progress,
+    )
+    seconds = (time.perf_counter() - started) / count
+    return [VectorRecord(first + j, to_result(theta[j]), history[j], float(final[j]), seconds) for j in range(count)]
+
+
+def independent_batches(cfg: MelboConfig) -> list[range]:
+    """The vector indices of each batch an independent-mode run trains, in order. Each batch
+    depends only on the seed and its indices, so batches can run anywhere, in any order, and give
+    the vectors a single :func:`train_vectors` call gives (what :mod:`melbo_tl.distributed` splits)."""
+    if cfg.mode != "independent":
+        raise ValueError(
+            f"Only mode 'independent' splits into independent batches; in mode {cfg.mode!r} each vector is "
+            "trained against the ones before it."
+        )
+    return [range(i, min(i + cfg.batch_size, cfg.n_vectors)) for i in range(0, cfg.n_vectors, cfg.batch_size)]
+
+
+def train_batch(
+    model: Any,
+    prompts: Sequence[PromptLike],
+    cfg: MelboConfig,
+    indices: range,
+    *,
+    calibration: Calibration | None = None,
+    progress: bool = False,
+) -> MelboResult:
+    """Vectors ``indices`` (one of :func:`independent_batches`) of an independent-mode run, as
+    :func:`train_vectors` trains them; ``radius="auto"`` takes R from ``calibration``, which must
+    then be given (calibrate once, not per batch)."""
+    cfg = cfg.for_model(model)
+    cfg.check_model(model)
+    if indices not in independent_batches(cfg):
+        raise ValueError(f"{indices} is not one of this run's batches: {independent_batches(cfg)}.")
+    if cfg.radius == "auto":
+        if calibration is None:
+            raise ValueError("radius='auto' needs the run's calibration: calibrate once and pass it to every batch.")
+        cfg = cfg.replace(radius=calibration.radius)
+    assert cfg.source_layer is not None and cfg.target_layer is not None
+    problem = MelboProblem.build(
+        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
+        chat=cfg.chat,
+    )  # fmt: skip
+    records = _train_batch(model, problem, cfg, indices.start, len(indices), (), progress)
     return MelboResult(
         vectors=torch.stack([r.vector for r in records]),
         hook=cfg.hook,
@@ -295,6 +358,16 @@ def _as_run(
         "per_vector": per_vector_rows(records),
     }
     return Run({"vectors": vectors}, meta)
+
+
+def batch_run(result: MelboResult, indices: range) -> Run:
+    """A :func:`train_batch` result as the part of the run folder it fills (vectors ``indices``):
+    concatenated in index order, such parts make the run a single process writes."""
+    records = [
+        VectorRecord(i, result.vectors[j], result.losses[j], result.objectives[j], result.seconds[j])
+        for j, i in enumerate(indices)
+    ]
+    return _as_run(result.config, records, result.texts, result.calibration)
 
 
 def _records(run: Run | None) -> list[VectorRecord]:

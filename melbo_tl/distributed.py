@@ -1,0 +1,609 @@
+"""Discovery on a Ray cluster: independent units of a run on workers that each hold the model.
+
+A MELBO run in independent mode is a list of vector batches whose vectors depend only on the
+seed and their indices (:func:`~melbo_tl.optimize.melbo.independent_batches`); a radius sweep is a
+list of radii, each trained and scored on its own. Those are the *units*. Each Ray worker is an
+actor that loads the model once (from the local melbo_tl cache or a model directory) and runs
+units; the driver loads no model at all. The driver
+
+- writes every finished unit atomically into ``<out>/.ray-units/`` (so a killed driver, rerun
+  with ``resume``, skips what is finished);
+- resubmits a unit whose worker died (``RayActorError``) on a fresh worker, up to
+  ``max_retries`` times, so a lost worker costs only its unit;
+- merges the units into exactly the folder a single-process run writes (``run.json`` +
+  ``vectors.safetensors`` as :func:`~melbo_tl.training.train_to_folder` writes them; for a sweep
+  the :class:`~melbo_tl.optimize.sweep.SweepResult` the CLI writes as ``sweep.json``), then
+  deletes ``.ray-units``.
+
+Same seeds, same units, same vectors: a split run computes each batch exactly as the single
+process does (the same rows in one forward pass), so only timings differ.
+
+Ray is imported here and nowhere else; the CLI imports this module only when ``--ray`` is given.
+
+>>> cluster = Cluster(address="auto", workers=4, gpus_per_worker=1)
+>>> train_to_folder_ray(WorkerModel("path/to/model", device="cuda"), "melbo", prompts, cfg, "runs/x", cluster=cluster)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+from tqdm.auto import tqdm
+
+from melbo_tl.artifacts import Run, atomic_write_bytes, atomic_write_json, load_run, save_run
+from melbo_tl.filenames import RUN_FILE, VECTORS_FILE
+from melbo_tl.optimize.melbo import MelboConfig, MelboResult, independent_batches
+from melbo_tl.optimize.sweep import SweepResult, SweepRow
+from melbo_tl.registry import get_method
+from melbo_tl.training import COMPLETE, check_resumable, stored_prompts
+
+OutputWriter = Callable[[Any, Path], Any]  # (model, run folder) → writes files into the folder
+UNITS_DIR = ".ray-units"
+PLAN_FILE = "plan.json"
+# Test hook: a worker that starts a unit while this file does not exist yet creates it and exits
+# at once (as a worker killed mid-run would), so tests can check that the run still completes.
+CRASH_ONCE_ENV = "MELBO_TL_RAY_CRASH_ONCE"
+# Environment a worker gets from the driver (on a local cluster it inherits the rest anyway).
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
+
+
+@dataclass(frozen=True)
+class WorkerModel:
+    """What each worker loads: ``spec`` as for :func:`~melbo_tl.models.load_model` (every node
+    needs it: an embedded name, a directory present on every node, or a hub id), ``device`` or
+    ``device_map``, ``dtype`` (auto | float32 | bfloat16 | float16; ``auto`` is resolved by each
+    worker for its own device, as :func:`~melbo_tl.models.load_model` does)."""
+
+    spec: str
+    device: str | None = None
+    dtype: str = "auto"
+    device_map: str | dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where and how wide to run: ``address`` ``"local"`` (start a Ray instance on this machine),
+    ``"auto"`` (join the cluster ``ray start --head`` started) or ``host:port`` / ``ray://…``;
+    ``workers`` how many model-holding workers (None: as many as the cluster's CPUs, or GPUs
+    when ``gpus_per_worker`` > 0, allow); ``cpus_per_worker`` also sets each worker's torch
+    threads; ``max_retries`` how often a unit is resubmitted after its worker died."""
+
+    address: str = "local"
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be ≥ 1, got {self.workers}.")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise ValueError(
+                f"cpus_per_worker must be > 0 and gpus_per_worker ≥ 0, got {self.cpus_per_worker}, {self.gpus_per_worker}."
+            )
+
+
+@dataclass
+class Unit:
+    """One independent piece of a run: ``key`` (its file name in ``.ray-units``), the worker
+    ``task`` to call and its ``args``."""
+
+    key: str
+    task: str
+    args: tuple[Any, ...]
+
+
+@dataclass
+class UnitReport:
+    """What a distributed run did: ``units`` in the plan, ``skipped`` (finished before, e.g. by
+    a killed driver), ``retried`` unit keys resubmitted after their worker died, ``workers``
+    started (including replacements), ``seconds`` wall time of the units."""
+
+    units: int = 0
+    skipped: int = 0
+    retried: list[str] = field(default_factory=list)
+    workers: int = 0
+    seconds: float = 0.0
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+class ModelWorker:
+    """A Ray actor holding one loaded model; each method runs one unit and returns plain data
+    (tensors, numbers, strings), never files: on a multi-node cluster only the driver's disk
+    holds the run folder."""
+
+    def __init__(self, model: WorkerModel, threads: int) -> None:
+        from melbo_tl.models import load_model
+
+        torch.set_num_threads(max(1, threads))
+        self.model = load_model(model.spec, device=model.device, dtype=model.dtype, device_map=model.device_map)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def _started(self) -> None:
+        marker = os.environ.get(CRASH_ONCE_ENV)
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
+            os._exit(1)
+
+    def config(self, method: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        """``cfg`` with this model's defaults filled in and checked against it (as
+        ``train_to_folder`` stores it)."""
+        from melbo_tl.training import checked_config
+
+        m = get_method(method)
+        return checked_config(m, m.config.from_dict(cfg), self.model).to_dict()
+
+    def calibrate(self, prompts: list[Any], cfg: dict[str, Any]) -> dict[str, Any]:
+        from melbo_tl.optimize.calibration import SliceResponse, calibrate_radius
+        from melbo_tl.optimize.problem import MelboProblem
+
+        self._started()
+        c = MelboConfig.from_dict(cfg).for_model(self.model)
+        problem = MelboProblem.build(
+            self.model, prompts, source=c.source_layer, target=c.target_layer, p=c.p, q=c.q, positions=c.positions,
+            chat=c.chat,
+        )  # fmt: skip
+        cal = calibrate_radius(SliceResponse(problem), target=c.calibration_target, seed=c.seed, progress=False)
+        return {"calibration": cal.to_dict()}
+
+    def melbo_batch(
+        self, prompts: list[Any], cfg: dict[str, Any], start: int, stop: int, calibration: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Vectors start…stop−1 as a stamped run (run.json head from this worker's model)."""
+        from melbo_tl.optimize.calibration import Calibration
+        from melbo_tl.optimize.melbo import batch_run, train_batch
+        from melbo_tl.training import RUNNING, checked_config, stamp
+
+        self._started()
+        method = get_method("melbo")
+        c = checked_config(method, MelboConfig.from_dict(cfg), self.model)
+        cal = None if calibration is None else Calibration(**calibration)
+        result = train_batch(self.model, prompts, c, range(start, stop), calibration=cal)
+        run = stamp(self.model, method, prompts, c, batch_run(result, range(start, stop)), RUNNING)
+        return {"tensors": run.tensors, "meta": run.meta}
+
+    def sweep_cell(
+        self, prompt: Any, radius: float, cfg: dict[str, Any], max_new_tokens: int, embedder: str
+    ) -> dict[str, Any]:
+        """One radius of a sweep: its row (diversity, perplexity, …) and its vectors."""
+        from melbo_tl.optimize.sweep import sweep_radius
+
+        self._started()
+        result = sweep_radius(
+            self.model, prompt, [radius], MelboConfig.from_dict(cfg), max_new_tokens=max_new_tokens,
+            embedder=embedder, progress=False,
+        )  # fmt: skip
+        trained = result.results[0]
+        return {
+            "row": result.rows[0].to_dict(),
+            "embedder": result.embedder,
+            "settings": result.settings,
+            "vectors": trained.vectors,
+            "hook": trained.hook,
+            "config": trained.config.to_dict(),
+            "losses": trained.losses,
+            "objectives": trained.objectives,
+            "seconds": trained.seconds,
+            "texts": trained.texts,
+        }
+
+    def dct_rows(
+        self, prompts: list[Any], cfg: dict[str, Any], op: str, theta: torch.Tensor, outputs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One chunk of rows of a DCT's Δ evaluation (``op``: delta | jvp | pullback), on this
+        worker's copy of the problem (built once per prompts and settings)."""
+        from melbo_tl.optimize.calibration import SliceResponse
+        from melbo_tl.optimize.dct import DCTConfig
+        from melbo_tl.optimize.problem import MelboProblem
+        from melbo_tl.placement import master_copy, to_result
+
+        self._started()
+        key = json.dumps([prompts, cfg], default=str)
+        if getattr(self, "_dct_key", None) != key:
+            c = DCTConfig.from_dict(cfg).for_model(self.model)
+            problem = MelboProblem.build(
+                self.model, prompts, source=c.source_layer, target=c.target_layer, p=2.0, q=1.0, positions=c.positions,
+                chat=c.chat,
+            )  # fmt: skip
+            self._dct_key, self._dct_response = key, SliceResponse(problem, chunk=max(1, c.chunk_size))
+        response = self._dct_response
+        theta = master_copy(theta, self.model)
+        if op == "delta":
+            return to_result(response(theta))
+        if op == "jvp":
+            return to_result(response.jvp(theta))
+        outputs = outputs if callable(outputs) else master_copy(outputs, self.model)
+        delta, grad = response.pullback(theta, outputs)
+        return to_result(delta), to_result(grad)
+
+    def run_outputs(
+        self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], write: OutputWriter
+    ) -> dict[str, bytes]:
+        """``write(model, folder)`` on a copy of a finished run folder (e.g. the CLI's greedy
+        completions and figures); the files it adds, as contents for the driver to write."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            save_run(folder, Run(tensors, meta))
+            write(self.model, folder)
+            return {p.name: p.read_bytes() for p in folder.iterdir() if p.name not in (RUN_FILE, VECTORS_FILE)}
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def connect(address: str) -> None:
+    """Join (or start) the Ray cluster at ``address`` unless this process already did."""
+    if ray.is_initialized():
+        return
+    if address == "local":
+        ray.init(include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address=address, log_to_driver=True)
+
+
+def _package_root() -> str:
+    import melbo_tl
+
+    return str(Path(melbo_tl.__file__).resolve().parents[1])
+
+
+def _runtime_env() -> dict[str, Any]:
+    """Workers import the driver's melbo_tl (its source tree first on the path) and get the
+    MELBO_TL_* and offline settings of the driver's environment."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("MELBO_TL_") or k in FORWARDED_ENV}
+    path = os.environ.get("PYTHONPATH")
+    env["PYTHONPATH"] = _package_root() + (os.pathsep + path if path else "")
+    return {"env_vars": env}
+
+
+class UnitStore:
+    """Finished units in ``<out>/.ray-units``: one file per unit, written atomically, plus the
+    plan they belong to (a rerun with other settings must not mix its units in)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def exists(self) -> bool:
+        return (self.folder / PLAN_FILE).is_file()
+
+    def start(self, plan: dict[str, Any]) -> None:
+        path = self.folder / PLAN_FILE
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved != json.loads(json.dumps(plan)):
+                raise ValueError(
+                    f"{self.folder} holds units of a run with other settings ({saved}); delete it or use another --out."
+                )
+            return
+        atomic_write_json(path, plan)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    def has(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def save(self, key: str, result: Any) -> None:
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        atomic_write_bytes(self._path(key), buffer.getvalue())
+
+    def load(self, key: str) -> Any:
+        return torch.load(self._path(key), weights_only=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class WorkerPool:
+    """Model-holding actors and the loop that feeds them units (see the module docstring)."""
+
+    def __init__(self, model: WorkerModel, cluster: Cluster) -> None:
+        connect(cluster.address)
+        self.model, self.cluster = model, cluster
+        resources = ray.cluster_resources()
+        if cluster.workers is not None:
+            self.size = cluster.workers
+        elif cluster.gpus_per_worker > 0:
+            self.size = max(1, int(resources.get("GPU", 0) // cluster.gpus_per_worker))
+        else:
+            self.size = max(1, int(resources.get("CPU", 1) // cluster.cpus_per_worker))
+        self.actors: list[Any] = []
+        self.started = 0
+
+    def _new(self) -> Any:
+        cls = ray.remote(ModelWorker).options(
+            num_cpus=self.cluster.cpus_per_worker,
+            num_gpus=self.cluster.gpus_per_worker,
+            max_restarts=0,
+            runtime_env=_runtime_env(),
+        )
+        self.started += 1
+        return cls.remote(self.model, int(self.cluster.cpus_per_worker))
+
+    def _wait_ready(self, actors: Sequence[Any]) -> None:
+        try:
+            ray.get([a.ready.remote() for a in actors])
+        except (RayActorError, RayTaskError) as exc:
+            raise RuntimeError(f"A Ray worker could not load {self.model.spec!r}: {exc}") from None
+
+    def grow(self, n: int) -> None:
+        """Start workers until there are ``min(n, size)`` and wait until each holds its model."""
+        new = [self._new() for _ in range(max(0, min(n, self.size) - len(self.actors)))]
+        self._wait_ready(new)
+        self.actors.extend(new)
+
+    def call(self, task: str, *args: Any) -> Any:
+        """Run one task on the first worker (e.g. the calibration every unit shares)."""
+        return self.run([Unit("_call", task, args)], None, progress=False)["_call"]
+
+    def run(
+        self, units: Sequence[Unit], store: UnitStore | None, *, progress: bool = True, report: UnitReport | None = None
+    ) -> dict[str, Any]:
+        """Every unit's result (from ``store`` when finished before); new results are saved there
+        as they arrive. A unit whose worker died goes to a fresh worker; an error a unit raises is
+        raised here (the original exception, not Ray's wrapper)."""
+        report = report or UnitReport()
+        results: dict[str, Any] = {}
+        todo: deque[Unit] = deque()
+        for unit in units:
+            if store is not None and store.has(unit.key):
+                results[unit.key] = store.load(unit.key)
+            else:
+                todo.append(unit)
+        report.units += len(units)
+        report.skipped += len(units) - len(todo)
+        if not todo:
+            return results
+        self.grow(len(todo))
+        started = time.perf_counter()
+        idle = deque(range(len(self.actors)))
+        running: dict[Any, tuple[int, Unit]] = {}
+        tries: dict[str, int] = {}
+        bar = tqdm(total=len(todo), desc=f"units on {len(self.actors)} Ray workers", disable=not progress)
+        try:
+            while todo or running:
+                while todo and idle:
+                    slot, unit = idle.popleft(), todo.popleft()
+                    ref = getattr(self.actors[slot], unit.task).remote(*unit.args)
+                    running[ref] = (slot, unit)
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                slot, unit = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayActorError:
+                    tries[unit.key] = tries.get(unit.key, 0) + 1
+                    if tries[unit.key] > self.cluster.max_retries:
+                        raise RuntimeError(
+                            f"Unit {unit.key} lost its worker {tries[unit.key]} times; giving up "
+                            f"(max_retries={self.cluster.max_retries})."
+                        ) from None
+                    report.retried.append(unit.key)
+                    bar.write(f"worker died during unit {unit.key}; retrying it on a new worker", file=sys.stderr)
+                    self.actors[slot] = self._new()
+                    self._wait_ready([self.actors[slot]])
+                    todo.appendleft(unit)
+                    idle.append(slot)
+                    continue
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, Exception) else exc
+                    raise cause from None
+                if store is not None:
+                    store.save(unit.key, result)
+                results[unit.key] = result
+                idle.append(slot)
+                bar.update(1)
+        finally:
+            bar.close()
+            report.seconds += time.perf_counter() - started
+            report.workers = self.started
+        return results
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkerResponse:
+    """A DCT's Δ(θ) (:class:`~melbo_tl.optimize.calibration.SliceResponse`) whose row chunks run
+    on Ray workers, one unit per chunk of ``chunk_size`` rows, the chunks the local response would
+    compute; ``problem`` and ``d_model`` stay the local ones (the driver holds the model too)."""
+
+    def __init__(self, local: Any, pool: WorkerPool, prompts: list[Any], cfg: dict[str, Any]) -> None:
+        self.local, self.pool, self.prompts, self.cfg = local, pool, prompts, cfg
+        self.problem, self.chunk = local.problem, local.chunk
+        self.calls = 0
+
+    @property
+    def d_model(self) -> int:
+        return int(self.local.d_model)
+
+    def _rows(self, op: str, theta: torch.Tensor, outputs: Any = None) -> list[Any]:
+        units = []
+        for n, i in enumerate(range(0, len(theta), self.chunk)):
+            out = outputs[i : i + self.chunk].cpu() if isinstance(outputs, torch.Tensor) else outputs
+            args = (self.prompts, self.cfg, op, theta[i : i + self.chunk].detach().cpu(), out)
+            units.append(Unit(f"{op}-{n}", "dct_rows", args))
+        self.calls += 1
+        done = self.pool.run(units, None, progress=False)
+        return [done[u.key] for u in units]
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._rows("delta", theta)).to(theta.device)
+
+    def jvp(self, directions: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self._rows("jvp", directions)).to(directions.device)
+
+    def pullback(self, theta: torch.Tensor, outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = self._rows("pullback", theta, outputs)
+        delta = torch.cat([d for d, _ in parts]).to(theta.device)
+        return delta, torch.cat([g for _, g in parts]).to(theta.device)
+
+
+@contextlib.contextmanager
+def dct_on_workers(
+    model: WorkerModel, prompts: Sequence[Any] | Any, cfg: Any, *, cluster: Cluster
+) -> Iterator[WorkerPool]:
+    """Within the block, every DCT fit on ``prompts`` with ``cfg`` (e.g. ``train_to_folder(…,
+    "dct", …)`` on the driver's own copy of the model: calibration bookkeeping, orthogonalization,
+    ranking, checkpoints and ``--resume`` as ever) computes its Δ evaluations, the forward and
+    backward passes over F rows, as chunk-sized units on Ray workers. The same chunks give the
+    single process's numbers."""
+    from melbo_tl.optimize.dct import response_wrapper
+
+    plain = cfg.to_dict()
+    with (
+        WorkerPool(model, cluster) as pool,
+        response_wrapper(lambda local: WorkerResponse(local, pool, stored_prompts(prompts), plain)),
+    ):
+        yield pool
+
+
+def _merge_vector_runs(parts: Sequence[dict[str, Any]]) -> Run:
+    """Batches of one run, in index order, as the one run a single process writes."""
+    tensors = {k: torch.cat([p["tensors"][k] for p in parts]) for k in parts[0]["tensors"]}
+    meta = dict(parts[0]["meta"])
+    meta["hooks"] = [h for p in parts for h in p["meta"]["hooks"]]
+    meta["per_vector"] = [row for p in parts for row in p["meta"]["per_vector"]]
+    meta["status"] = COMPLETE
+    meta.pop("n_vectors", None)
+    return Run(tensors, meta)
+
+
+def train_to_folder_ray(
+    model: WorkerModel,
+    method: str,
+    prompts: Sequence[Any] | Any,
+    cfg: MelboConfig,
+    out: str | Path,
+    *,
+    cluster: Cluster,
+    resume: bool = False,
+    progress: bool = True,
+    outputs: OutputWriter | None = None,
+    report: UnitReport | None = None,
+) -> Path:
+    """:func:`~melbo_tl.training.train_to_folder` with the vector batches on Ray workers.
+
+    Only ``melbo`` in mode ``independent`` splits (its batches are independent); ``resume``
+    continues after the finished batches of a killed driver (or returns a complete run as it
+    is). ``outputs(model, folder)`` then runs on one worker on a copy of the finished run (e.g.
+    the CLI's ``generations.jsonl`` and ``losses.html``); the files it adds are copied into ``out``.
+    """
+    m = get_method(method)
+    if m.name != "melbo" or not isinstance(cfg, MelboConfig):
+        raise ValueError(f"--ray splits MELBO runs (method 'melbo' with a MelboConfig), not {method!r}.")
+    batches = independent_batches(cfg)
+    prompts = stored_prompts(prompts)
+    out = Path(out)
+    store = UnitStore(out / UNITS_DIR)
+    if ((out / RUN_FILE).is_file() or store.exists()) and not resume:
+        raise ValueError(
+            f"{out} already holds a run; pass resume=True (--resume) to continue it, or choose another folder."
+        )
+    with WorkerPool(model, cluster) as pool:
+        pool.grow(len(batches))  # all workers load the model at once
+        cfg = MelboConfig.from_dict(pool.call("config", m.name, cfg.to_dict()))  # as train_to_folder stores it
+        if (out / RUN_FILE).is_file():
+            previous = load_run(out)
+            check_resumable(out, previous, m, cfg, prompts)
+            if previous.meta.get("status") == COMPLETE and len(previous.hooks) == cfg.n_vectors:
+                return out
+        store.start({"method": m.name, "config": cfg.to_dict(), "prompts": prompts})
+        plain = cfg.to_dict()
+        calibration = None
+        if cfg.radius == "auto":
+            done = pool.run([Unit("calibration", "calibrate", (prompts, plain))], store, report=report)
+            calibration = done["calibration"]["calibration"]
+        units = [
+            Unit(f"vectors-{b.start}-{b.stop - 1}", "melbo_batch", (prompts, plain, b.start, b.stop, calibration))
+            for b in batches
+        ]
+        parts = pool.run(units, store, progress=progress, report=report)
+        run = _merge_vector_runs([parts[u.key] for u in units])
+        save_run(out, run)
+        if outputs is not None:
+            files = pool.call("run_outputs", run.tensors, run.meta, outputs)
+            for name, data in files.items():
+                atomic_write_bytes(out / name, data)
+    store.remove()
+    return out
+
+
+def sweep_radius_ray(
+    model: WorkerModel,
+    prompt: Any,
+    radii: Sequence[float],
+    cfg: MelboConfig,
+    *,
+    out: str | Path,
+    cluster: Cluster,
+    resume: bool = False,
+    max_new_tokens: int = 48,
+    embedder: str = "auto",
+    progress: bool = True,
+    report: UnitReport | None = None,
+) -> SweepResult:
+    """:func:`~melbo_tl.optimize.sweep.sweep_radius` with one radius per unit on Ray workers.
+    Finished radii are kept in ``<out>/.ray-units`` until the caller has written the result
+    (then call :func:`finish`), so a rerun with ``resume`` skips them."""
+    if not radii:
+        raise ValueError("Give at least one radius.")
+    store = UnitStore(Path(out) / UNITS_DIR)
+    if store.exists() and not resume:
+        raise ValueError(
+            f"{out} holds an interrupted --ray sweep; pass --resume to continue it, or choose another folder."
+        )
+    plain = cfg.to_dict()
+    store.start({"sweep": [float(r) for r in radii], "prompt": prompt, "config": plain, "max_new_tokens": max_new_tokens,
+                 "embedder": embedder})  # fmt: skip
+    units = [
+        Unit(f"radius-{i}", "sweep_cell", (prompt, float(r), plain, max_new_tokens, embedder))
+        for i, r in enumerate(radii)
+    ]
+    with WorkerPool(model, cluster) as pool:
+        cells = pool.run(units, store, progress=progress, report=report)
+    parts = [cells[u.key] for u in units]
+    keys = ("vectors", "hook", "losses", "objectives", "seconds", "texts")
+    results = [MelboResult(config=MelboConfig.from_dict(p["config"]), **{k: p[k] for k in keys}) for p in parts]
+    rows = [SweepRow(**p["row"]) for p in parts]
+    return SweepResult(rows, parts[0]["embedder"], parts[0]["settings"], results)
+
+
+def finish(out: str | Path) -> None:
+    """Delete ``<out>/.ray-units`` once the merged result is written."""
+    UnitStore(Path(out) / UNITS_DIR).remove()
+
+
+def report_dict(report: UnitReport) -> dict[str, Any]:
+    return asdict(report)
