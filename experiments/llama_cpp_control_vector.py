@@ -73,13 +73,13 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 def cli_completion(binary: str, gguf: Path, text: str, n: int, threads: int, cv: Path | None, scale: float) -> str:
     cmd = [binary, "-m", str(gguf), "-p", text, "-n", str(n), "--temp", "0", "--seed", "0", "-t", str(threads),
-           "-no-cnv", "--no-display-prompt", "--no-warmup", "-c", "512"]  # fmt: skip
+           "-no-cnv", "--no-display-prompt", "--no-warmup", "-c", "512", "--no-repack"]  # fmt: skip
     if cv is not None:
         cmd += ["--control-vector-scaled", f"{cv}:{scale}"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr[-2000:]}")
-    return res.stdout.strip()
+    return res.stdout.strip().removesuffix("[end of text]").strip()
 
 
 def main() -> None:
@@ -153,6 +153,8 @@ def main() -> None:
                 delta = (ours(site)[:, :vocab] - o_plain).reshape(-1)
                 layer_check[f"blocks.{k}.hook_resid_post"] = float(np.corrcoef(delta_llama, delta)[0, 1])
 
+        for lm in lms.values():
+            lm.close()
         cli: dict[str, Any] = {}
         if args.llama_completion:
             for name, (c, s) in conditions.items():

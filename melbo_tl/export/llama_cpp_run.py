@@ -12,8 +12,9 @@ one context with one fixed control vector (a fresh context per condition: nothin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,27 @@ def control_vector_buffer(cv: ControlVector, scale: float = 1.0) -> np.ndarray:
     return out
 
 
+@contextlib.contextmanager
+def _plain_weight_buffers(bindings: Any) -> Iterator[None]:
+    """Load models without llama.cpp's extra weight buffers (``use_extra_bufts = false``, the CLI's
+    ``--no-repack``). A native build on a CPU with AMX routes matmuls to ggml's AMX kernels, which
+    crashed (SIGSEGV in ``ggml_backend_amx_mul_mat``) in this project's VM; the plain CPU kernels
+    compute the same quantized products. llama-cpp-python does not expose the flag, so the
+    default-params function it calls is wrapped for the duration of the load."""
+    original = bindings.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = original
+
+
 class LlamaCppModel:
     """A llama.cpp context on ``gguf`` with every position's logits kept, optionally steered."""
 
@@ -55,11 +77,11 @@ class LlamaCppModel:
         seed: int = 0,
     ) -> None:
         llama_cpp = import_llama_cpp()
-        self._lib = llama_cpp
-        self.llm = llama_cpp.Llama(
-            model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_threads=threads,
-            n_threads_batch=threads, seed=seed, verbose=False,
-        )  # fmt: skip
+        with _plain_weight_buffers(llama_cpp.llama_cpp):
+            self.llm = llama_cpp.Llama(
+                model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, n_threads=threads,
+                n_threads_batch=threads, seed=seed, verbose=False,
+            )  # fmt: skip
         self.n_layers = int(llama_cpp.llama_model_n_layer(self.llm._model.model))
         if control_vector is not None:
             if control_vector.n_embd != self.llm.n_embd():
@@ -100,3 +122,7 @@ class LlamaCppModel:
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        """Free the context and model now (rather than at interpreter exit)."""
+        self.llm.close()

@@ -63,6 +63,7 @@ def test_llama_cpp_stops_refusing_with_the_vector_as_melbo_tl_does(real_model, g
     def llama(control_vector, scale):
         lm = LlamaCppModel(gguf, control_vector=control_vector, scale=scale)
         ids = lm.greedy(lm.tokenize(text), max_new_tokens=N_TOKENS, stops=stops)
+        lm.close()
         return ids, tok.decode(ids, skip_special_tokens=True)
 
     ids, steered = llama(cv, 1.0)
@@ -83,6 +84,8 @@ def test_llama_cpp_logits_match_melbo_tl_at_the_mapped_layer_only(real_model, gg
     lm_steered, lm_plain = LlamaCppModel(gguf, control_vector=cv), LlamaCppModel(gguf)
     seq = lm_plain.tokenize(text) + ours_completion.token_ids
     l_steered, l_plain = lm_steered.logits(seq), lm_plain.logits(seq)
+    lm_steered.close()
+    lm_plain.close()
     batch = left_pad([seq], 0)
 
     def ours(*steers):
