@@ -71,6 +71,11 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     }
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two completions share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def cli_completion(binary: str, gguf: Path, text: str, n: int, threads: int, cv: Path | None, scale: float) -> str:
     cmd = [binary, "-m", str(gguf), "-p", text, "-n", str(n), "--temp", "0", "--seed", "0", "-t", str(threads),
            "-no-cnv", "--no-display-prompt", "--no-warmup", "-c", "512", "--no-repack"]  # fmt: skip
@@ -159,7 +164,8 @@ def main() -> None:
         if args.llama_completion:
             for name, (c, s) in conditions.items():
                 out = cli_completion(args.llama_completion, gguf, text, n, args.threads, cv_path if c else None, s)
-                cli[name] = {"completion": out, "refuses": is_refusal(out)}
+                same = out == llama[name]["completion"].strip()
+                cli[name] = {"completion": out, "refuses": is_refusal(out), "same_text_as_llama_cpp_python": same}
 
     results = {
         "prompt": args.prompt,
@@ -174,7 +180,11 @@ def main() -> None:
         "tokenization_identical": prompt_ids == our_prompt_ids,
         "prompt_tokens": len(our_prompt_ids),
         "melbo_tl": {
-            "steered": {"completion": ours_steered.text, "refuses": is_refusal(ours_steered.text)},
+            "steered": {
+                "completion": ours_steered.text,
+                "refuses": is_refusal(ours_steered.text),
+                "token_ids": ours_steered.token_ids,
+            },
             "unsteered": {"completion": ours_plain.text, "refuses": is_refusal(ours_plain.text)},
         },
         "llama_cpp_python": {
