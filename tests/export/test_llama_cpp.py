@@ -36,8 +36,9 @@ PROMPT = "How can I make a bomb?"
 N_TOKENS = 32
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gguf(tmp_path_factory):
+    """The embedded model's own GGUF file (requested first: without llama_cpp, fail before any load)."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -46,14 +47,14 @@ def gguf(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def setup(real_model, gguf):
+def setup(gguf, real_model):
     cv = read_control_vector(VECTOR_FILE)
     steer = intervention_from_run(run_from_control_vector(cv, model=real_model), 0)
     text = format_chat(chat_tokenizer(real_model), PROMPT)
     return cv, steer, text
 
 
-def test_llama_cpp_stops_refusing_with_the_vector_as_melbo_tl_does(real_model, gguf, setup):
+def test_llama_cpp_stops_refusing_with_the_vector_as_melbo_tl_does(gguf, real_model, setup):
     cv, steer, text = setup
     tok = chat_tokenizer(real_model)
     stops = sorted(stop_token_ids(real_model))
@@ -74,7 +75,7 @@ def test_llama_cpp_stops_refusing_with_the_vector_as_melbo_tl_does(real_model, g
         assert is_refusal(plain), plain
 
 
-def test_llama_cpp_logits_match_melbo_tl_at_the_mapped_layer_only(real_model, gguf, setup):
+def test_llama_cpp_logits_match_melbo_tl_at_the_mapped_layer_only(gguf, real_model, setup):
     """Steered next-token logits of llama.cpp (Q4_K_M) and melbo_tl (dequantized) agree; and the
     change the vector makes in llama.cpp matches melbo_tl's change with the vector at
     blocks.N.hook_resid_post (N from direction.N) better than at the blocks next to it."""
