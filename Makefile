@@ -20,9 +20,11 @@ EXTRAS := embedded,embeddings,distributed,dev
 # `make lock UPGRADE=transformers` (or UPGRADE="a b", or UPGRADE=all) moves those packages to
 # the newest release the ranges allow; without it, `make lock` keeps every pin it can.
 UPGRADE ?=
-FAST_TESTS := -m "not real_model"
+FAST_TESTS := -m "not real_model and not llama_cpp"
+# `make test` runs everything except the llama.cpp checks (they need the llamacpp extra, a C++ build).
+DEFAULT_TESTS := -m "not llama_cpp"
 
-.PHONY: install lock demo test test-latest lint bench clean distclean
+.PHONY: install lock demo test test-llama-cpp test-latest lint bench clean distclean
 
 install: $(STAMP)
 
@@ -59,7 +61,14 @@ demo: $(STAMP)
 # Lint first (ruff: style and errors), then all tests, including the real_model ones (the first
 # run dequantizes the embedded model, ~1 min).
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(DEFAULT_TESTS)
+
+# Exported control vectors in llama.cpp itself: installs the llamacpp extra (llama-cpp-python,
+# built from source: about 35 min on 2 cores the first time, then from pip's wheel cache) and
+# runs the tests marked llama_cpp (they load the embedded model).
+test-llama-cpp: $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(BIN)/pip install -e '.[llamacpp]'
+	$(BIN)/python -m pytest -q -m llama_cpp
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

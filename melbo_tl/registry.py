@@ -37,6 +37,7 @@ BUILTIN: dict[str, str] = {
     "oneshot": "melbo_tl.optimize.oneshot",
     "refusal-direction": "melbo_tl.directions.method",
     "dct": "melbo_tl.optimize.dct",
+    "control-vector": "melbo_tl.export.method",
 }
 
 
