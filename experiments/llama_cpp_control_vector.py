@@ -188,7 +188,7 @@ def main() -> None:
             "unsteered": {"completion": ours_plain.text, "refuses": is_refusal(ours_plain.text)},
         },
         "llama_cpp_python": {
-            k: {**v, "same_tokens_as_melbo_tl_steered": v["token_ids"] == ours_steered.token_ids}
+            k: {**v, "common_prefix_with_melbo_tl_steered": common_prefix(v["token_ids"], ours_steered.token_ids)}
             for k, v in llama.items()
         },
         "llama_cpp_cli": cli,
