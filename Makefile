@@ -20,6 +20,9 @@ EXTRAS := embedded,embeddings,distributed,dev
 # `make lock UPGRADE=transformers` (or UPGRADE="a b", or UPGRADE=all) moves those packages to
 # the newest release the ranges allow; without it, `make lock` keeps every pin it can.
 UPGRADE ?=
+# The llamacpp extra, pinned (its other dependencies, numpy, jinja2 and typing-extensions, are in
+# the lock); --no-deps, so this target never moves a locked package.
+LLAMACPP := llama-cpp-python==0.3.36 diskcache==5.6.3
 FAST_TESTS := -m "not real_model and not llama_cpp"
 # `make test` runs everything except the llama.cpp checks (they need the llamacpp extra, a C++ build).
 DEFAULT_TESTS := -m "not llama_cpp"
@@ -67,7 +70,7 @@ test: $(STAMP) lint
 # built from source: about 35 min on 2 cores the first time, then from pip's wheel cache) and
 # runs the tests marked llama_cpp (they load the embedded model).
 test-llama-cpp: $(STAMP)
-	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(BIN)/pip install -e '.[llamacpp]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(BIN)/pip install --no-deps $(LLAMACPP)
 	$(BIN)/python -m pytest -q -m llama_cpp
 
 lint: $(STAMP)
