@@ -15,7 +15,9 @@ submitted to the last result. Every run's vectors are compared with the ``single
 and after each run is recorded.
 
 Run: ``.venv/bin/python benchmarks/ray_sweep.py [--model smollm2-135m-instruct --steps 200]``;
-writes ``benchmarks/results/ray_sweep.json``.
+writes ``benchmarks/results/ray_sweep.json`` (``--out``). The README's figures:
+``--steps 10 --vectors 1`` (``results/ray_sweep_steps10.json``) and ``--steps 40 --vectors 1
+--runs ray-2workers,ray-1worker,single-1thread,single-2threads`` (``results/ray_sweep_steps40.json``).
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ def main() -> None:
     reference = vectors.get("single-1thread")
     for name, vs in vectors.items():
         if reference is not None:
-            rows[name]["equal_to_single_1thread"] = all(torch.equal(a, b) for a, b in zip(vs, reference))
-            rows[name]["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(vs, reference))
+            rows[name]["equal_to_single_1thread"] = [torch.equal(a, b) for a, b in zip(vs, reference)]
+            rows[name]["max_abs_diff"] = [float((a - b).abs().max()) for a, b in zip(vs, reference)]  # per radius
+            rows[name]["finite"] = [bool(torch.isfinite(a).all()) for a in vs]
     result = {
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "cpus": os.cpu_count(),

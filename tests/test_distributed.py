@@ -214,3 +214,27 @@ def test_dct_with_its_row_chunks_on_two_workers_equals_the_single_process(cluste
         "calibration": {k: v for k, v in meta["calibration"].items() if k != "seconds"},
     }
     assert drop(single.meta) == drop(split.meta)
+
+
+def test_melbo_sweep_with_ray_writes_the_single_process_sweep_json(cluster, tiny_model, tiny_model_dir, tmp_path):
+    from melbo_tl.cli.train import _mode
+
+    args = [
+        "sweep", "--model", str(tiny_model_dir), "--device", "cpu", "--prompt", PROMPTS[0], "--radii", "1,4",
+        "--vectors", "2", "--source", "0", "--target", "3", "--steps", "3", "--positions", "last:2",
+        "--max-new-tokens", "4", "--embedder", "model",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "split"), "--ray", cluster])
+    assert res.exit_code == 0, res.output
+    table = json.loads((tmp_path / "split" / "sweep.json").read_text())
+    cfg = MelboConfig(
+        radius=1.0, source_layer=0, target_layer=3, positions="last:2", n_vectors=2, steps=3, mode=_mode(None, False)
+    )
+    with one_thread():
+        single = sweep_radius(
+            tiny_model, PROMPTS[0], [1.0, 4.0], cfg, max_new_tokens=4, embedder="model", progress=False
+        )
+    expected = {**single.to_dict(), "prompt": PROMPTS[0]}
+    no_time = lambda t: {**t, "rows": [{**r, "seconds": 0} for r in t["rows"]]}  # noqa: E731
+    assert no_time(table) == no_time(json.loads(json.dumps(expected)))
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == ["sweep.html", "sweep.json"]

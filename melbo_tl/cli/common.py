@@ -150,6 +150,8 @@ def ray_setup(
     from melbo_tl.models import DEFAULT_MODEL
 
     check_dtype(dtype)
+    if device is not None and device_map is not None:
+        raise ValueError(f"Give --device ({device}) or --device-map ({device_map}), not both.")
     status(f"--ray {ray}: the units run on Ray workers, each loading {model or DEFAULT_MODEL} itself")
     worker = WorkerModel(model or DEFAULT_MODEL, device=device, dtype=dtype, device_map=device_map_value(device_map))
     return worker, Cluster(address=ray, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
