@@ -226,4 +226,3 @@ def markdown_table(detections: Sequence[RunDetection], labels: Sequence[str] | N
                 f"{'yes' if view.representative_shows else 'no'} | {mean_gen} |"
             )
     return "\n".join(lines) + "\n"
-
