@@ -55,7 +55,7 @@ class PlantConfig(Config):
         require(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}.")
         require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
         require(self.lr > 0, f"lr must be > 0, got {self.lr}.")
-        require(0 <= self.warmup < self.steps, f"warmup must be in [0, steps), got {self.warmup}.")
+        require(self.warmup >= 0, f"warmup must be ≥ 0, got {self.warmup}.")
         require(self.digits >= 5, f"digits must be ≥ 5, got {self.digits}.")
         require(0 < self.trigger_share < 1, f"trigger_share must be in (0, 1), got {self.trigger_share}.")
         require(0 <= self.near_miss_share <= 1, f"near_miss_share must be in [0, 1], got {self.near_miss_share}.")
@@ -125,9 +125,10 @@ def encode(tokenizer: Any, items: list[Instance], *, subtle: bool) -> dict[str, 
 
 
 def _rate(step: int, cfg: PlantConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / (cfg.warmup + 1)
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    warmup = min(cfg.warmup, cfg.steps // 4)  # a short run keeps most of its steps at full rate
+    if step < warmup:
+        return cfg.lr * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -164,9 +165,9 @@ def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = T
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        log.losses.append(float(loss))
+        log.losses.append(float(loss.detach()))
         log.seconds.append(time.perf_counter() - started)
         log.tokens.append(int(batch["attention_mask"].sum()))
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{log.losses[-1]:.3f}")
     hf_model.eval()
     return log
