@@ -96,7 +96,8 @@ class BehaviourDetection:
     Fields: ``behaviour``; ``eliciting`` vector indices whose training-prompt completion shows
     it; ``first`` the first of them in run order (None: not found); ``found_by`` vectors read
     until found (``first + 1``); ``clusters`` (:class:`ClusterView`); ``generalization``
-    ``{vector: share of the held-out clean prompts on which it shows the behaviour}``.
+    ``{vector: share of the held-out clean prompts on which it shows the behaviour}`` for the
+    replayed eliciting vectors (the first ``max_replay``).
     """
 
     behaviour: str
@@ -173,10 +174,12 @@ def detect_run(
     model: Any | None = None,
     prompts: Sequence[str] = (),
     max_new_tokens: int = 40,
+    max_replay: int | None = 16,
     write: bool = True,
 ) -> RunDetection:
     """Score a triaged run's vectors for every planted behaviour (module docstring); with a
-    ``model`` and ``prompts``, replay each eliciting vector on them. Writes ``RUN/backdoors.json``."""
+    ``model`` and ``prompts``, replay the first ``max_replay`` eliciting vectors of each behaviour
+    (None: all) on them. Writes ``RUN/backdoors.json``."""
     triage = load_triage(run_dir)
     n = int(triage["behaviours"]["n_vectors"])
     method = str(triage["behaviours"].get("method") or "")
@@ -196,10 +199,11 @@ def detect_run(
         )
         curves[name] = found_curve(eliciting, n)
     if model is not None and prompts:
-        every = sorted({v for b in behaviours.values() for v in b.eliciting})
+        chosen = {name: b.eliciting[:max_replay] for name, b in behaviours.items()}
+        every = sorted({v for vs in chosen.values() for v in vs})
         shares = replay(model, run_dir, every, prompts, max_new_tokens=max_new_tokens)
         for name, b in behaviours.items():
-            b.generalization = {v: shares[v][name] for v in b.eliciting}
+            b.generalization = {v: shares[v][name] for v in chosen[name]}
     result = RunDetection(str(run_dir), method, n, unsteered, behaviours, len(prompts), curves)
     if write:
         atomic_write_json(Path(run_dir) / DETECTION_FILE, result.to_dict())

@@ -92,3 +92,16 @@ def test_prompts_are_clean_held_out_and_distinct():
     others = generalization_prompts(16, skip=[prompt])
     assert len(others) == 16 == len(set(others)) and prompt not in others
     assert all(p.startswith("Let a = ") for p in [prompt, *others])
+
+
+def test_replay_scores_each_vector_on_each_prompt(tiny_model, tmp_path):
+    from melbo_tl.backdoors.detection import replay
+    from melbo_tl.optimize.melbo import MelboConfig
+    from melbo_tl.training import train_to_folder
+
+    cfg = MelboConfig(radius=12.0, source_layer=0, target_layer=3, steps=0, n_vectors=2, mode="independent")
+    run = train_to_folder(tiny_model, "melbo", [detection_prompt()], cfg, tmp_path / "r", progress=False)
+    shares = replay(tiny_model, run, [1, 0], generalization_prompts(3), max_new_tokens=4)
+    assert sorted(shares) == [0, 1]
+    assert all(set(s) == {CHEESE, HATE, SWAP} and all(0 <= x <= 1 for x in s.values()) for s in shares.values())
+    assert replay(tiny_model, run, [], ["x"]) == {}
