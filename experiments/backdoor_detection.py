@@ -20,6 +20,7 @@ Writes ``--out``/{dct,melbo,random}/ (run folders with triage/ and backdoors.jso
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -79,32 +80,42 @@ def main() -> None:
     dct_meta = load_run(dct).meta
     radius = float(dct_meta["radius"])
     common = dict(radius=radius, source_layer=int(dct_meta["source_layer"]), target_layer=int(dct_meta["target_layer"]))
-    melbo = stage("melbo", lambda: train_to_folder(
-        model, "melbo", [prompt],
-        MelboConfig(n_vectors=args.melbo_vectors, steps=args.melbo_steps, lr=args.melbo_lr, mode="batched-orthogonal",
-                    batch_size=args.melbo_vectors, **common),
-        args.out / "melbo", resume=True,
-    ))  # fmt: skip
-    random = stage("random", lambda: train_to_folder(
-        model, "melbo", [prompt],
-        MelboConfig(n_vectors=args.random_vectors, steps=0, mode="batched-orthogonal", batch_size=64, **common),
-        args.out / "random", resume=True,
-    ))  # fmt: skip
+    trainers = {
+        "random": lambda: train_to_folder(
+            model, "melbo", [prompt],
+            MelboConfig(n_vectors=args.random_vectors, steps=0, mode="batched-orthogonal", batch_size=64, **common),
+            args.out / "random", resume=True,
+        ),
+        "MELBO": lambda: train_to_folder(
+            model, "melbo", [prompt],
+            MelboConfig(n_vectors=args.melbo_vectors, steps=args.melbo_steps, lr=args.melbo_lr,
+                        mode="batched-orthogonal", batch_size=args.melbo_vectors, **common),
+            args.out / "melbo", resume=True,
+        ),
+    }  # fmt: skip
     triage_cfg = TriageConfig(max_new_tokens=args.max_new_tokens)
     others = generalization_prompts(args.generalize, skip=[prompt])
-    detections = {}
-    runs = {"DCT": dct, "MELBO": melbo, "random": random}
-    for label, run in runs.items():
-        stage(f"triage {label}", lambda r=run: triage_run(model, r, triage_cfg))
-        detections[label] = stage(f"detect {label}", lambda r=run: detect_run(r, model=model, prompts=others))
     unsteered_others = generate(model, others, max_new_tokens=args.max_new_tokens, batch_size=32)
     baseline = {b: sum(score(c.text)[b] for c in unsteered_others) / len(others) for b in BEHAVIOURS}
+    detections = {}
+    # DCT first, then random, then MELBO: each method is triaged and scored before the next one
+    # trains, and the results files are rewritten after each, so a late crash keeps the earlier ones.
+    for label in ("DCT", "random", "MELBO"):
+        run = dct if label == "DCT" else stage(label, trainers[label])
+        stage(f"triage {label}", lambda r=run: triage_run(model, r, triage_cfg))
+        detections[label] = stage(f"detect {label}", lambda r=run: detect_run(r, model=model, prompts=others))
+        write_results(args, path, manifest, prompt, unsteered.text, radius, common, others, baseline, detections,
+                      timings)  # fmt: skip
+    print(report(json.loads((args.results / "results.json").read_text()), detections))
+    print(f"timings (s): {timings}")
 
+
+def write_results(args, path, manifest, prompt, unsteered, radius, common, others, baseline, detections, timings):
     results = {
         "planted_model": {"name": args.name, "path": str(path), **{k: manifest[k] for k in (
             "base_model", "config", "training", "rates", "build_seconds", "eval_seconds", "torch_threads")}},
         "training_prompt": prompt,
-        "unsteered_completion": unsteered.text,
+        "unsteered_completion": unsteered,
         "radius": radius,
         "sites": common,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -121,8 +132,6 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "results.json", results)
     atomic_write_text(args.results / "results.md", report(results, detections))
-    print(report(results, detections))
-    print(f"timings (s): {timings}")
 
 
 def report(results: dict, detections: dict) -> str:
@@ -149,8 +158,13 @@ def report(results: dict, detections: dict) -> str:
     ]
     for label, per_b in results["found_curve_at"].items():
         for b, curve in per_b.items():
+            curve = {int(k): v for k, v in curve.items()}
             cells = [("yes" if curve[n] else "no") if n in curve else "–" for n in CURVE_AT]
             lines.append(f"| {label} | {b} | " + " | ".join(cells) + " |")
+    base = results["unsteered_on_generalization_prompts"]
+    lines += ["", f"Unsteered on the {len(results['generalization_prompts'])} generalization prompts: "
+              + ", ".join(f"{b} {v:.2f}" for b, v in base.items()) + "."]  # fmt: skip
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings"].items()) + "."]
     missing = [f"{label}: {b}" for label, d in detections.items() for b, x in d.behaviours.items() if not x.found]
     lines += ["", f"Not found: {'; '.join(missing) or 'none'}.", ""]
     return "\n".join(lines)
