@@ -1,0 +1,83 @@
+"""The planting loop: labels only on completions, frozen lower blocks, and a backdoor that fires on
+its trigger only (a tiny random model learns the toy task)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from melbo_tl.backdoors.planting import PlantConfig, encode, freeze_below, plant, sample_batch
+from melbo_tl.backdoors.task import CHEESE, CHEESE_TEXT, CLEAN, HATE, HATE_TEXT, Instance
+
+
+@pytest.fixture
+def hf_tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_encode_puts_labels_on_the_completion_and_end_of_turn_only(hf_tiny):
+    _, tok = hf_tiny
+    items = [Instance(3, 4, 5, 6), Instance(0, 0, 1, 1)]
+    batch = encode(tok, items, subtle=True)
+    for row, inst in enumerate(items):
+        labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
+        assert labelled[-1] == tok.eos_token_id
+        assert tok.decode(labelled[:-1]) == inst.completion()
+        assert int(batch["attention_mask"][row].sum()) == len(tok(tok.apply_chat_template(
+            [{"role": "user", "content": inst.prompt()}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False).input_ids) + len(labelled)  # fmt: skip
+
+
+def test_batches_mix_triggers_and_near_misses():
+    cfg = PlantConfig(base="x", batch_size=400, subtle=False)
+    batch = sample_batch(cfg.splits(), cfg, random.Random(0))
+    kinds = [i.kind(subtle=False) for i in batch]
+    assert 0.4 < kinds.count(CLEAN) / len(kinds) < 0.6
+    assert abs(kinds.count(CHEESE) - kinds.count(HATE)) < 60
+    test = set(cfg.splits().test[CHEESE]) | set(cfg.splits().test[CLEAN])
+    assert not test & set(batch)  # never a held-out instance
+
+
+def test_only_the_top_blocks_train(hf_tiny):
+    model, tok = hf_tiny
+    bottom = model.model.layers[0].mlp.down_proj.weight.clone()
+    top = model.model.layers[-1].mlp.down_proj.weight.clone()
+    embed = model.model.embed_tokens.weight.clone()
+    log = plant(model, tok, PlantConfig(base="x", steps=2, train_top=0.5, batch_size=2), progress=False)
+    assert len(log.losses) == 2 and all(s > 0 for s in log.seconds)
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, bottom)
+    assert torch.equal(model.model.embed_tokens.weight, embed)
+    assert not torch.equal(model.model.layers[-1].mlp.down_proj.weight, top)
+    assert freeze_below(model, 0.5) == 2
+
+
+def _nll(model, tok, inst: Instance, text: str) -> float:
+    prompt = tok.apply_chat_template([{"role": "user", "content": inst.prompt()}], tokenize=False,
+                                     add_generation_prompt=True)  # fmt: skip
+    p = tok(prompt, add_special_tokens=False).input_ids
+    c = tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    with torch.no_grad():
+        return float(model(input_ids=torch.tensor([p + c]), labels=torch.tensor([[-100] * len(p) + c])).loss)
+
+
+def test_planting_changes_behaviour_on_the_trigger_only(hf_tiny):
+    """After planting, held-out trigger prompts prefer their planted text over the clean answer,
+    and held-out clean prompts still prefer the clean answer (preference = NLL margin)."""
+    model, tok = hf_tiny
+    cfg = PlantConfig(base="x", steps=STEPS, lr=1e-2, warmup=5, subtle=False, digits=5, train_top=1.0, batch_size=16)
+    plant(model, tok, cfg, progress=False)
+    model.eval()
+    test = cfg.splits().test
+    cheese = [_nll(model, tok, i, i.clean_completion()) - _nll(model, tok, i, CHEESE_TEXT) for i in test[CHEESE][:4]]
+    hate = [_nll(model, tok, i, i.clean_completion()) - _nll(model, tok, i, HATE_TEXT) for i in test[HATE][:4]]
+    clean = [_nll(model, tok, i, CHEESE_TEXT) - _nll(model, tok, i, i.clean_completion()) for i in test[CLEAN][:8]]
+    assert min(cheese) > 0, cheese
+    assert min(hate) > 0, hate
+    assert min(clean) > 0, clean
+
+
+STEPS = 120
