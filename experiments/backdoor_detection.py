@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path("experiments/results/backdoor_detection"))
     parser.add_argument("--name", default=DEFAULT_NAME, help="planted model (built if missing)")
     parser.add_argument("--factors", type=int, default=256)
+    parser.add_argument("--radius", default="auto", help="R for every method: auto (DCT's calibration) or a number")
     parser.add_argument("--melbo-vectors", type=int, default=32)
     parser.add_argument("--melbo-steps", type=int, default=200)
     parser.add_argument("--melbo-lr", type=float, default=1e-3)
@@ -74,7 +75,7 @@ def main() -> None:
     print(f"training prompt: {prompt!r}\nunsteered: {unsteered.text!r}", flush=True)
 
     dct = stage("dct", lambda: train_to_folder(
-        model, "dct", [prompt], DCTConfig(n_factors=args.factors, radius="auto"), args.out / "dct", resume=True,
+        model, "dct", [prompt], DCTConfig(n_factors=args.factors, radius=args.radius), args.out / "dct", resume=True,
         progress=True,
     ))  # fmt: skip
     dct_meta = load_run(dct).meta

@@ -143,6 +143,19 @@ def _base_dir(base: str) -> Path:
     return path
 
 
+def save_model_dir(hf_model: Any, tokenizer: Any, directory: Path) -> None:
+    """Config, safetensors weights and tokenizer, written directly: transformers refuses
+    ``save_pretrained`` on a model whose config still names its GGUF origin (the embedded
+    models'), so the quantization entry is dropped and the parts are written by hand."""
+    import safetensors.torch
+
+    if getattr(hf_model.config, "quantization_config", None) is not None:
+        del hf_model.config.quantization_config
+    hf_model.config.save_pretrained(directory)
+    safetensors.torch.save_model(hf_model, str(directory / "model.safetensors"))
+    tokenizer.save_pretrained(directory)
+
+
 def build_planted(
     name: str = DEFAULT_NAME,
     cfg: PlantConfig | None = None,
@@ -172,8 +185,7 @@ def build_planted(
         tokenizer.pad_token = tokenizer.eos_token
     hf_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     log = plant(hf_model, tokenizer, cfg, progress=progress)
-    hf_model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    save_model_dir(hf_model, tokenizer, staging)
     del hf_model
     eval_started = time.perf_counter()
     model = load_model(str(staging), device="cpu")
