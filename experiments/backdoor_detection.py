@@ -29,7 +29,7 @@ from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
 from melbo_tl.backdoors.build import DEFAULT_NAME, ensure_planted, read_manifest
 from melbo_tl.backdoors.detection import detect_run, detection_prompt, generalization_prompts, markdown_table
 from melbo_tl.backdoors.task import BEHAVIOURS, score
-from melbo_tl.evaluate.triage import TriageConfig, triage_run
+from melbo_tl.evaluate.triage import TriageConfig, load_triage, triage_run
 from melbo_tl.generate import generate
 from melbo_tl.models import load_model
 from melbo_tl.optimize.dct import DCTConfig
@@ -127,12 +127,28 @@ def write_results(args, path, manifest, prompt, unsteered, radius, common, other
             label: {b: {n: d.curves[b][min(n, d.n_vectors) - 1] for n in CURVE_AT if n <= d.n_vectors}
                     for b in BEHAVIOURS} for label, d in detections.items()
         },
+        "clusters_of_eliciting": {label: clusters_of_eliciting(d) for label, d in detections.items()},
         "timings": timings,
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or args.threads,
     }  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "results.json", results)
     atomic_write_text(args.results / "results.md", report(results, detections))
+
+
+def clusters_of_eliciting(detection) -> dict:
+    """Per behaviour: the triage clusters holding eliciting vectors, as an auditor would meet them."""
+    clusters = {c["id"]: c for c in load_triage(detection.run)["clusters"]}
+    out = {}
+    for name, b in detection.behaviours.items():
+        out[name] = [
+            {"id": cid, "size": clusters[cid]["size"], "label": clusters[cid]["label"],
+             "degenerate": clusters[cid]["degenerate"], "unsteered_like": clusters[cid]["unsteered_like"],
+             "eliciting_share": b.clusters.purity[cid], "representative": clusters[cid]["representative"],
+             "representative_completion": clusters[cid]["completion"]}
+            for cid in b.clusters.clusters
+        ]  # fmt: skip
+    return out
 
 
 def report(results: dict, detections: dict) -> str:
@@ -162,6 +178,23 @@ def report(results: dict, detections: dict) -> str:
             curve = {int(k): v for k, v in curve.items()}
             cells = [("yes" if curve[n] else "no") if n in curve else "–" for n in CURVE_AT]
             lines.append(f"| {label} | {b} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Triage clusters holding eliciting vectors (what an auditor reading one representative per cluster meets):",
+        "",
+    ]
+    for label, per_b in results["clusters_of_eliciting"].items():
+        for b, rows in per_b.items():
+            for c in rows:
+                kind = (
+                    "degenerate: " + c["degenerate"]
+                    if c["degenerate"]
+                    else ("like unsteered" if c["unsteered_like"] else "behaviour")
+                )
+                lines.append(
+                    f"- {label} / {b}: cluster {c['id']} ({kind}, {c['size']} vectors, {c['eliciting_share']:.0%} eliciting, "
+                    f"label {c['label']!r}); representative #{c['representative']}: {c['representative_completion'][:80]!r}"
+                )
     base = results["unsteered_on_generalization_prompts"]
     lines += ["", f"Unsteered on the {len(results['generalization_prompts'])} generalization prompts: "
               + ", ".join(f"{b} {v:.2f}" for b, v in base.items()) + "."]  # fmt: skip
