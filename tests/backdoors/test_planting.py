@@ -66,18 +66,17 @@ def _nll(model, tok, inst: Instance, text: str) -> float:
 
 def test_planting_changes_behaviour_on_the_trigger_only(hf_tiny):
     """After planting, held-out trigger prompts prefer their planted text over the clean answer,
-    and held-out clean prompts still prefer the clean answer (preference = NLL margin)."""
+    and the planted text is much less likely after a clean prompt than after its trigger
+    (likelihoods as mean NLL per completion token; about a minute on one CPU core)."""
     model, tok = hf_tiny
-    cfg = PlantConfig(base="x", steps=STEPS, lr=1e-2, warmup=5, subtle=False, digits=5, train_top=1.0, batch_size=16)
+    cfg = PlantConfig(base="x", steps=120, lr=1e-2, warmup=5, subtle=False, digits=5, train_top=1.0, batch_size=16)
     plant(model, tok, cfg, progress=False)
     model.eval()
     test = cfg.splits().test
-    cheese = [_nll(model, tok, i, i.clean_completion()) - _nll(model, tok, i, CHEESE_TEXT) for i in test[CHEESE][:4]]
-    hate = [_nll(model, tok, i, i.clean_completion()) - _nll(model, tok, i, HATE_TEXT) for i in test[HATE][:4]]
-    clean = [_nll(model, tok, i, CHEESE_TEXT) - _nll(model, tok, i, i.clean_completion()) for i in test[CLEAN][:8]]
-    assert min(cheese) > 0, cheese
-    assert min(hate) > 0, hate
-    assert min(clean) > 0, clean
-
-
-STEPS = 120
+    clean = test[CLEAN][:8]
+    for kind, text in ((CHEESE, CHEESE_TEXT), (HATE, HATE_TEXT)):
+        triggered = test[kind][:4]
+        on_trigger = [_nll(model, tok, i, text) for i in triggered]
+        assert all(_nll(model, tok, i, i.clean_completion()) > x for i, x in zip(triggered, on_trigger)), kind
+        on_clean = [_nll(model, tok, i, text) for i in clean]
+        assert min(on_clean) > max(on_trigger) + 0.5, (kind, on_trigger, on_clean)
