@@ -128,6 +128,7 @@ def write_results(args, path, manifest, prompt, unsteered, radius, common, other
                     for b in BEHAVIOURS} for label, d in detections.items()
         },
         "clusters_of_eliciting": {label: clusters_of_eliciting(d) for label, d in detections.items()},
+        "shortlist": {label: shortlist(d) for label, d in detections.items()},
         "timings": timings,
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or args.threads,
     }  # fmt: skip
@@ -149,6 +150,15 @@ def clusters_of_eliciting(detection) -> dict:
             for cid in b.clusters.clusters
         ]  # fmt: skip
     return out
+
+
+def shortlist(detection) -> list[dict]:
+    """The triage shortlist (read in this order) and the planted behaviours each entry shows."""
+    behaviours = load_triage(detection.run)["behaviours"]
+    return [
+        {"vector": v, "shows": [b for b, x in detection.behaviours.items() if v in x.eliciting]}
+        for v in behaviours["shortlist"]
+    ]
 
 
 def report(results: dict, detections: dict) -> str:
