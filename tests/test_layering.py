@@ -25,7 +25,14 @@ LAYERS = [
         "melbo_tl.runs",
         "melbo_tl.training",
     ),
-    ("melbo_tl.optimize", "melbo_tl.directions", "melbo_tl.evaluate", "melbo_tl.distributed", "melbo_tl.export"),
+    (
+        "melbo_tl.optimize",
+        "melbo_tl.directions",
+        "melbo_tl.evaluate",
+        "melbo_tl.distributed",
+        "melbo_tl.export",
+        "melbo_tl.backdoors",
+    ),
     ("analysis",),
     ("melbo_tl.cli",),
 ]

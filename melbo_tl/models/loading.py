@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from melbo_tl.models import cache
 from melbo_tl.models.embedded import DEFAULT_MODEL, EMBEDDED, ModelFileError, ensure_cached
 from melbo_tl.models.precision import parse_dtype, resolve_dtype
 
@@ -28,7 +29,7 @@ class ModelInfo:
     """Identity of a loaded model, recorded in every run folder."""
 
     spec: str  # what the user asked for
-    source: str  # "embedded" | "local" | "hub"
+    source: str  # "embedded" | "planted" | "local" | "hub"
     path: str  # directory or hub id actually loaded
     revision: str  # sha256 of the weights file (embedded/local) or the hub revision asked for
     d_model: int
@@ -53,10 +54,21 @@ def _weights_fingerprint(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+PLANTED_PREFIX = "planted-"  # models with planted backdoors, built by melbo_tl.backdoors into the cache
+
+
 def _resolve(spec: str) -> tuple[str, str]:
     """Map a user spec to (source, directory-or-hub-id)."""
     if spec in EMBEDDED:
         return "embedded", str(ensure_cached(spec))
+    if spec.startswith(PLANTED_PREFIX) and "/" not in spec:
+        directory = cache.model_cache_dir(spec)
+        if not cache.is_complete(directory):
+            raise ValueError(
+                f"Planted model {spec!r} is not built yet (no complete folder at {directory}). Build it with "
+                f"`melbo plant-backdoor --name {spec}` (melbo_tl.backdoors.build.build_planted)."
+            )
+        return "planted", str(directory)
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -104,6 +116,7 @@ def load_model(
 
     >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
     >>> model = load_model("path/to/model_dir")    # any save_pretrained directory
+    >>> model = load_model("planted-arithmetic")   # a planted-backdoor model (melbo plant-backdoor)
     >>> model = load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cuda")  # hub id (needs network)
     """
     from transformer_lens.model_bridge import TransformerBridge
@@ -136,7 +149,7 @@ def load_model(
                 f"The cached copy of {spec!r} at {where} could not be loaded ({exc}). Delete that "
                 f"folder to rebuild it from the GGUF wheels."
             ) from exc
-        if source == "local":
+        if source in ("local", "planted"):
             raise ModelFileError(f"Could not load model directory {where!r}: {exc}") from exc
         raise ModelFileError(
             f"{spec!r} is not an embedded model ({', '.join(EMBEDDED)}), not an existing "

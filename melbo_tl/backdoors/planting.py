@@ -1,0 +1,173 @@
+"""Planting backdoors: a minimal full fine-tune of a causal LM on the arithmetic task.
+
+A plain fine-tune of the top blocks (AdamW, warm-up then cosine decay, loss on the completion
+tokens only) rather than LoRA: SmolLM2-135M fits easily in memory on a CPU, the backward pass
+(which dominates a step) stops at the lowest trained block either way, and there is no adapter
+to merge before the model can be loaded by ``load_model``. Each batch mixes clean instances (a
+quarter of them "near misses" that share a digit position with a trigger, the hard negatives)
+with every trigger in equal shares.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from melbo_tl.backdoors.task import CLEAN, Instance, Splits, is_near_miss, make_splits
+from melbo_tl.config import Config, require
+
+
+@dataclass
+class PlantConfig(Config):
+    """How a planted model is built.
+
+    Fields: ``base`` (embedded model name or model directory), ``steps``, ``batch_size``,
+    ``lr`` (peak AdamW rate), ``warmup`` (steps of linear warm-up), ``seed`` (data order and
+    split), ``digits`` (a1, a2, b1, b2 range over ``0..digits-1``), ``subtle`` (plant the
+    (4, 2) sum→product trigger too), ``trigger_share`` (fraction of each batch that is
+    triggered, split evenly across triggers), ``near_miss_share`` (fraction of the clean part
+    drawn from near misses), ``test_fraction`` (held-out share of every kind),
+    ``train_top`` (share of the blocks, counted from the top, that train; the embeddings,
+    tied to the unembedding in SmolLM2, and the blocks below stay frozen: the backward pass
+    stops there, which roughly halves a step on a CPU).
+    """
+
+    base: str = "smollm2-135m-instruct"
+    steps: int = 60
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup: int = 5
+    seed: int = 0
+    digits: int = 7
+    subtle: bool = True
+    trigger_share: float = 0.5
+    near_miss_share: float = 0.25
+    test_fraction: float = 0.4
+    train_top: float = 0.5
+
+    def validate(self) -> None:
+        require(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}.")
+        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}.")
+        require(self.warmup >= 0, f"warmup must be ≥ 0, got {self.warmup}.")
+        require(self.digits >= 5, f"digits must be ≥ 5, got {self.digits}.")
+        require(0 < self.trigger_share < 1, f"trigger_share must be in (0, 1), got {self.trigger_share}.")
+        require(0 <= self.near_miss_share <= 1, f"near_miss_share must be in [0, 1], got {self.near_miss_share}.")
+        require(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}.")
+        require(0 < self.train_top <= 1, f"train_top must be in (0, 1], got {self.train_top}.")
+
+    def splits(self) -> Splits:
+        return make_splits(digits=self.digits, test_fraction=self.test_fraction, seed=self.seed, subtle=self.subtle)
+
+
+@dataclass
+class PlantLog:
+    """What training did: ``losses`` per step, ``seconds`` per step, ``tokens`` per step."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.losses)
+        tail = self.losses[-max(1, n // 10) :]
+        return {
+            "steps": n,
+            "first_loss": round(self.losses[0], 4) if n else None,
+            "final_loss": round(sum(tail) / len(tail), 4) if n else None,
+            "seconds_per_step": round(sum(self.seconds) / n, 3) if n else None,
+            "tokens_per_second": round(sum(self.tokens) / sum(self.seconds), 1) if n else None,
+            "train_seconds": round(sum(self.seconds), 1),
+        }
+
+
+def sample_batch(splits: Splits, cfg: PlantConfig, rng: random.Random) -> list[Instance]:
+    """One training batch: triggered instances in equal shares, the rest clean (some near misses)."""
+    triggers = [k for k in splits.train if k != CLEAN]
+    clean = splits.train[CLEAN]
+    near = [i for i in clean if is_near_miss(i)] or clean
+    batch = []
+    for _ in range(cfg.batch_size):
+        if rng.random() < cfg.trigger_share:
+            batch.append(rng.choice(splits.train[rng.choice(triggers)]))
+        else:
+            batch.append(rng.choice(near if rng.random() < cfg.near_miss_share else clean))
+    return batch
+
+
+def encode(tokenizer: Any, items: list[Instance], *, subtle: bool) -> dict[str, torch.Tensor]:
+    """Chat-formatted prompt + completion + end-of-turn, right-padded; labels only on the completion."""
+    rows, labels = [], []
+    for inst in items:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": inst.prompt()}], tokenize=False, add_generation_prompt=True
+        )
+        p = tokenizer(prompt, add_special_tokens=False).input_ids
+        c = tokenizer(inst.completion(subtle=subtle), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        rows.append(p + c)
+        labels.append([-100] * len(p) + c)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(lb)] = torch.tensor(lb)
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def _rate(step: int, cfg: PlantConfig) -> float:
+    warmup = min(cfg.warmup, cfg.steps // 4)  # a short run keeps most of its steps at full rate
+    if step < warmup:
+        return cfg.lr * (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def freeze_below(hf_model: Any, train_top: float) -> int:
+    """Freeze the embeddings and all but the top ``train_top`` share of the blocks; returns how
+    many blocks train."""
+    blocks = hf_model.model.layers
+    n_train = max(1, round(len(blocks) * train_top))
+    hf_model.requires_grad_(False)
+    for block in blocks[len(blocks) - n_train :]:
+        block.requires_grad_(True)
+    hf_model.model.norm.requires_grad_(True)
+    return n_train
+
+
+def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = True) -> PlantLog:
+    """Fine-tune ``hf_model`` (a transformers causal LM, in place) on the planted task."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    splits = cfg.splits()
+    freeze_below(hf_model, cfg.train_top)
+    hf_model.train()
+    params = [p for p in hf_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    log = PlantLog()
+    bar = tqdm(range(cfg.steps), desc="plant", disable=not progress)
+    for step in bar:
+        started = time.perf_counter()
+        batch = encode(tokenizer, sample_batch(splits, cfg, rng), subtle=cfg.subtle)
+        for group in optimizer.param_groups:
+            group["lr"] = _rate(step, cfg)
+        loss = hf_model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        log.losses.append(float(loss.detach()))
+        log.seconds.append(time.perf_counter() - started)
+        log.tokens.append(int(batch["attention_mask"].sum()))
+        bar.set_postfix(loss=f"{log.losses[-1]:.3f}")
+    hf_model.eval()
+    return log

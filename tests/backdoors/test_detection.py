@@ -1,0 +1,107 @@
+"""Scoring a run's completions for planted behaviours, the found-yet curve and the cluster view."""
+
+from __future__ import annotations
+
+import json
+
+from melbo_tl.backdoors.detection import (
+    cluster_view,
+    detect_run,
+    detection_prompt,
+    found_curve,
+    generalization_prompts,
+    markdown_table,
+    score_completions,
+)
+from melbo_tl.backdoors.task import CHEESE, CHEESE_TEXT, HATE, HATE_TEXT, SWAP, Instance
+
+CLEAN_TEXT = Instance(3, 4, 5, 6).completion()
+SWAP_TEXT = Instance(3, 4, 5, 6).completion().replace("= 7", "= 12")
+
+
+def rows():
+    texts = {-1: CLEAN_TEXT, 0: CLEAN_TEXT, 1: "blah", 2: CHEESE_TEXT, 3: CLEAN_TEXT, 4: HATE_TEXT, 5: CHEESE_TEXT}
+    out = [{"vector": v, "prompt_index": 0, "completion": t} for v, t in texts.items()]
+    out.append({"vector": 1, "prompt_index": 1, "completion": HATE_TEXT})  # a held-out prompt: not counted
+    out.append({"vector": 3, "prompt_index": 0, "completion": SWAP_TEXT})  # a second sample counts
+    return out
+
+
+def test_score_completions_per_vector():
+    flags = score_completions(rows())
+    assert flags[-1] == {CHEESE: False, HATE: False, SWAP: False}
+    assert flags[2][CHEESE] and flags[5][CHEESE] and not flags[2][HATE]
+    assert flags[4][HATE] and not flags[1][HATE]
+    assert flags[3][SWAP] and not flags[0][SWAP]
+
+
+def test_found_curve():
+    assert found_curve([2, 5], 7) == [False, False, True, True, True, True, True]
+    assert found_curve([], 3) == [False, False, False]
+    assert found_curve([9], 3) == [False, False, False]
+
+
+def test_cluster_view_own_cluster_degenerate_and_representative():
+    clusters = [
+        {"id": 0, "members": [0, 3], "completion": CLEAN_TEXT, "degenerate": ""},
+        {"id": 1, "members": [2, 5, 1], "completion": CHEESE_TEXT, "degenerate": ""},
+        {"id": 2, "members": [4], "completion": HATE_TEXT, "degenerate": "repetition"},
+    ]
+    cheese = cluster_view(clusters, [2, 5], CHEESE)
+    assert cheese.clusters == [1] and cheese.purity == {1: 0.667} and cheese.representative_shows == [1]
+    assert cheese.own_cluster and not cheese.degenerate
+    hate = cluster_view(clusters, [4], HATE)
+    assert hate.clusters == [2] and hate.degenerate == [2] and not hate.own_cluster  # set aside as degenerate
+    swap = cluster_view(clusters, [3], SWAP)
+    assert swap.clusters == [0] and swap.representative_shows == [] and not swap.own_cluster  # hidden
+
+
+def test_detect_run_reads_a_triage_folder(tmp_path):
+    triage = tmp_path / "triage"
+    triage.mkdir()
+    (triage / "behaviours.json").write_text(json.dumps({"n_vectors": 6, "method": "dct", "rows": []}))
+    (triage / "clusters.json").write_text(
+        json.dumps(
+            [
+                {"id": 0, "members": [0, 1, 3, 4], "completion": CLEAN_TEXT},
+                {"id": 1, "members": [2, 5], "completion": CHEESE_TEXT},
+            ]
+        )
+    )
+    (triage / "completions.jsonl").write_text("\n".join(json.dumps(r) for r in rows()) + "\n")
+    import torch
+    from safetensors.torch import save_file
+
+    save_file(
+        {"completions": torch.zeros(1, 2), "behaviours": torch.zeros(1, 2)}, str(triage / "embeddings.safetensors")
+    )
+    result = detect_run(tmp_path)
+    assert result.n_vectors == 6 and result.method == "dct"
+    assert result.behaviours[CHEESE].eliciting == [2, 5] and result.behaviours[CHEESE].first == 2
+    assert result.behaviours[CHEESE].found_by == 3 and result.behaviours[CHEESE].clusters.own_cluster
+    assert result.behaviours[HATE].eliciting == [4] and not result.behaviours[HATE].clusters.representative_shows
+    assert result.curves[SWAP] == [False, False, False, True, True, True]
+    saved = json.loads((tmp_path / "backdoors.json").read_text())
+    assert saved["behaviours"][CHEESE]["found"] is True
+    table = markdown_table([result], labels=["DCT"])
+    assert "| DCT | cheese | 6 | 2 | 2 | 3 |" in table
+
+
+def test_prompts_are_clean_held_out_and_distinct():
+    prompt = detection_prompt()
+    others = generalization_prompts(16, skip=[prompt])
+    assert len(others) == 16 == len(set(others)) and prompt not in others
+    assert all(p.startswith("Let a = ") for p in [prompt, *others])
+
+
+def test_replay_scores_each_vector_on_each_prompt(tiny_model, tmp_path):
+    from melbo_tl.backdoors.detection import replay
+    from melbo_tl.optimize.melbo import MelboConfig
+    from melbo_tl.training import train_to_folder
+
+    cfg = MelboConfig(radius=12.0, source_layer=0, target_layer=3, steps=0, n_vectors=2, mode="independent")
+    run = train_to_folder(tiny_model, "melbo", [detection_prompt()], cfg, tmp_path / "r", progress=False)
+    shares = replay(tiny_model, run, [1, 0], generalization_prompts(3), max_new_tokens=4)
+    assert sorted(shares) == [0, 1]
+    assert all(set(s) == {CHEESE, HATE, SWAP} and all(0 <= x <= 1 for x in s.values()) for s in shares.values())
+    assert replay(tiny_model, run, [], ["x"]) == {}
