@@ -4,7 +4,7 @@ The Typer instance lives in :mod:`melbo_tl.cli.app`; each command module registe
 commands on it when imported here.
 """
 
-from melbo_tl.cli import analyze, basic, dct, demo, directions, evaluate, oneshot, train, triage  # noqa: F401  (registers their commands)
+from melbo_tl.cli import analyze, basic, dct, demo, directions, evaluate, oneshot, rank, train, triage  # noqa: F401  (registers their commands)
 from melbo_tl.cli.app import app
 
 __all__ = ["app"]
