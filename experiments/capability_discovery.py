@@ -116,6 +116,9 @@ def main() -> None:
     parser.add_argument("--vectors-per-chunk", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rank-vectors", type=int, default=None, help="rank only the first K vectors (DCT rank order) [default: all]"
+    )
     parser.add_argument("--radius", default="auto", help="DCT R, or auto (calibrated: ρ(R) = 0.5)")
     parser.add_argument("--source", type=int, default=None, help="DCT source layer [default: 7]")
     parser.add_argument("--target", type=int, default=None, help="DCT target layer [default: n_layers − 8]")
@@ -145,6 +148,7 @@ def main() -> None:
         lambda: rank_by_task(
             model, run_dir, task_file, extract=NUMBER, max_new_tokens=args.max_new_tokens,
             vectors_per_chunk=args.vectors_per_chunk, batch_size=args.batch_size,
+            indices=None if args.rank_vectors is None else list(range(args.rank_vectors)),
         ),
     )  # fmt: skip
 
@@ -175,6 +179,7 @@ def main() -> None:
         "n_test": len(test),
         "method": "dct",
         "n_vectors": len(vectors),
+        "n_trained": args.vectors,
         "radius": meta.get("radius"),
         "source_layer": meta.get("config", {}).get("source_layer"),
         "target_layer": meta.get("config", {}).get("target_layer"),
@@ -202,7 +207,7 @@ def markdown(r: dict[str, Any]) -> str:
 
     lines = [
         f"Capability discovery: {r['model']}, task `{r['task']}` ({r['shots']}-shot direct answer), "
-        f"{r['n_vectors']} DCT vectors (R = {r['radius']:.3g}, layers {r['source_layer']}→{r['target_layer']}) "
+        f"{r['n_vectors']} of {r['n_trained']} DCT vectors (R = {r['radius']:.3g}, layers {r['source_layer']}→{r['target_layer']}) "
         f"trained on one prompt, scored on {r['n_test']} held-out items (greedy, {r['max_new_tokens']} new tokens, "
         "exact match of the last number; 95 % Wilson intervals).",
         "",
