@@ -14,6 +14,7 @@ from melbo_tl.cli import (  # noqa: F401  (registers their commands)
     evaluate,
     export,
     oneshot,
+    rank,
     train,
     triage,
 )
