@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
+
+from stages import Stages
 
 from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
 from melbo_tl.backdoors.build import DEFAULT_NAME, ensure_planted, read_manifest
@@ -58,14 +59,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    timings: dict[str, float] = {}
-
-    def stage(name, work):
-        started = time.perf_counter()
-        result = work()
-        timings[name] = round(time.perf_counter() - started, 1)
-        print(f"== {name}: {timings[name]} s", flush=True)
-        return result
+    stage = Stages()
+    timings = stage.timings
 
     path = stage("plant (or cached)", lambda: ensure_planted(args.name))
     manifest = read_manifest(path)

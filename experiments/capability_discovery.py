@@ -33,10 +33,11 @@ from __future__ import annotations
 import argparse
 import random
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from stages import Stages
 
 from melbo_tl.artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, load_run
 from melbo_tl.evaluate.stats import rate_with_ci
@@ -124,14 +125,8 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=None, help="DCT target layer [default: n_layers − 8]")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def stage(name: str, work: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        result = work()
-        timings[name] = round(time.perf_counter() - started, 1)
-        print(f"== {name}: {timings[name]} s", flush=True)
-        return result
+    stage = Stages()
+    timings = stage.timings
 
     train, test = make_items(args.task, args.n_test, args.shots, args.seed)
     task_file = args.out / "task.jsonl"

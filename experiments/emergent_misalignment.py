@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--judge", default="none")
     args = parser.parse_args()
 
-    model = load_model()
+    model = load_model(dtype="float32")  # the README figures are float32
     task = load_coding_task()
     target = completion_loss(model, [Example(task["prompt"], (task["benign"],))])
     malicious_before = completion_loss(model, [Example(task["prompt"], (task["malicious"],))])

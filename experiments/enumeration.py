@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+
+from stages import Stages
 
 from analysis.atlas import write_atlas
 from analysis.figures import enumeration_figure, write_html
@@ -46,15 +47,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.35)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
-    model = load_model(args.model)
-    timings: dict[str, float] = {}
-
-    def stage(name, work):
-        started = time.perf_counter()
-        result = work()
-        timings[name] = round(time.perf_counter() - started, 1)
-        print(f"== {name}: {timings[name]} s", flush=True)
-        return result
+    model = load_model(args.model, dtype="float32")  # the README figures are float32
+    stage = Stages()
+    timings = stage.timings
 
     dct = stage("dct", lambda: train_to_folder(
         model, "dct", [PROMPT], DCTConfig(n_factors=args.factors, source_layer=7, target_layer=16), args.out / "dct",

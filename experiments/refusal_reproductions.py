@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
 
-    model = load_model()
+    model = load_model(dtype="float32")  # the README figures are float32
     harmful = load_prompts("harmful", split="test", limit=args.limit)
     harmless = load_prompts("harmless", split="test", limit=args.limit)
     direction, layer, pos = load_refusal_direction(args.refusal, model)

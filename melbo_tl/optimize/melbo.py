@@ -235,6 +235,13 @@ def train_vectors(
             records.append(record)
             if on_vector is not None:
                 on_vector(record)
+    return _result(records, cfg, problem, calibration)
+
+
+def _result(
+    records: Sequence[Any], cfg: MelboConfig, problem: MelboProblem, calibration: Calibration | None
+) -> MelboResult:
+    """The finished vectors' records as one result (a whole run, or one batch of it)."""
     return MelboResult(
         vectors=torch.stack([r.vector for r in records]),
         hook=cfg.hook,
@@ -320,16 +327,7 @@ def train_batch(
         chat=cfg.chat,
     )  # fmt: skip
     records = _train_batch(model, problem, cfg, indices.start, len(indices), (), progress)
-    return MelboResult(
-        vectors=torch.stack([r.vector for r in records]),
-        hook=cfg.hook,
-        config=cfg,
-        losses=[r.losses for r in records],
-        objectives=[r.objective for r in records],
-        seconds=[r.seconds for r in records],
-        texts=problem.texts,
-        calibration=calibration,
-    )
+    return _result(records, cfg, problem, calibration)
 
 
 # --- the registered method: results as run folders -------------------------------------------
