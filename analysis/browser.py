@@ -90,13 +90,15 @@ def check_page(
     screenshot: Path | None = None,
     width: int = 1280,
     full_page: bool = True,
-    timeout_s: float = 60,
+    timeout_s: float = 180,
     wait_for: str | None = None,
 ) -> PageCheck:
     """Open ``html_path`` in headless Chromium and report what went wrong while it rendered.
 
     Waits for the load event, then for ``wait_for`` (a CSS selector) if given, then two animation
     frames so that scripts run at load have drawn. Non-file requests are recorded and aborted.
+    The timeout is generous: parsing a report's inlined scripts took over a minute once on a
+    2-core machine busy with a compile (it takes about 5 s when idle).
     """
     path = Path(html_path).resolve()
     if not path.is_file():
