@@ -67,7 +67,7 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q $(DEFAULT_TESTS)
 
 # Exported control vectors in llama.cpp itself: installs the llamacpp extra (llama-cpp-python,
-# built from source: about 35 min on 2 cores the first time, then from pip's wheel cache) and
+# built from source: about 9 min on 2 cores the first time, then from pip's wheel cache) and
 # runs the tests marked llama_cpp (they load the embedded model).
 test-llama-cpp: $(STAMP)
 	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} $(BIN)/pip install --no-deps $(LLAMACPP)
