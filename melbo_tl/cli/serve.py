@@ -46,10 +46,15 @@ def serve_cmd(
     """Serve MODEL over /v1/chat/completions, /v1/completions and /v1/models (streaming or not),
     with a `steering` field per request, /v1/steering/vectors to list and register vectors, and
     the explorer page at /. Ctrl-C (SIGINT/SIGTERM) lets running requests finish, then exits."""
+    import logging
+
     import uvicorn
 
     from melbo_tl.serve import Limits, Settings, VectorStore, create_app, run_folders
 
+    logger = logging.getLogger("melbo_tl.serve")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.StreamHandler())
     folders = [entry for spec in runs or [] for entry in run_folders(spec)]
     controls = []
     for spec in gguf or []:

@@ -85,7 +85,10 @@ def create_app(model: Any, store: VectorStore, settings: Settings, *, max_batch:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        AppStatus.should_exit = False  # sse-starlette keeps this flag per process
+        # sse-starlette would cut every stream at the first shutdown signal; instead uvicorn lets
+        # running requests finish (up to its graceful timeout) before the engine stops.
+        AppStatus.disable_automatic_graceful_drain()
+        AppStatus.should_exit = False
         engine.start()
         log.info("serving %s (max batch %d, queue %d)", settings.model_id, max_batch, max_queue)
         yield

@@ -48,6 +48,7 @@ class Prepared:
     stream: bool
     include_usage: bool
     prompt_tokens: int  # summed over prompts, each counted once whatever n is
+    return_token_ids: bool = False  # vLLM's extension: each choice also lists its token ids
 
 
 def _check_model(name: str, settings: Settings) -> None:
@@ -98,7 +99,8 @@ def prepare(req: ChatRequest | CompletionRequest, tokenizer: Any, store: VectorS
         rows += [RowRequest(ids, steering, p * req.n + k) for k in range(req.n)]
         prompt_tokens += len(ids)
     sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed, stops)
-    return Prepared(rows, sampling, steering, chat, req.stream, req.include_usage(), prompt_tokens)
+    token_ids = bool((req.model_extra or {}).get("return_token_ids"))
+    return Prepared(rows, sampling, steering, chat, req.stream, req.include_usage(), prompt_tokens, token_ids)
 
 
 def steering_summary(steering: RowSteering) -> dict[str, Any]:
@@ -157,6 +159,8 @@ async def collect(request: Request, job: Job, events: EventQueue, prepared: Prep
             choices.append({"index": index, "message": {"role": "assistant", "content": texts[index]}, "finish_reason": reason, "logprobs": None})
         else:
             choices.append({"index": index, "text": texts[index], "finish_reason": reason, "logprobs": None})
+        if prepared.return_token_ids:
+            choices[-1]["token_ids"] = list(done[index].token_ids)
     return {
         "id": new_id("chatcmpl" if prepared.chat else "cmpl"),
         "object": "chat.completion" if prepared.chat else "text_completion",
@@ -178,12 +182,14 @@ async def stream(job: Job, events: EventQueue, prepared: Prepared, settings: Set
         "model": settings.model_id,
     }
 
-    def chunk(index: int, text: str | None, reason: str | None, role: bool = False) -> str:
+    def chunk(index: int, text: str | None, reason: str | None, role: bool = False, ids: tuple[int, ...] = ()) -> str:
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
             choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
         else:
             choice = {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}
+        if reason is not None and prepared.return_token_ids:
+            choice["token_ids"] = list(ids)
         body = {**base, "choices": [choice]}
         if prepared.include_usage:
             body["usage"] = None
@@ -205,7 +211,7 @@ async def stream(job: Job, events: EventQueue, prepared: Prepared, settings: Set
             elif isinstance(event, Finished):
                 left.discard(event.index)
                 n_completion += event.completion_tokens
-                yield chunk(event.index, None, event.reason)
+                yield chunk(event.index, None, event.reason, ids=event.token_ids)
         if prepared.include_usage:
             yield json.dumps({**base, "choices": [], "usage": usage(prepared.prompt_tokens, n_completion)})
         yield "[DONE]"

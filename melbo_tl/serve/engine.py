@@ -255,6 +255,7 @@ class Engine:
                     self._prefill(admitted)
                 if self._rows:
                     self._decode()
+                time.sleep(0)  # let the HTTP thread take the GIL between steps (streams stay live)
             except Exception as exc:  # a failed forward fails its rows, never the server
                 log.error("forward pass failed:\n%s", traceback.format_exc())
                 self._abort_all(f"The forward pass failed: {type(exc).__name__}: {exc}")
