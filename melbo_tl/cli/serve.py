@@ -27,7 +27,9 @@ def serve_cmd(
         typer.Option("--gguf", metavar="NAME=FILE", help="register a llama.cpp control vector under NAME; repeatable"),
     ] = None,
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="port (0: any free port)")] = 8000,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="port (0: any free port)")
+    ] = 8000,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, metavar="N", help="rows decoded together")] = 16,
     max_queue: Annotated[
         int, typer.Option("--max-queue", min=1, metavar="N", help="requests waiting beyond the batch (then 429)")
@@ -35,10 +37,14 @@ def serve_cmd(
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", min=1, metavar="N", help="largest max_tokens a request may ask for")
     ] = 512,
-    max_scale: Annotated[float, typer.Option("--max-scale", min=0.0, metavar="S", help="largest |scale| a vector may get")] = 100.0,
+    max_scale: Annotated[
+        float, typer.Option("--max-scale", min=0.0, metavar="S", help="largest |scale| a vector may get")
+    ] = 100.0,
     window_ms: Annotated[
         float,
-        typer.Option("--window-ms", min=0.0, metavar="MS", help="an idle server waits this long to batch requests sent together"),
+        typer.Option(
+            "--window-ms", min=0.0, metavar="MS", help="an idle server waits this long to batch requests sent together"
+        ),
     ] = 10.0,
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
@@ -74,6 +80,8 @@ def serve_cmd(
     settings = Settings(
         model_id=info.spec, n_ctx=int(bridge.cfg.n_ctx), max_tokens=max_tokens, limits=Limits(max_scale=max_scale)
     )
-    server_app = create_app(bridge, store, settings, max_batch=max_batch, max_queue=max_queue, window_s=window_ms / 1000)
+    server_app = create_app(
+        bridge, store, settings, max_batch=max_batch, max_queue=max_queue, window_s=window_ms / 1000
+    )
     status(f"explorer: http://{host}:{port}/   API: http://{host}:{port}/v1 (model {info.spec!r})")
     uvicorn.run(server_app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(settings.grace_s))

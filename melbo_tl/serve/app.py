@@ -74,7 +74,9 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", None, "server_error"), status_code=500)
+        return JSONResponse(
+            error_body(f"internal error: {type(exc).__name__}: {exc}", None, "server_error"), status_code=500
+        )
 
 
 def create_app(model: Any, store: VectorStore, settings: Settings, *, max_batch: int = 16, max_queue: int = 64,
@@ -118,7 +120,10 @@ def create_app(model: Any, store: VectorStore, settings: Settings, *, max_batch:
     async def models() -> dict[str, Any]:
         info = model_info(model)
         entry = {"id": settings.model_id, "object": "model", "created": now(), "owned_by": "melbo_tl"}
-        return {"object": "list", "data": [{**entry, "d_model": info.d_model, "n_layers": info.n_layers, "dtype": info.dtype}]}
+        return {
+            "object": "list",
+            "data": [{**entry, "d_model": info.d_model, "n_layers": info.n_layers, "dtype": info.dtype}],
+        }
 
     @app.get("/v1/steering/vectors")
     async def list_vectors() -> dict[str, Any]:
@@ -158,7 +163,9 @@ def _register(store: VectorStore, req: RegisterRequest) -> dict[str, Any]:
     """Add a named vector (or a whole run) from a run folder, a GGUF control vector, or data."""
     sources = [k for k in ("run_dir", "gguf", "data") if getattr(req, k) is not None]
     if len(sources) != 1:
-        raise RequestError("body", "give exactly one source: 'run_dir' (+ 'index'), 'gguf' or 'data' (+ 'site'/'layers')")
+        raise RequestError(
+            "body", "give exactly one source: 'run_dir' (+ 'index'), 'gguf' or 'data' (+ 'site'/'layers')"
+        )
     whole_run = req.run_dir is not None and req.index is None
     if req.name in (store.runs if whole_run else store.named):
         raise RequestError("name", f"{req.name!r} is taken already; choose another name")
@@ -173,9 +180,13 @@ def _register(store: VectorStore, req: RegisterRequest) -> dict[str, Any]:
             return {"vector": store.add_gguf(req.name, req.gguf).describe()}
         vector = as_vector(req.data, store.d_model)
         if (req.site is None) == (req.layers is None):
-            raise RequestError("site", "inline data needs a 'site' (hook name) or 'layers' (block indices), one of them")
+            raise RequestError(
+                "site", "inline data needs a 'site' (hook name) or 'layers' (block indices), one of them"
+            )
         field = "site" if req.site is not None else "layers"
-        sites = [req.site] if req.site is not None else [f"blocks.{layer}.hook_resid_post" for layer in req.layers or []]
+        sites = (
+            [req.site] if req.site is not None else [f"blocks.{layer}.hook_resid_post" for layer in req.layers or []]
+        )
         return {"vector": store.add_named(req.name, [Component(s, vector) for s in sites], {"data": True}).describe()}
     except FileNotFoundError as exc:
         raise RequestError(sources[0], str(exc)) from None

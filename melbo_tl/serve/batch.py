@@ -104,6 +104,4 @@ class Batch:
     def advanced(self, sampled: Int[Tensor, " rows"]) -> Batch:
         """After a decoding step cached every row's pending token: the new tokens become pending."""
         ones = torch.ones((self.n_rows, 1), dtype=self.mask.dtype, device=self.mask.device)
-        return Batch(
-            self.cache, torch.cat([self.mask, ones], dim=1), sampled, self.lengths + 1, self.prompt_lengths
-        )
+        return Batch(self.cache, torch.cat([self.mask, ones], dim=1), sampled, self.lengths + 1, self.prompt_lengths)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -21,6 +22,8 @@ from melbo_tl.serve.rows import RowSteering
 from melbo_tl.serve.schemas import ChatRequest, CompletionRequest, error_body, new_id, now, usage
 from melbo_tl.serve.spec import Limits, RequestError, parse_steering
 from melbo_tl.serve.store import VectorStore
+
+DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Settings:
     n_ctx: int
     max_tokens: int = 512
     default_tokens: int = 128
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     grace_s: float = 10.0
 
 
@@ -57,18 +60,22 @@ def _check_model(name: str, settings: Settings) -> None:
         raise RequestError("model", f"{name!r} is not served here; this server serves {settings.model_id!r}", 404)
 
 
-def prepare(req: ChatRequest | CompletionRequest, tokenizer: Any, store: VectorStore, settings: Settings, max_rows: int) -> Prepared:
+def prepare(
+    req: ChatRequest | CompletionRequest, tokenizer: Any, store: VectorStore, settings: Settings, max_rows: int
+) -> Prepared:
     """Check ``req`` and turn it into engine rows (RequestError naming the field otherwise)."""
     _check_model(req.model, settings)
-    if (field := req.unsupported()) is not None:
-        raise RequestError(field, "is not supported by this server")
+    if (unsupported := req.unsupported()) is not None:
+        raise RequestError(unsupported, "is not supported by this server")
     chat = isinstance(req, ChatRequest)
     max_tokens = (req.max_completion_tokens or req.max_tokens) if chat else req.max_tokens  # type: ignore[union-attr]
     limit_field = "max_completion_tokens" if chat and req.max_completion_tokens else "max_tokens"  # type: ignore[union-attr]
     if max_tokens is None:
         max_tokens = min(settings.default_tokens, settings.max_tokens)
     if max_tokens > settings.max_tokens:
-        raise RequestError(limit_field, f"{max_tokens} exceeds this server's limit of {settings.max_tokens} (--max-tokens)")
+        raise RequestError(
+            limit_field, f"{max_tokens} exceeds this server's limit of {settings.max_tokens} (--max-tokens)"
+        )
     stops = req.stop_strings()
     if len(stops) > 4:
         raise RequestError("stop", f"at most 4 stop strings, got {len(stops)}")
@@ -80,33 +87,41 @@ def prepare(req: ChatRequest | CompletionRequest, tokenizer: Any, store: VectorS
     if chat:
         messages = [m.as_dict() for m in req.messages]  # type: ignore[union-attr]
         try:
-            texts, field = [format_chat(tokenizer, messages)], "messages"
+            texts, prompt_field = [format_chat(tokenizer, messages)], "messages"
         except (ValueError, Exception) as exc:  # the chat template rejects some role orders
             raise RequestError("messages", f"cannot be formatted with the model's chat template: {exc}") from None
     else:
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)  # type: ignore[union-attr]
         if not prompts or any(not p for p in prompts):
             raise RequestError("prompt", "must be a non-empty string or a list of non-empty strings")
-        texts, field = prompts, "prompt"
+        texts, prompt_field = prompts, "prompt"
     if len(texts) * req.n > max_rows:
-        raise RequestError("n", f"{len(texts)} prompt(s) × n={req.n} rows exceed the batch limit of {max_rows} (--max-batch)")
+        raise RequestError(
+            "n", f"{len(texts)} prompt(s) × n={req.n} rows exceed the batch limit of {max_rows} (--max-batch)"
+        )
     rows: list[RowRequest] = []
     prompt_tokens = 0
     for p, text in enumerate(texts):
         ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
         if len(ids) + max_tokens > settings.n_ctx:
-            raise RequestError(field, f"{len(ids)} prompt tokens + max_tokens {max_tokens} exceed the model's context of {settings.n_ctx}")
+            raise RequestError(
+                prompt_field,
+                f"{len(ids)} prompt tokens + max_tokens {max_tokens} exceed the model's context of {settings.n_ctx}",
+            )
         rows += [RowRequest(ids, steering, p * req.n + k) for k in range(req.n)]
         prompt_tokens += len(ids)
-    sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed, stops)
-    token_ids = bool((req.model_extra or {}).get("return_token_ids"))
+    extra = req.model_extra or {}  # vLLM's extensions: ignore_eos, return_token_ids
+    sampling = Sampling(max_tokens, req.temperature, req.top_p, req.seed, stops, bool(extra.get("ignore_eos")))
+    token_ids = bool(extra.get("return_token_ids"))
     return Prepared(rows, sampling, steering, chat, req.stream, req.include_usage(), prompt_tokens, token_ids)
 
 
 def steering_summary(steering: RowSteering) -> dict[str, Any]:
     """What the response echoes: where each vector was added (and its norm), what was ablated."""
     return {
-        "additions": [{"site": a.site, "norm": round(float(a.vector.norm()), 6), "positions": a.where} for a in steering.additions],
+        "additions": [
+            {"site": a.site, "norm": round(float(a.vector.norm()), 6), "positions": a.where} for a in steering.additions
+        ],
         "ablations": [{"layers": "all" if b.layers is None else list(b.layers)} for b in steering.ablations],
     }
 
@@ -130,19 +145,26 @@ def submit(engine: Engine, prepared: Prepared) -> tuple[Job, EventQueue]:
     return job, events
 
 
-async def collect(request: Request, job: Job, events: EventQueue, prepared: Prepared, settings: Settings) -> dict[str, Any]:
+async def collect(
+    request: Request, job: Job, events: EventQueue, prepared: Prepared, settings: Settings
+) -> dict[str, Any]:
     """Wait for every row of a non-streaming request; cancel it if the client goes away."""
     texts: dict[int, str] = {r.index: "" for r in prepared.rows}
     done: dict[int, Finished] = {}
+    checked = time.monotonic()
+    getter: asyncio.Task | None = None  # kept across polls: a cancelled get could drop an event
     try:
         while len(done) < len(texts):
-            try:
-                event = await asyncio.wait_for(events.queue.get(), timeout=1.0)
-            except asyncio.TimeoutError:
+            if getter is None:
+                getter = asyncio.ensure_future(events.queue.get())
+            finished, _ = await asyncio.wait({getter}, timeout=DISCONNECT_POLL_S)
+            event = getter.result() if finished else None
+            if finished:
+                getter = None
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:  # tokens may flow without pause: check by the clock
+                checked = time.monotonic()
                 if await request.is_disconnected():
-                    job.cancel()
-                    raise RequestError("", "client disconnected", 499) from None
-                continue
+                    raise RequestError("", "client disconnected", 499)
             if isinstance(event, Failed):
                 raise RequestError("", event.message, 503)
             if isinstance(event, Delta):
@@ -151,12 +173,21 @@ async def collect(request: Request, job: Job, events: EventQueue, prepared: Prep
                 done[event.index] = event
     finally:
         job.cancel()
+        if getter is not None:
+            getter.cancel()
     n_completion = sum(f.completion_tokens for f in done.values())
     choices = []
     for index in sorted(texts):
         reason = done[index].reason
         if prepared.chat:
-            choices.append({"index": index, "message": {"role": "assistant", "content": texts[index]}, "finish_reason": reason, "logprobs": None})
+            choices.append(
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": texts[index]},
+                    "finish_reason": reason,
+                    "logprobs": None,
+                }
+            )
         else:
             choices.append({"index": index, "text": texts[index], "finish_reason": reason, "logprobs": None})
         if prepared.return_token_ids:
@@ -184,7 +215,9 @@ async def stream(job: Job, events: EventQueue, prepared: Prepared, settings: Set
 
     def chunk(index: int, text: str | None, reason: str | None, role: bool = False, ids: tuple[int, ...] = ()) -> str:
         if chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            delta: dict[str, Any] = (
+                {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            )
             choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
         else:
             choice = {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}

@@ -57,13 +57,15 @@ class ShuttingDown(RuntimeError):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How a request's rows pick tokens: ``temperature`` 0 is greedy; ``stop`` strings end a row."""
+    """How a request's rows pick tokens: ``temperature`` 0 is greedy; ``stop`` strings end a row;
+    ``ignore_eos`` keeps decoding past the end-of-turn token (for fixed-length benchmarks)."""
 
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class _Row:
     def push(self, token: int, decode: Callable[[list[int]], str], stops: set[int]) -> None:
         """Take one sampled token; emit new text; finish on a stop token/string or the length limit."""
         s = self.job.sampling
-        if token in stops:
+        if token in stops and not s.ignore_eos:
             return self._finish(decode(self.ids), "stop")
         self.ids.append(token)
         text = decode(self.ids)

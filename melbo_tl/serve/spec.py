@@ -30,7 +30,20 @@ from melbo_tl.serve.rows import WHERE_ALL, WHERE_GENERATION, WHERE_PROMPT, Ablat
 from melbo_tl.serve.store import Component, VectorStore, as_vector
 from melbo_tl.steering.sites import check_hook, check_layer
 
-VECTOR_KEYS = {"run", "index", "name", "data", "site", "layers", "scale", "normalize", "positions", "apply", "algorithm", "label"}
+VECTOR_KEYS = {
+    "run",
+    "index",
+    "name",
+    "data",
+    "site",
+    "layers",
+    "scale",
+    "normalize",
+    "positions",
+    "apply",
+    "algorithm",
+    "label",
+}
 ALGORITHMS = {"direct": "direct", "add": "direct", "ablate": "ablate", "ablation": "ablate"}
 
 
@@ -63,7 +76,9 @@ def _vectors_of(steering: Any) -> tuple[list[Any], str]:
         return steering, "steering"
     if isinstance(steering, dict):
         return [steering], "steering"
-    raise RequestError("steering", f"must be an object, a list of vectors, null or false; got {type(steering).__name__}")
+    raise RequestError(
+        "steering", f"must be an object, a list of vectors, null or false; got {type(steering).__name__}"
+    )
 
 
 def parse_steering(steering: Any, store: VectorStore, limits: Limits) -> RowSteering:
@@ -136,7 +151,9 @@ def _components(spec: dict[str, Any], param: str, store: VectorStore, ablate: bo
     if len(given) != 1:
         raise RequestError(param, "name exactly one vector source: 'run' (+ 'index'), 'name', or 'data' (+ 'site')")
     if given[0] != "data" and "site" in spec:
-        raise RequestError(f"{param}.site", "only inline 'data' takes a site; run and registered vectors act at their own")
+        raise RequestError(
+            f"{param}.site", "only inline 'data' takes a site; run and registered vectors act at their own"
+        )
     if given[0] == "run":
         if not isinstance(spec["run"], str):
             raise RequestError(f"{param}.run", f"must be a run name, got {spec['run']!r}")
@@ -162,7 +179,9 @@ def _components(spec: dict[str, Any], param: str, store: VectorStore, ablate: bo
     if ablate:
         return [Component("", vector)]
     if ("site" in spec) == ("layers" in spec):
-        raise RequestError(f"{param}.site", "inline data needs a 'site' (a hook name) or 'layers' (block indices), one of them")
+        raise RequestError(
+            f"{param}.site", "inline data needs a 'site' (a hook name) or 'layers' (block indices), one of them"
+        )
     if "layers" in spec:
         return [Component(f"blocks.{layer}.hook_resid_post", vector) for layer in _layers(spec, param, store)]
     try:
@@ -187,7 +206,9 @@ def _parse_vector(spec: Any, param: str, store: VectorStore, limits: Limits) -> 
     if algorithm == "ablate":
         for key in ("scale", "positions", "apply"):
             if key in spec:
-                raise RequestError(f"{param}.{key}", "an ablation removes a direction everywhere; it takes no scale or positions")
+                raise RequestError(
+                    f"{param}.{key}", "an ablation removes a direction everywhere; it takes no scale or positions"
+                )
         layers = _layers(spec, param, store) if "layers" in spec else None
         ablations = []
         for c in components:
@@ -198,7 +219,9 @@ def _parse_vector(spec: Any, param: str, store: VectorStore, limits: Limits) -> 
         return [], ablations
     scale = _number(spec, "scale", param, 1.0)
     if abs(scale) > limits.max_scale:
-        raise RequestError(f"{param}.scale", f"{scale:g} is out of range: |scale| ≤ {limits.max_scale:g} (the server's --max-scale)")
+        raise RequestError(
+            f"{param}.scale", f"{scale:g} is out of range: |scale| ≤ {limits.max_scale:g} (the server's --max-scale)"
+        )
     additions = []
     for c in components:
         vector = c.vector

@@ -70,7 +70,9 @@ class NamedVector:
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "components": [{"site": c.site, "norm": float(c.vector.norm()), "positions": c.where} for c in self.components],
+            "components": [
+                {"site": c.site, "norm": float(c.vector.norm()), "positions": c.where} for c in self.components
+            ],
             "source": self.source,
         }
 
@@ -89,7 +91,9 @@ def run_component(loaded: LoadedRun, index: Any) -> Component:
         raise IndexError(f"run {loaded.name!r} has {n} vectors: index must be an integer 0…{n - 1}, got {index!r}")
     steer = intervention_from_run(loaded.run, index, scale=1.0)
     if not isinstance(steer, AddVector) or steer.vector.ndim != 1:
-        raise ValueError(f"run {loaded.name!r} holds {loaded.method} entries, not vectors; the server steers with vectors")
+        raise ValueError(
+            f"run {loaded.name!r} holds {loaded.method} entries, not vectors; the server steers with vectors"
+        )
     try:
         where = parse_where(str(steer.positions))
     except ValueError:
@@ -160,9 +164,12 @@ class VectorStore:
 
         cv = read_control_vector(path)
         if cv.n_embd != self.d_model:
-            raise ValueError(f"The control vector {path} has width {cv.n_embd}; the model has d_model = {self.d_model}.")
+            raise ValueError(
+                f"The control vector {path} has width {cv.n_embd}; the model has d_model = {self.d_model}."
+            )
         components = [
-            Component(hook_for_llama_cpp_layer(layer, self.n_layers), v.float()) for layer, v in sorted(cv.directions.items())
+            Component(hook_for_llama_cpp_layer(layer, self.n_layers), v.float())
+            for layer, v in sorted(cv.directions.items())
         ]
         return self.add_named(name, components, {"gguf": str(path), "model_hint": cv.model_hint})
 

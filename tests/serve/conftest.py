@@ -56,7 +56,9 @@ def write_triage(folder: Path, n: int) -> None:
     from melbo_tl.evaluate.triage import BEHAVIOURS_FILE, CLUSTERS_FILE, Cluster, VectorBehaviour, triage_dir
 
     rows = [VectorBehaviour(-1, 0, 0.0, 10.0, 1.0, 20.0, "", completion="I can't help with that.")]
-    rows += [VectorBehaviour(i, 1 + i % 2, 0.5, 12.0, 0.0, 30.0, "", shortlist=i, completion=f"text {i}") for i in range(n)]
+    rows += [
+        VectorBehaviour(i, 1 + i % 2, 0.5, 12.0, 0.0, 30.0, "", shortlist=i, completion=f"text {i}") for i in range(n)
+    ]
     clusters = [
         Cluster(0, ["help", "can't"], 1, [-1], -1, "I can't help with that.", 1.0, unsteered_like=True),
         Cluster(1, ["recipe", "steps"], (n + 1) // 2, list(range(0, n, 2)), 0, "text 0", 0.0),
@@ -77,9 +79,12 @@ def write_runs(model: Any, root: Path) -> tuple[dict[str, Path], Path]:
     raw = torch.randn(64, generator=torch.Generator().manual_seed(7)) * 5
     direction = direction_run(raw, 1, -1)
     fields = {k: v for k, v in direction.meta.items() if k != "hooks"}
-    refusal = save_run(root / "refusal", Run(direction.tensors, run_meta(model, method=METHOD, hooks=direction.hooks, **fields)))
+    refusal = save_run(
+        root / "refusal", Run(direction.tensors, run_meta(model, method=METHOD, hooks=direction.hooks, **fields))
+    )
     gguf = write_control_vector(
-        root / "control.gguf", ControlVector({2: torch.randn(64, generator=torch.Generator().manual_seed(8))}, n_layers=4)
+        root / "control.gguf",
+        ControlVector({2: torch.randn(64, generator=torch.Generator().manual_seed(8))}, n_layers=4),
     )
     return {"melbo": melbo, "refusal": refusal}, gguf
 
@@ -113,7 +118,9 @@ def live(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     store = VectorStore(tiny_model)
     for name, folder in runs.items():
         store.add_run(folder, name)
-    app = create_app(tiny_model, store, Settings(model_id=MODEL_ID, n_ctx=512, max_tokens=64), max_batch=8, max_queue=16)
+    app = create_app(
+        tiny_model, store, Settings(model_id=MODEL_ID, n_ctx=512, max_tokens=64), max_batch=8, max_queue=16
+    )
     url, server, thread = start(app)
     yield Live(url, app, runs, gguf)
     stop(server, thread)

@@ -33,7 +33,9 @@ def test_models_lists_the_served_model(live):
 def test_chat_completion_matches_the_library_unsteered_and_steered(live, tiny_model):
     client = _openai(live)
     v = _vector(1)
-    plain = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": PROMPT}], max_tokens=12, temperature=0)
+    plain = client.chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": PROMPT}], max_tokens=12, temperature=0
+    )
     steered = client.chat.completions.create(
         model=MODEL_ID, messages=[{"role": "user", "content": PROMPT}], max_tokens=12, temperature=0,
         extra_body={"steering": {"vectors": [{"data": v.tolist(), "site": HOOK, "scale": 1.5}]}},
@@ -77,7 +79,9 @@ def test_raw_sse_stream_ends_with_done(live):
 
 def test_text_completion_and_several_choices(live, tiny_model):
     client = _openai(live)
-    out = client.completions.create(model=MODEL_ID, prompt=["The quick brown fox", "Once upon"], max_tokens=6, temperature=0, n=2)
+    out = client.completions.create(
+        model=MODEL_ID, prompt=["The quick brown fox", "Once upon"], max_tokens=6, temperature=0, n=2
+    )
     assert [c.index for c in out.choices] == [0, 1, 2, 3]
     refs = generate(tiny_model, ["The quick brown fox", "Once upon"], chat=False, max_new_tokens=6)
     assert [c.text for c in out.choices] == [refs[0].text, refs[0].text, refs[1].text, refs[1].text]
@@ -100,7 +104,9 @@ def test_stop_string_cuts_the_answer(live):
     full = client.completions.create(model=MODEL_ID, prompt="The quick brown fox", max_tokens=12, temperature=0)
     text = full.choices[0].text
     stop = text[len(text) // 2 : len(text) // 2 + 3]
-    cut = client.completions.create(model=MODEL_ID, prompt="The quick brown fox", max_tokens=12, temperature=0, stop=[stop])
+    cut = client.completions.create(
+        model=MODEL_ID, prompt="The quick brown fox", max_tokens=12, temperature=0, stop=[stop]
+    )
     assert cut.choices[0].text == text[: text.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
 
@@ -144,7 +150,10 @@ def test_vectors_list_and_register(live):
     assert made.status_code == 201, made.text
     data = _vector(3).tolist()
     made = http.post("/v1/steering/vectors", json={"name": "inline", "data": data, "layers": [1, 2]})
-    assert [c["site"] for c in made.json()["vector"]["components"]] == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+    assert [c["site"] for c in made.json()["vector"]["components"]] == [
+        "blocks.1.hook_resid_post",
+        "blocks.2.hook_resid_post",
+    ]
     names = {v["name"] for v in http.get("/v1/steering/vectors").json()["data"]}
     assert {"cv", "m1", "inline"} <= names
     # a registered copy of run entry 1 steers exactly like the reference to the run
@@ -165,7 +174,13 @@ def test_inspect_reports_readout_cosine_and_triage(live, tiny_model):
     r = live.store.run("refusal").run.vector(0)
     (cos,) = info["refusal"]
     assert cos["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(v, r, dim=0)), abs=1e-5)
-    assert info["triage"]["cluster"] == 1 and info["triage"]["label"] == "recipe, steps" and info["triage"]["shortlist"] == 2
+    assert (
+        info["triage"]["cluster"] == 1
+        and info["triage"]["label"] == "recipe, steps"
+        and info["triage"]["shortlist"] == 2
+    )
     refusal = live.client().get("/v1/steering/inspect", params={"run": "refusal", "index": 0}).json()
-    assert refusal["is_refusal_direction"] and refusal["scale"]["default"] == pytest.approx(float(live.store.run("refusal").run.meta["raw_norm"]))
+    assert refusal["is_refusal_direction"] and refusal["scale"]["default"] == pytest.approx(
+        float(live.store.run("refusal").run.meta["raw_norm"])
+    )
     assert refusal["triage"] is None

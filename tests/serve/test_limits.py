@@ -45,7 +45,9 @@ def test_queue_full_is_429_and_the_queued_request_still_runs(small):
     engine.call(lambda model: gate.wait(30))  # hold the engine between two steps
     time.sleep(0.05)
     with ThreadPoolExecutor(2) as pool:
-        queued = pool.submit(httpx.post, f"{url}/v1/chat/completions", json={"model": "tiny", **ASK, "max_tokens": 4}, timeout=60)
+        queued = pool.submit(
+            httpx.post, f"{url}/v1/chat/completions", json={"model": "tiny", **ASK, "max_tokens": 4}, timeout=60
+        )
         deadline = time.monotonic() + 5
         while engine.load()["queued_requests"] < 1:
             assert time.monotonic() < deadline
