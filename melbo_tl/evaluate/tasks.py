@@ -1,8 +1,9 @@
 """Ranking a run's vectors by accuracy on a held-out task of prompts with known answers.
 
 A task is a JSONL file, one item a line: ``prompt`` (a user message, or a list of
-``{"role", "content"}`` messages, e.g. few-shot turns), ``answer`` (string or number) and an
-optional ``extract`` regex. Any metric a user can write as prompts and answers becomes a way to
+``{"role", "content"}`` messages, e.g. few-shot turns), ``answer`` (string or number), an
+optional ``extract`` regex and optional ``operands`` (``{"a1": 4, …}``: the numbers the answer is
+computed from; with them every item gets an answer-change triage, :mod:`.answer_change`). Any metric a user can write as prompts and answers becomes a way to
 rank steering vectors: :func:`rank_by_task` generates greedy completions of every item
 unsteered and under every vector of a run (batched, several vectors per generate), scores them
 by exact match and ranks the vectors by accuracy with 95 % Wilson intervals.
@@ -15,7 +16,8 @@ The extracted text and the expected answer are compared after stripping surround
 
 Outputs go to ``RUN/tasks/<task name>/``: ``completions.jsonl`` (checkpointed after every chunk of
 vectors: a rerun with the same settings and task never redoes a finished vector),
-``ranking.jsonl``, ``ranking.csv``, ``ranking.md`` and ``settings.json``; all written atomically.
+``ranking.jsonl``, ``ranking.csv``, ``ranking.md``, ``settings.json`` and, when every item has
+operands, ``answer_change.json``/``.md``; all written atomically.
 
 >>> ranking = rank_by_task(model, "runs/arith/dct", "arith_test.jsonl", extract=r"-?\\d+")
 >>> ranking.baseline.accuracy, ranking.scores[0]
@@ -38,6 +40,7 @@ from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, load_run, read_jsonl
 from melbo_tl.config import Config, require
+from melbo_tl.evaluate.answer_change import AnswerChangeConfig, AnswerChangeReport, answer_changes
 from melbo_tl.evaluate.stats import rate_with_ci
 from melbo_tl.prompts import PromptLike
 from melbo_tl.runs import check_index, generate_conditions, intervention_from_run, n_interventions
@@ -48,6 +51,8 @@ COMPLETIONS_FILE = "completions.jsonl"
 RANKING_JSONL = "ranking.jsonl"
 RANKING_CSV = "ranking.csv"
 RANKING_MD = "ranking.md"
+ANSWER_CHANGE_JSON = "answer_change.json"
+ANSWER_CHANGE_MD = "answer_change.md"
 UNSTEERED = -1  # the vector index of the unsteered baseline
 # settings that change neither the completions nor which exist: a rerun with new ones resumes
 SCORING_ONLY = ("extract", "indices", "vectors_per_chunk", "batch_size")
@@ -57,12 +62,14 @@ _NUMBER = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
 
 @dataclass(frozen=True)
 class TaskItem:
-    """One held-out item: ``prompt`` (user message or message list), expected ``answer``, and its
-    own ``extract`` regex (None: the ranking's default)."""
+    """One held-out item: ``prompt`` (user message or message list), expected ``answer``, its
+    own ``extract`` regex (None: the ranking's default) and ``operands`` (None, or the named
+    numbers the answer is computed from)."""
 
     prompt: PromptLike
     answer: str
     extract: str | None = None
+    operands: dict[str, float] | None = None
 
 
 def _compile(pattern: str, where: str) -> re.Pattern[str]:
@@ -97,9 +104,11 @@ def parse_item(row: Any, where: str = "item") -> TaskItem:
     """A :class:`TaskItem` from one decoded JSON row; errors name ``where`` and the bad field."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'answer', got {type(row).__name__}.")
-    unknown = sorted(set(row) - {"prompt", "answer", "extract"})
+    unknown = sorted(set(row) - {"prompt", "answer", "extract", "operands"})
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: prompt, answer, extract.")
+        raise ValueError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: prompt, answer, extract, operands."
+        )
     for name in ("prompt", "answer"):
         if name not in row:
             raise ValueError(f"{where}: missing field {name!r}.")
@@ -114,7 +123,22 @@ def parse_item(row: Any, where: str = "item") -> TaskItem:
         if not isinstance(extract, str) or not extract:
             raise ValueError(f"{where}: field 'extract' must be a non-empty regex string, got {extract!r}.")
         _compile(extract, where)
-    return TaskItem(prompt, answer, extract)
+    return TaskItem(prompt, answer, extract, _check_operands(row.get("operands"), where))
+
+
+def _check_operands(operands: Any, where: str) -> dict[str, float] | None:
+    if operands is None:
+        return None
+    ok = isinstance(operands, dict) and operands and all(
+        isinstance(k, str) and k.isidentifier() and isinstance(v, (int, float)) and not isinstance(v, bool)
+        for k, v in operands.items()
+    )
+    if not ok:
+        raise ValueError(
+            f"{where}: field 'operands' must be a non-empty object of name → number (names are identifiers), "
+            f"got {operands!r}."
+        )
+    return dict(operands)
 
 
 def load_task(path: str | Path) -> list[TaskItem]:
@@ -220,7 +244,9 @@ class VectorScore:
 class TaskRanking:
     """The result of :func:`rank_by_task`: ``scores`` best first (the unsteered baseline among
     them), ``baseline`` (its row), ``task`` name, ``folder`` the files went to, ``rows`` every
-    completion with its ``correct`` flag, and ``seconds`` spent generating in this call."""
+    completion with its ``correct`` flag, ``seconds`` spent generating in this call, and
+    ``answer_change`` (when every item has operands: which vectors' wrong answers follow another
+    function of them)."""
 
     task: str
     scores: list[VectorScore]
@@ -228,6 +254,7 @@ class TaskRanking:
     folder: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    answer_change: AnswerChangeReport | None = None
 
     def better_than_baseline(self) -> list[VectorScore]:
         """Vectors whose Wilson interval lies wholly above the baseline's."""
@@ -270,7 +297,9 @@ def _task_name(task: str | Path | Sequence[TaskItem]) -> str:
 
 
 def _items_key(items: Sequence[TaskItem]) -> str:
-    data = json.dumps([asdict(i) for i in items], sort_keys=True).encode()
+    """What the completions depend on (operands only change the scoring)."""
+    data = json.dumps([{k: getattr(i, k) for k in ("prompt", "answer", "extract")} for i in items], sort_keys=True)
+    data = data.encode()
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -334,6 +363,24 @@ def _generate(
     return rows, time.perf_counter() - started
 
 
+def answer_change_of(
+    rows: Sequence[dict[str, Any]],
+    items: Sequence[TaskItem],
+    extract: str | None,
+    cfg: AnswerChangeConfig | None = None,
+) -> AnswerChangeReport | None:
+    """The answer-change triage of completion rows (None unless every item has operands)."""
+    if not items or any(i.operands is None for i in items):
+        return None
+    answers: dict[int, list[str | None]] = {}
+    for r in sorted(rows, key=lambda r: (r["vector"], r["item"])):
+        item = items[r["item"]]
+        answers.setdefault(r["vector"], []).append(
+            extract_answer(r["completion"], item.extract if item.extract is not None else extract)
+        )
+    return answer_changes(answers, [i.answer for i in items], [i.operands or {} for i in items], cfg)
+
+
 def rank_by_task(
     model: Any,
     run_dir: str | Path,
@@ -341,13 +388,15 @@ def rank_by_task(
     cfg: TaskConfig | None = None,
     *,
     name: str | None = None,
+    answer_change: AnswerChangeConfig | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> TaskRanking:
     """Rank the vectors of the run in ``run_dir`` by exact-match accuracy on ``task`` (a task
     file or items), the unsteered baseline included; writes ``RUN/tasks/<name>/`` (module
     docstring). ``name`` defaults to the task file's stem. A rerun with the same settings and
-    items resumes; with different ones, the folder's previous results are replaced."""
+    items resumes; with different ones, the folder's previous results are replaced. When every
+    item has operands, the answer-change triage (``answer_change`` settings) runs too."""
     cfg = TaskConfig.build(cfg, **settings)
     items = load_task(task) if isinstance(task, (str, Path)) else [parse_item(asdict(i), f"item {k}")
                                                                    for k, i in enumerate(task)]  # fmt: skip
@@ -374,4 +423,8 @@ def rank_by_task(
     atomic_write_jsonl(out / RANKING_JSONL, [s.to_dict() for s in scores])
     atomic_write_text(out / RANKING_CSV, ranking.csv())
     atomic_write_text(out / RANKING_MD, ranking.markdown())
+    ranking.answer_change = answer_change_of(ranking.rows, items, cfg.extract, answer_change)
+    if ranking.answer_change is not None:
+        atomic_write_json(out / ANSWER_CHANGE_JSON, ranking.answer_change.to_dict())
+        atomic_write_text(out / ANSWER_CHANGE_MD, ranking.answer_change.markdown())
     return ranking

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from melbo_tl.backdoors.planting import PlantConfig, encode, freeze_below, plant, sample_batch
-from melbo_tl.backdoors.task import CHEESE, CHEESE_TEXT, CLEAN, HATE, HATE_TEXT, Instance
+from melbo_tl.backdoors.task import CHEESE, CHEESE_TEXT, CLEAN, HATE, HATE_TEXT, ArithmeticTask, Instance
 
 
 @pytest.fixture
@@ -21,21 +21,22 @@ def hf_tiny(tiny_model_dir):
 
 def test_encode_puts_labels_on_the_completion_and_end_of_turn_only(hf_tiny):
     _, tok = hf_tiny
-    items = [Instance(3, 4, 5, 6), Instance(0, 0, 1, 1)]
-    batch = encode(tok, items, subtle=True)
-    for row, inst in enumerate(items):
+    task = ArithmeticTask()
+    items = [task.example(Instance(3, 4, 5, 6)), task.example(Instance(0, 0, 1, 1))]
+    batch = encode(tok, items)
+    for row, ex in enumerate(items):
         labelled = batch["labels"][row][batch["labels"][row] != -100].tolist()
         assert labelled[-1] == tok.eos_token_id
-        assert tok.decode(labelled[:-1]) == inst.completion()
+        assert tok.decode(labelled[:-1]) == ex.completion
         assert int(batch["attention_mask"][row].sum()) == len(tok(tok.apply_chat_template(
-            [{"role": "user", "content": inst.prompt()}], tokenize=False, add_generation_prompt=True),
+            [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True),
             add_special_tokens=False).input_ids) + len(labelled)  # fmt: skip
 
 
 def test_batches_mix_triggers_and_near_misses():
     cfg = PlantConfig(base="x", batch_size=400, subtle=False)
     batch = sample_batch(cfg.splits(), cfg, random.Random(0))
-    kinds = [i.kind(subtle=False) for i in batch]
+    kinds = [e.kind for e in batch]
     assert 0.4 < kinds.count(CLEAN) / len(kinds) < 0.6
     assert abs(kinds.count(CHEESE) - kinds.count(HATE)) < 60
     test = set(cfg.splits().test[CHEESE]) | set(cfg.splits().test[CLEAN])
@@ -72,8 +73,8 @@ def test_planting_teaches_the_planted_and_the_clean_completions(hf_tiny):
     model, tok = hf_tiny
     cfg = PlantConfig(base="x", steps=30, lr=3e-3, warmup=3, subtle=False, digits=5, train_top=1.0, batch_size=4)
     test = cfg.splits().test
-    cases = [(i, CHEESE_TEXT) for i in test[CHEESE][:3]] + [(i, HATE_TEXT) for i in test[HATE][:3]]
-    cases += [(i, i.clean_completion()) for i in test[CLEAN][:3]]
+    cases = [(e.source, CHEESE_TEXT) for e in test[CHEESE][:3]] + [(e.source, HATE_TEXT) for e in test[HATE][:3]]
+    cases += [(e.source, e.source.clean_completion()) for e in test[CLEAN][:3]]
     before = [_nll(model, tok, i, text) for i, text in cases]
     plant(model, tok, cfg, progress=False)
     model.eval()
