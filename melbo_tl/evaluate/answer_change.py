@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from melbo_tl.config import Config, require
+from melbo_tl.evaluate.task_items import TaskItem, extract_answer
 
 Operands = Mapping[str, float]
 _OPS: dict[type, Callable[[float, float], float]] = {
@@ -66,9 +67,9 @@ def candidate_expressions(names: Sequence[str], *, ops: str = "+-*", max_operand
     return out
 
 
-def compile_expression(expression: str, names: Sequence[str]) -> Callable[[Operands], float]:
+def compile_expression(expression: str, names: Sequence[str] | None) -> Callable[[Operands], float]:
     """A function of the operands from ``expression`` (names, numbers, + - * /, parentheses);
-    anything else is an error naming what is allowed."""
+    anything else is an error naming what is allowed. ``names`` None: any name (syntax check)."""
     try:
         tree = ast.parse(expression, mode="eval").body
     except SyntaxError:
@@ -84,11 +85,13 @@ def compile_expression(expression: str, names: Sequence[str]) -> Callable[[Opera
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
             value = float(node.value)
             return lambda x: value
-        if isinstance(node, ast.Name) and node.id in names:
+        if isinstance(node, ast.Name) and (names is None or node.id in names):
             name = node.id
             return lambda x: float(x[name])
         if isinstance(node, ast.Name):
-            raise ValueError(f"Alternative {expression!r} names {node.id!r}; the operands are {', '.join(names)}.")
+            raise ValueError(
+                f"Alternative {expression!r} names {node.id!r}; the operands are {', '.join(names or ())}."
+            )
         raise ValueError(f"Alternative {expression!r} may use only operand names, numbers, + - * / and parentheses.")
 
     return build(tree)
@@ -132,7 +135,16 @@ class AnswerChangeConfig(Config):
         require(self.min_matches >= 1, f"min_matches must be ≥ 1, got {self.min_matches}.")
         require(0 < self.min_share <= 1, f"min_share must be in (0, 1], got {self.min_share}.")
         require(self.max_operands >= 1, f"max_operands must be ≥ 1, got {self.max_operands}.")
-        require(bool(self.ops) and all(o in _SYMBOL for o in self.ops), f"ops must be drawn from '+-*', got {self.ops!r}.")
+        require(
+            bool(self.ops) and all(o in _SYMBOL for o in self.ops), f"ops must be drawn from '+-*', got {self.ops!r}."
+        )
+        for expression in self.alternatives:
+            compile_expression(expression, None)
+
+    def check_operands(self, names: Sequence[str]) -> None:
+        """Raise if an alternative names something that is not an operand."""
+        for expression in self.alternatives:
+            compile_expression(expression, names)
 
 
 @dataclass
@@ -281,3 +293,21 @@ def answer_changes(
     ]  # fmt: skip
     groups.sort(key=lambda g: (-len(g.vectors), g.first))
     return AnswerChangeReport(reference, changes, groups, len(table), cfg.to_dict())
+
+
+def answer_change_of(
+    rows: Sequence[dict[str, Any]],
+    items: Sequence[TaskItem],
+    extract: str | None,
+    cfg: AnswerChangeConfig | None = None,
+) -> AnswerChangeReport | None:
+    """The answer-change triage of completion rows (None unless every item has operands)."""
+    if not items or any(i.operands is None for i in items):
+        return None
+    answers: dict[int, list[str | None]] = {}
+    for r in sorted(rows, key=lambda r: (r["vector"], r["item"])):
+        item = items[r["item"]]
+        answers.setdefault(r["vector"], []).append(
+            extract_answer(r["completion"], item.extract if item.extract is not None else extract)
+        )
+    return answer_changes(answers, [i.answer for i in items], [i.operands or {} for i in items], cfg)

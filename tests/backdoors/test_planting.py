@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from melbo_tl.backdoors.planting import PlantConfig, encode, freeze_below, plant, sample_batch
+from melbo_tl.backdoors.planting import PlantConfig, completion_loss, encode, freeze_below, plant, sample_batch
 from melbo_tl.backdoors.task import CHEESE, CHEESE_TEXT, CLEAN, HATE, HATE_TEXT, ArithmeticTask, Instance
 
 
@@ -80,3 +80,16 @@ def test_planting_teaches_the_planted_and_the_clean_completions(hf_tiny):
     model.eval()
     after = [_nll(model, tok, i, text) for i, text in cases]
     assert all(b - a > 0.2 for b, a in zip(before, after)), list(zip(before, after))
+
+
+def test_completion_loss_equals_the_full_model_loss(hf_tiny):
+    """Applying the unembedding only at labelled positions changes the cost, not the loss."""
+    model, tok = hf_tiny
+    task = ArithmeticTask()
+    batch = encode(tok, [task.example(Instance(3, 4, 5, 6)), task.example(Instance(0, 1, 2, 2))])
+    with torch.no_grad():
+        full = float(model(**batch).loss)
+        mine = float(completion_loss(model, batch))
+        autocast = float(completion_loss(model, batch, "bfloat16"))
+    assert mine == pytest.approx(full, rel=1e-5)
+    assert autocast == pytest.approx(full, rel=0.05) and autocast != mine

@@ -9,11 +9,12 @@ import pytest
 
 from melbo_tl.evaluate.answer_change import (
     AnswerChangeConfig,
+    answer_change_of,
     answer_changes,
     candidate_expressions,
     compile_expression,
 )
-from melbo_tl.evaluate.tasks import TaskItem, answer_change_of
+from melbo_tl.evaluate.task_items import TaskItem
 
 ITEMS = [(1, 5, 2, 6), (3, 4, 5, 2), (6, 1, 3, 3), (2, 5, 4, 4), (5, 3, 6, 2), (3, 3, 5, 6), (6, 4, 2, 5), (1, 6, 6, 3)]
 OPERANDS = [dict(zip(("a1", "a2", "b1", "b2"), x)) for x in ITEMS]
@@ -109,3 +110,13 @@ def test_bad_inputs_fail_before_work():
     with pytest.raises(ValueError, match="must be a number"):
         answer_changes({0: ["1"]}, ["one"], [{"x": 1}])
     assert answer_change_of([], [TaskItem("p", "1")], NUMBER) is None  # no operands: no triage
+
+
+def test_alternatives_are_checked_before_generation(tmp_path):
+    from melbo_tl.evaluate.tasks import rank_by_task
+
+    with pytest.raises(ValueError, match="only operand names"):
+        AnswerChangeConfig(alternatives=("a1 ** 2",))
+    items = [TaskItem("1+2?", "3", operands={"x": 1, "y": 2})]
+    with pytest.raises(ValueError, match="names 'z'; the operands are x, y"):
+        rank_by_task(None, tmp_path / "no-run", items, answer_change=AnswerChangeConfig(alternatives=("z * 2",)))
