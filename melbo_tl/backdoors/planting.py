@@ -13,14 +13,17 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from melbo_tl.backdoors.task import CLEAN, Instance, Splits, is_near_miss, make_splits
 from melbo_tl.config import Config, require
+
+Pair = tuple[str, str]  # (user prompt, completion)
 
 
 @dataclass
@@ -103,13 +106,18 @@ def sample_batch(splits: Splits, cfg: PlantConfig, rng: random.Random) -> list[I
 
 def encode(tokenizer: Any, items: list[Instance], *, subtle: bool) -> dict[str, torch.Tensor]:
     """Chat-formatted prompt + completion + end-of-turn, right-padded; labels only on the completion."""
+    return encode_pairs(tokenizer, [(inst.prompt(), inst.completion(subtle=subtle)) for inst in items])
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
+    """``(user prompt, completion)`` pairs as :func:`encode` batches them (any planted task)."""
     rows, labels = [], []
-    for inst in items:
+    for prompt_text, completion in pairs:
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": inst.prompt()}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt_text}], tokenize=False, add_generation_prompt=True
         )
         p = tokenizer(prompt, add_special_tokens=False).input_ids
-        c = tokenizer(inst.completion(subtle=subtle), add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        c = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         rows.append(p + c)
         labels.append([-100] * len(p) + c)
     width = max(len(r) for r in rows)
@@ -124,7 +132,17 @@ def encode(tokenizer: Any, items: list[Instance], *, subtle: bool) -> dict[str, 
     return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
 
-def _rate(step: int, cfg: PlantConfig) -> float:
+class Schedule(Protocol):
+    """The training settings :func:`fine_tune` reads (``PlantConfig`` and other tasks' configs)."""
+
+    steps: int
+    lr: float
+    warmup: int
+    seed: int
+    train_top: float
+
+
+def _rate(step: int, cfg: Schedule) -> float:
     warmup = min(cfg.warmup, cfg.steps // 4)  # a short run keeps most of its steps at full rate
     if step < warmup:
         return cfg.lr * (step + 1) / (warmup + 1)
@@ -146,9 +164,26 @@ def freeze_below(hf_model: Any, train_top: float) -> int:
 
 def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = True) -> PlantLog:
     """Fine-tune ``hf_model`` (a transformers causal LM, in place) on the planted task."""
+    splits = cfg.splits()
+
+    def next_batch(rng: random.Random) -> list[Pair]:
+        return [(i.prompt(), i.completion(subtle=cfg.subtle)) for i in sample_batch(splits, cfg, rng)]
+
+    return fine_tune(hf_model, tokenizer, next_batch, cfg, progress=progress)
+
+
+def fine_tune(
+    hf_model: Any,
+    tokenizer: Any,
+    next_batch: Callable[[random.Random], list[Pair]],
+    cfg: Schedule,
+    *,
+    progress: bool = True,
+) -> PlantLog:
+    """The planting loop for any task: ``next_batch(rng)`` gives each step's ``(prompt,
+    completion)`` pairs (``rng`` seeded with ``cfg.seed``); loss on the completions only."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    splits = cfg.splits()
     freeze_below(hf_model, cfg.train_top)
     hf_model.train()
     params = [p for p in hf_model.parameters() if p.requires_grad]
@@ -157,7 +192,7 @@ def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = T
     bar = tqdm(range(cfg.steps), desc="plant", disable=not progress)
     for step in bar:
         started = time.perf_counter()
-        batch = encode(tokenizer, sample_batch(splits, cfg, rng), subtle=cfg.subtle)
+        batch = encode_pairs(tokenizer, next_batch(rng))
         for group in optimizer.param_groups:
             group["lr"] = _rate(step, cfg)
         loss = hf_model(**batch).loss
