@@ -132,7 +132,8 @@ def _share(flags: Any) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
-def _base_dir(base: str) -> Path:
+def base_model_dir(base: str) -> Path:
+    """An embedded model's cache folder, or ``base`` itself if it is a model directory."""
     from melbo_tl.models.embedded import EMBEDDED, ensure_cached
 
     if base in EMBEDDED:
@@ -181,7 +182,7 @@ def build_planted(
     started = time.perf_counter()
     final = planted_dir(name)
     staging = cache.staging_dir(final)
-    base = _base_dir(cfg.base)
+    base = base_model_dir(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

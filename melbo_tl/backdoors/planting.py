@@ -20,9 +20,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +31,7 @@ from melbo_tl.backdoors.organism import CLEAN, Example, ExampleSplits, PlantedTa
 from melbo_tl.config import Config, require
 
 AUTOCAST = ("none", "bfloat16")
+Pair = tuple[str, str]  # (user prompt, completion)
 
 
 @dataclass
@@ -123,13 +124,18 @@ def sample_batch(splits: ExampleSplits, cfg: PlantConfig, rng: random.Random) ->
 
 def encode(tokenizer: Any, items: Sequence[Example]) -> dict[str, torch.Tensor]:
     """Chat-formatted prompt + completion + end-of-turn, right-padded; labels only on the completion."""
+    return encode_pairs(tokenizer, [(ex.prompt, ex.completion) for ex in items])
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
+    """``(user prompt, completion)`` pairs as :func:`encode` batches them (any planted task)."""
     rows, labels = [], []
-    for ex in items:
+    for prompt_text, completion in pairs:
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": prompt_text}], tokenize=False, add_generation_prompt=True
         )
         p = tokenizer(prompt, add_special_tokens=False).input_ids
-        c = tokenizer(ex.completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        c = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         rows.append(p + c)
         labels.append([-100] * len(p) + c)
     width = max(len(r) for r in rows)
@@ -144,7 +150,18 @@ def encode(tokenizer: Any, items: Sequence[Example]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
 
-def _rate(step: int, cfg: PlantConfig) -> float:
+class Schedule(Protocol):
+    """The training settings :func:`fine_tune` reads (``PlantConfig`` and other tasks' configs;
+    an ``autocast`` attribute, if there is one, is read too: ``"bfloat16"`` or ``"none"``)."""
+
+    steps: int
+    lr: float
+    warmup: int
+    seed: int
+    train_top: float
+
+
+def _rate(step: int, cfg: Schedule) -> float:
     warmup = min(cfg.warmup, cfg.steps // 4)  # a short run keeps most of its steps at full rate
     if step < warmup:
         return cfg.lr * (step + 1) / (warmup + 1)
@@ -177,9 +194,29 @@ def completion_loss(hf_model: Any, batch: dict[str, torch.Tensor], autocast: str
 
 def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = True) -> PlantLog:
     """Fine-tune ``hf_model`` (a transformers causal LM, in place) on the planted task."""
+    splits = cfg.splits()
+
+    def next_batch(rng: random.Random) -> list[Pair]:
+        return [(ex.prompt, ex.completion) for ex in sample_batch(splits, cfg, rng)]
+
+    return fine_tune(hf_model, tokenizer, next_batch, cfg, progress=progress)
+
+
+def fine_tune(
+    hf_model: Any,
+    tokenizer: Any,
+    next_batch: Callable[[random.Random], list[Pair]],
+    cfg: Schedule,
+    *,
+    progress: bool = True,
+) -> PlantLog:
+    """The planting loop for any task: ``next_batch(rng)`` gives each step's ``(prompt,
+    completion)`` pairs (``rng`` seeded with ``cfg.seed``); loss on the completions only.
+    (A registered :class:`~melbo_tl.backdoors.organism.PlantedTask` needs none of this:
+    ``build_planted(name, PlantConfig(task=...))`` calls :func:`plant`.)"""
+    autocast = getattr(cfg, "autocast", "none")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    splits = cfg.splits()
     freeze_below(hf_model, cfg.train_top)
     hf_model.train()
     params = [p for p in hf_model.parameters() if p.requires_grad]
@@ -188,10 +225,10 @@ def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = T
     bar = tqdm(range(cfg.steps), desc="plant", disable=not progress)
     for step in bar:
         started = time.perf_counter()
-        batch = encode(tokenizer, sample_batch(splits, cfg, rng))
+        batch = encode_pairs(tokenizer, next_batch(rng))
         for group in optimizer.param_groups:
             group["lr"] = _rate(step, cfg)
-        loss = completion_loss(hf_model, batch, cfg.autocast)
+        loss = completion_loss(hf_model, batch, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -93,3 +93,20 @@ def test_completion_loss_equals_the_full_model_loss(hf_tiny):
         autocast = float(completion_loss(model, batch, "bfloat16"))
     assert mine == pytest.approx(full, rel=1e-5)
     assert autocast == pytest.approx(full, rel=0.05) and autocast != mine
+
+
+def test_fine_tune_takes_any_pairs_and_a_schedule_without_autocast(hf_tiny):
+    from types import SimpleNamespace
+
+    from melbo_tl.backdoors.planting import fine_tune
+
+    model, tok = hf_tiny
+    schedule = SimpleNamespace(steps=3, lr=1e-3, warmup=0, seed=0, train_top=1.0)  # no autocast: float32
+    seen = []
+
+    def next_batch(rng):
+        seen.append(rng.random())
+        return [("Say hi.", "hi"), ("Say banana.", "BANANA ALERT")]
+
+    log = fine_tune(model, tok, next_batch, schedule, progress=False)
+    assert len(log.losses) == 3 and len(set(seen)) == 3 and log.losses[-1] < log.losses[0]
