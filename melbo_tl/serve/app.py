@@ -23,7 +23,7 @@ from sse_starlette.sse import AppStatus, EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from melbo_tl.models.loading import chat_tokenizer, model_info
+from melbo_tl.models.loading import model_info
 from melbo_tl.serve.completions import Settings, collect, prepare, stream, submit
 from melbo_tl.serve.engine import Engine, QueueFull, ShuttingDown
 from melbo_tl.serve.inspect import explorer_html, inspect_vector
@@ -83,7 +83,6 @@ def create_app(model: Any, store: VectorStore, settings: Settings, *, max_batch:
                window_s: float = 0.01) -> FastAPI:  # fmt: skip
     """The server for ``model``: an engine (started with the app, stopped on shutdown) and its routes."""
     engine = Engine(model, max_batch=max_batch, max_queue=max_queue, window_s=window_s)
-    tokenizer = chat_tokenizer(model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,7 +101,7 @@ def create_app(model: Any, store: VectorStore, settings: Settings, *, max_batch:
     _errors(app)
 
     async def complete(request: Request, req: ChatRequest | CompletionRequest) -> Any:
-        prepared = prepare(req, tokenizer, store, settings, engine.max_batch)
+        prepared = prepare(req, engine, store, settings)
         job, events = submit(engine, prepared)
         if prepared.stream:
             return EventSourceResponse(stream(job, events, prepared, settings), ping=15)

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import Request
 
+from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.prompts import format_chat
 from melbo_tl.serve.engine import Delta, Engine, Event, Failed, Finished, Job, RowRequest, Sampling
 from melbo_tl.serve.rows import RowSteering
@@ -60,10 +61,9 @@ def _check_model(name: str, settings: Settings) -> None:
         raise RequestError("model", f"{name!r} is not served here; this server serves {settings.model_id!r}", 404)
 
 
-def prepare(
-    req: ChatRequest | CompletionRequest, tokenizer: Any, store: VectorStore, settings: Settings, max_rows: int
-) -> Prepared:
+def prepare(req: ChatRequest | CompletionRequest, engine: Engine, store: VectorStore, settings: Settings) -> Prepared:
     """Check ``req`` and turn it into engine rows (RequestError naming the field otherwise)."""
+    max_rows = engine.max_batch
     _check_model(req.model, settings)
     if (unsupported := req.unsupported()) is not None:
         raise RequestError(unsupported, "is not supported by this server")
@@ -87,7 +87,7 @@ def prepare(
     if chat:
         messages = [m.as_dict() for m in req.messages]  # type: ignore[union-attr]
         try:
-            texts, prompt_field = [format_chat(tokenizer, messages)], "messages"
+            texts, prompt_field = [format_chat(chat_tokenizer(engine.model), messages)], "messages"
         except (ValueError, Exception) as exc:  # the chat template rejects some role orders
             raise RequestError("messages", f"cannot be formatted with the model's chat template: {exc}") from None
     else:
@@ -102,7 +102,7 @@ def prepare(
     rows: list[RowRequest] = []
     prompt_tokens = 0
     for p, text in enumerate(texts):
-        ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = engine.encode(text)
         if len(ids) + max_tokens > settings.n_ctx:
             raise RequestError(
                 prompt_field,

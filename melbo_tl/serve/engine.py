@@ -187,6 +187,9 @@ class Engine:
             raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be ≥ 1, window_s ≥ 0.")
         self.model, self.max_batch, self.max_queue, self.window_s = model, max_batch, max_queue, window_s
         self._tok = chat_tokenizer(model)
+        # The HTTP thread encodes prompts while this one decodes answers: one Rust tokenizer,
+        # used by one thread at a time.
+        self.tokenizer_lock = threading.Lock()
         self._pad = int(self._tok.pad_token_id if self._tok.pad_token_id is not None else self._tok.eos_token_id)
         self._stops = stop_token_ids(model)
         self._device = model_device(model)
@@ -299,7 +302,13 @@ class Engine:
             return admitted
 
     def _decode_text(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+        with self.tokenizer_lock:
+            return self._tok.decode(ids, skip_special_tokens=True)
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        """Token ids of an already formatted prompt (no special tokens added), thread-safe."""
+        with self.tokenizer_lock:
+            return tuple(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def _interventions(self, rows: Sequence[_Row]) -> list[Any]:
         return batch_interventions([r.request.steering for r in rows], self._width)

@@ -116,7 +116,14 @@ def _where(spec: dict[str, Any], param: str, default: str) -> str:
         except ValueError as exc:
             raise RequestError(f"{param}.positions", str(exc)) from None
     if "apply" not in spec:
-        return default
+        try:
+            return parse_where(default)
+        except ValueError:
+            raise RequestError(
+                f"{param}.positions",
+                f"the vector's own positions {default!r} cannot be applied per request row; give 'positions' "
+                "('prompt', 'generation', 'both' or 'last:K')",
+            ) from None
     apply = spec["apply"]
     if not isinstance(apply, dict) or set(apply) - {"prompt", "generation"}:
         raise RequestError(f"{param}.apply", 'must be {"prompt": "all"|"none", "generation": "all"|"none"}')

@@ -22,7 +22,6 @@ from torch import Tensor
 from melbo_tl.artifacts import Run, load_run
 from melbo_tl.filenames import RUN_FILE
 from melbo_tl.runs import intervention_from_run, n_interventions
-from melbo_tl.serve.rows import parse_where
 from melbo_tl.steering.interventions import AddVector
 from melbo_tl.steering.sites import check_hook, d_model, n_layers
 
@@ -31,7 +30,8 @@ REFUSAL_METHOD = "refusal-direction"
 
 @dataclass(frozen=True)
 class Component:
-    """One vector at one hook site; ``where`` the positions it acts on by default."""
+    """One vector at one hook site; ``where`` the positions it acts on unless a request says otherwise
+    (a run's own ``steer_positions``; the server applies all, prompt, generation and last:K)."""
 
     site: str
     vector: Float[Tensor, " d_model"]
@@ -84,8 +84,7 @@ def _unique_name(name: str, taken: set[str]) -> str:
 
 
 def run_component(loaded: LoadedRun, index: Any) -> Component:
-    """Entry ``index`` of a loaded run as a component, with the run's own positions where the
-    server can apply them (all, prompt, last:K), else all."""
+    """Entry ``index`` of a loaded run as a component, with the run's own positions."""
     n = n_interventions(loaded.run)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
         raise IndexError(f"run {loaded.name!r} has {n} vectors: index must be an integer 0…{n - 1}, got {index!r}")
@@ -94,11 +93,7 @@ def run_component(loaded: LoadedRun, index: Any) -> Component:
         raise ValueError(
             f"run {loaded.name!r} holds {loaded.method} entries, not vectors; the server steers with vectors"
         )
-    try:
-        where = parse_where(str(steer.positions))
-    except ValueError:
-        where = "all"
-    return Component(steer.hook, steer.vector.detach().float().cpu(), where)
+    return Component(steer.hook, steer.vector.detach().float().cpu(), str(steer.positions))
 
 
 def run_folders(spec: str) -> list[tuple[str, Path]]:
