@@ -173,7 +173,6 @@ def _register(store: VectorStore, req: RegisterRequest) -> dict[str, Any]:
         if req.run_dir is not None:
             if whole_run:
                 return {"run": store.add_run(req.run_dir, req.name).describe()}
-            field = "index"
             return {"vector": store.add_from_run(req.name, req.run_dir, req.index).describe()}
         if req.gguf is not None:
             return {"vector": store.add_gguf(req.name, req.gguf).describe()}
@@ -189,5 +188,7 @@ def _register(store: VectorStore, req: RegisterRequest) -> dict[str, Any]:
         return {"vector": store.add_named(req.name, [Component(s, vector) for s in sites], {"data": True}).describe()}
     except FileNotFoundError as exc:
         raise RequestError(sources[0], str(exc)) from None
-    except (IndexError, ValueError) as exc:
-        raise RequestError(field, str(exc.args[0]) if exc.args else str(exc)) from None
+    except IndexError as exc:
+        raise RequestError("index", str(exc.args[0])) from None
+    except ValueError as exc:
+        raise RequestError(field, str(exc)) from None

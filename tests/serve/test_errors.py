@@ -128,9 +128,13 @@ def test_unknown_route_is_a_json_404(live):
         ({"name": "x", "run_dir": "/no/such/run"}, "run_dir"),
         ({"name": "melbo", "run_dir": "/anywhere"}, "name"),
         ({"name": "x", "data": [0.0] * 64, "site": "blocks.7.hook_resid_pre"}, "site"),
+        ({"name": "x", "data": [0.0] * 64, "layers": [9]}, "layers"),
+        ({"name": "x", "run_dir": "RUN", "index": 5}, "index"),
     ],
 )
 def test_bad_registration_names_the_field(live, body, param):
+    if body.get("run_dir") == "RUN":
+        body = {**body, "run_dir": str(live.runs["melbo"])}
     response = live.client().post("/v1/steering/vectors", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
