@@ -30,8 +30,8 @@ import plotly.graph_objects as go
 import torch
 from tqdm.auto import tqdm
 
-from analysis import ablation, attribution, lens, similarity, token_views
-from analysis.names import (
+from melbo_tl.analysis import ablation, attribution, lens, similarity, token_views
+from melbo_tl.analysis.names import (
     ANALYSIS_DIR,
     ATTRIBUTION,
     COSINES,

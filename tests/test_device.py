@@ -50,7 +50,7 @@ def cpu_vector(seed: int = 0, scale: float = 4.0) -> torch.Tensor:
 
 
 def _analysis(model, texts):
-    from analysis import ablation, attribution, lens, similarity, token_views
+    from melbo_tl.analysis import ablation, attribution, lens, similarity, token_views
 
     v = cpu_vector()
     steer = AddVector(v, HOOK)

@@ -66,7 +66,7 @@ def analyze_cmd(
 
     Finished steps are kept: rerunning with the same options resumes an interrupted analysis.
     """
-    from analysis.run_analysis import AnalysisSettings, analyze_run
+    from melbo_tl.analysis.run_analysis import AnalysisSettings, analyze_run
     from melbo_tl.artifacts import load_run
 
     for folder in [run, *(compare or [])] + ([against] if against else []):
@@ -96,12 +96,12 @@ def report_cmd(
     ] = None,
 ) -> None:
     """One HTML page with the run's settings, losses, generations and its analyses."""
-    from analysis.report import write_report
+    from melbo_tl.analysis.report import write_report
 
     out = write_report(run)
     typer.echo(f"wrote {out}")
     if screenshot is not None:
-        from analysis.browser import check_page
+        from melbo_tl.analysis.browser import check_page
 
         check = check_page(out, screenshot=screenshot)
         problems = check.console_errors + check.page_errors + check.external_requests

@@ -262,7 +262,7 @@ def write_run_outputs(
     """After training: ``generations.jsonl`` (greedy completions, unsteered and per entry, or the
     entries in ``indices``) and ``losses.html`` (the objective per step, when the run has curves);
     echo the completions."""
-    from analysis.figures import loss_curves, write_html
+    from melbo_tl.analysis.figures import loss_curves, write_html
     from melbo_tl.artifacts import load_run
     from melbo_tl.runs import write_generations
 

@@ -99,8 +99,8 @@ def demo_cmd(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="completion length")] = 48,
 ) -> None:
     """Run the whole pipeline on the embedded model and print where the report is."""
-    from analysis.report import write_report
-    from analysis.run_analysis import AnalysisSettings, analyze_run
+    from melbo_tl.analysis.report import write_report
+    from melbo_tl.analysis.run_analysis import AnalysisSettings, analyze_run
     from melbo_tl.artifacts import atomic_write_json
     from melbo_tl.directions.method import RefusalDirectionConfig, refusal_prompts
     from melbo_tl.evaluate.triage import TriageConfig, triage_run
@@ -186,7 +186,7 @@ def _clusters(triage: Any) -> None:
 
 def _summary(melbo: Path) -> None:
     """Print the cosine table and the mediation result from the analysis files."""
-    from analysis.names import ANALYSIS_DIR, COSINES, EFFECTS, MEDIATION, step_file
+    from melbo_tl.analysis.names import ANALYSIS_DIR, COSINES, EFFECTS, MEDIATION, step_file
 
     folder = melbo / ANALYSIS_DIR
     cos = json.loads(step_file(folder, COSINES).read_text())

@@ -229,7 +229,7 @@ def sweep_cmd(
     ] = False,
 ) -> None:
     """Train a few vectors per radius and report diversity and perplexity of their completions."""
-    from analysis.figures import radius_sweep_figure, write_html
+    from melbo_tl.analysis.figures import radius_sweep_figure, write_html
     from melbo_tl.artifacts import atomic_write_json
     from melbo_tl.optimize.melbo import MelboConfig
     from melbo_tl.optimize.sweep import sweep_radius

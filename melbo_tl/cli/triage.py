@@ -45,7 +45,7 @@ def triage_cmd(
     """Generate completions for every vector of RUN (batched), score fluency, novelty, refusal and
     degeneracy, cluster the behaviours, and write RUN/triage/ (behaviours, clusters, shortlist,
     atlas); a rerun with the same options resumes."""
-    from analysis.atlas import write_atlas
+    from melbo_tl.analysis.atlas import write_atlas
     from melbo_tl.artifacts import load_run
     from melbo_tl.evaluate.triage import TriageConfig, triage_run
 
@@ -83,7 +83,7 @@ def enumerate_cmd(
 ) -> None:
     """Count, for each run, the distinct behaviour clusters its first 1…N vectors reach, all runs
     clustered together with one threshold so the counts compare (e.g. DCT vs MELBO vs random)."""
-    from analysis.figures import enumeration_figure, write_html
+    from melbo_tl.analysis.figures import enumeration_figure, write_html
     from melbo_tl.artifacts import atomic_write_json
     from melbo_tl.evaluate.enumeration import enumerate_behaviours
 

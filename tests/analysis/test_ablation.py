@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.ablation import (
+from melbo_tl.analysis.ablation import (
     ABLATED,
     PROJECTED,
     RESTORED,
@@ -91,7 +91,7 @@ def test_shared_baseline_gives_the_same_result(tiny_model, texts):
 def test_restoring_the_unsteered_coordinate_on_an_unsteered_run_changes_nothing(tiny_model):
     """Prompts of different lengths, not in length order: the restored values must meet their own
     rows (a batch reordered by length would put row i's coordinates on row j)."""
-    from analysis.ablation import RestoreCoordinate, unsteered_coordinates
+    from melbo_tl.analysis.ablation import RestoreCoordinate, unsteered_coordinates
     from melbo_tl.evaluate.refusal import refusal_log_odds
 
     texts = prepare_prompts(tiny_model, ["Write a long story about dragons and castles, please.", "Hi", "What is 2+2?"])

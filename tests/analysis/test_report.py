@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from analysis.browser import check_page
-from analysis.report import SECTIONS, write_report
+from melbo_tl.analysis.browser import check_page
+from melbo_tl.analysis.report import SECTIONS, write_report
 from melbo_tl.cli import app
 from melbo_tl.evaluate.triage import load_triage
 
