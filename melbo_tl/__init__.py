@@ -31,6 +31,6 @@ class _AnalysisFinder(importlib.abc.MetaPathFinder):
         )
 
 
-if not (_HERE / "analysis").is_dir() and (_ANALYSIS / "__init__.py").is_file():
-    if not any(isinstance(f, _AnalysisFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AnalysisFinder())
+_IN_A_CHECKOUT = not (_HERE / "analysis").is_dir() and (_ANALYSIS / "__init__.py").is_file()
+if _IN_A_CHECKOUT and not any(isinstance(f, _AnalysisFinder) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AnalysisFinder())
