@@ -6,8 +6,14 @@ import math
 
 import pytest
 import torch
+from melbo_tl.analysis.similarity import (
+    canonical_site,
+    cosine_heatmap,
+    delta_similarity,
+    subspace_overlap,
+    vector_similarity,
+)
 
-from melbo_tl.analysis.similarity import canonical_site, cosine_heatmap, delta_similarity, subspace_overlap, vector_similarity
 from melbo_tl.prompts import prepare_prompts
 from melbo_tl.steering.interventions import AddVector
 

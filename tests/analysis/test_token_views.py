@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 import torch
-
 from melbo_tl.analysis.token_views import (
     AttentionView,
     TokenView,
@@ -20,6 +19,7 @@ from melbo_tl.analysis.token_views import (
     standalone_page,
     token_view_html,
 )
+
 from melbo_tl.generate import generate
 from melbo_tl.models import chat_tokenizer
 from melbo_tl.prompts import Positions, prepare_prompts, tokenize
