@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from melbo_tl.analysis.figures import write_html
 
+from melbo_tl.analysis.figures import write_html
 from melbo_tl.artifacts import atomic_write_text
 from melbo_tl.evaluate.triage import UNSTEERED, load_triage, triage_dir
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import plotly.io as pio
+
 from melbo_tl.analysis import token_views
 from melbo_tl.analysis.figures import loss_curves
 from melbo_tl.analysis.names import (
@@ -31,7 +32,6 @@ from melbo_tl.analysis.names import (
     TOKEN_VIEWS,
     step_file,
 )
-
 from melbo_tl.artifacts import atomic_write_text, load_run, read_jsonl
 from melbo_tl.evaluate.refusal import is_refusal
 from melbo_tl.filenames import GENERATIONS_FILE
@@ -243,7 +243,6 @@ def _token_views(folder: Path) -> str:
 def _atlas(run_dir: Path) -> list[tuple[str, str, str]]:
     """The behaviour atlas section, first on the page, when the run has been triaged."""
     from melbo_tl.analysis.atlas import ATLAS_FIGURE, FRONTIER_FIGURE, cluster_rows, write_atlas
-
     from melbo_tl.evaluate.triage import BEHAVIOURS_FILE, UNSTEERED, triage_dir
 
     folder = triage_dir(run_dir)

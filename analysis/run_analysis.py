@@ -28,6 +28,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 import torch
+from tqdm.auto import tqdm
+
 from melbo_tl.analysis import ablation, attribution, lens, similarity, token_views
 from melbo_tl.analysis.names import (
     ANALYSIS_DIR,
@@ -43,8 +45,6 @@ from melbo_tl.analysis.names import (
     TOKEN_VIEWS,
     step_file,
 )
-from tqdm.auto import tqdm
-
 from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
 from melbo_tl.directions.io import load_candidates, load_refusal_direction
 from melbo_tl.evaluate.datasets import load_prompts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from melbo_tl.analysis.ablation import (
     ABLATED,
     PROJECTED,
@@ -17,7 +18,6 @@ from melbo_tl.analysis.ablation import (
     project_out,
     sweep_figure,
 )
-
 from melbo_tl.prompts import prepare_prompts
 from melbo_tl.steering.interventions import AddVector
 
@@ -92,7 +92,6 @@ def test_restoring_the_unsteered_coordinate_on_an_unsteered_run_changes_nothing(
     """Prompts of different lengths, not in length order: the restored values must meet their own
     rows (a batch reordered by length would put row i's coordinates on row j)."""
     from melbo_tl.analysis.ablation import RestoreCoordinate, unsteered_coordinates
-
     from melbo_tl.evaluate.refusal import refusal_log_odds
 
     texts = prepare_prompts(tiny_model, ["Write a long story about dragons and castles, please.", "Hi", "What is 2+2?"])

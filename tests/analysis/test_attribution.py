@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from melbo_tl.analysis.attribution import attribution_figure, steering_attribution
 
+from melbo_tl.analysis.attribution import attribution_figure, steering_attribution
 from melbo_tl.evaluate.refusal import refusal_log_odds
 from melbo_tl.prompts import prepare_prompts
 from melbo_tl.steering.interventions import AddVector

@@ -9,6 +9,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
+
 from melbo_tl.analysis import browser
 from melbo_tl.analysis.browser import check_page, find_chromium
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from melbo_tl.analysis.lens import lens_figure, lens_trajectory, vector_readout
 
+from melbo_tl.analysis.lens import lens_figure, lens_trajectory, vector_readout
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.prompts import prepare_prompts, tokenize
 from melbo_tl.steering.interventions import AddVector

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from melbo_tl.analysis.browser import check_page
-from melbo_tl.analysis.report import SECTIONS, write_report
 from typer.testing import CliRunner
 
+from melbo_tl.analysis.browser import check_page
+from melbo_tl.analysis.report import SECTIONS, write_report
 from melbo_tl.cli import app
 from melbo_tl.evaluate.triage import load_triage
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from melbo_tl.analysis.similarity import (
     canonical_site,
     cosine_heatmap,
@@ -13,7 +14,6 @@ from melbo_tl.analysis.similarity import (
     subspace_overlap,
     vector_similarity,
 )
-
 from melbo_tl.prompts import prepare_prompts
 from melbo_tl.steering.interventions import AddVector
 

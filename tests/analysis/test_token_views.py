@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import torch
+
 from melbo_tl.analysis.token_views import (
     AttentionView,
     TokenView,
@@ -19,7 +20,6 @@ from melbo_tl.analysis.token_views import (
     standalone_page,
     token_view_html,
 )
-
 from melbo_tl.generate import generate
 from melbo_tl.models import chat_tokenizer
 from melbo_tl.prompts import Positions, prepare_prompts, tokenize
