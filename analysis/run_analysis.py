@@ -52,7 +52,7 @@ from melbo_tl.evaluate.refusal import refusal_log_odds
 from melbo_tl.prompts import prepare_prompts
 from melbo_tl.runs import check_index, intervention_from_run, n_interventions
 from melbo_tl.steering.interventions import AddVector
-from melbo_tl.steering.sites import hook_layer, n_layers, resid_hook
+from melbo_tl.steering.sites import Site, n_layers
 
 SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)  # multipliers of each mediated vector in the scale sweep
 
@@ -77,11 +77,11 @@ class AnalysisSettings:
 
 @dataclass
 class Steer:
-    """A named vector from some run: its intervention, its canonical site and its layer there."""
+    """A named vector from some run: its intervention, its canonical site and the block that site enters."""
 
     name: str
     intervention: AddVector
-    site: str
+    site: Site
     layer: int
     main: bool
     prompts: list[str] = field(default_factory=list)  # the prompts its run was fitted on
@@ -102,13 +102,13 @@ def _steers(
             iv = intervention_from_run(run, i)
             if not isinstance(iv, AddVector):
                 raise ValueError(f"{run_dir} holds {type(iv).__name__}s; analyze works on steering-vector runs.")
-            site = similarity.canonical_site(iv.hook)
+            site = iv.site.canonical()
             out.append(
                 Steer(
                     f"{run_dir.name}[{i}]",
                     iv,
                     site,
-                    hook_layer(site) or 0,
+                    site.layer,
                     run_dir == main,
                     list(run.meta.get("prompts") or []),
                 )
@@ -121,19 +121,19 @@ class Refusal:
     """The selected refusal direction and the candidates it came from, for per-site reads."""
 
     direction: torch.Tensor
-    hook: str
+    site: Site
     layer: int
     pos: int
     candidates: dict[int, torch.Tensor]
 
-    def at(self, site: str) -> tuple[torch.Tensor | None, str]:
+    def at(self, site: Site) -> tuple[torch.Tensor | None, str]:
         """r̂ read at ``site``: the candidate at that layer (selected position), if computed."""
-        layer = hook_layer(site)
-        if site == self.hook:
+        site = site.canonical()
+        if site == self.site:
             return self.direction, f"selected (layer {self.layer}, pos {self.pos})"
-        if layer in self.candidates and site == resid_hook(layer):
-            c = self.candidates[layer]
-            return c / c.norm(), f"diff-in-means candidate (layer {layer}, pos {self.pos})"
+        if site.kind == "resid_pre" and site.layer in self.candidates:
+            c = self.candidates[site.layer]
+            return c / c.norm(), f"diff-in-means candidate (layer {site.layer}, pos {self.pos})"
         return None, f"no candidate at {site}"
 
 
@@ -147,7 +147,7 @@ def load_refusal(model: Any, run_dir: str | Path) -> Refusal:
             cands = {layer_: candidates.directions[i, j].float() for i, layer_ in enumerate(candidates.layers)}
     except FileNotFoundError:
         pass
-    return Refusal(direction.float(), resid_hook(layer), layer, pos, cands)
+    return Refusal(direction.float(), Site(layer), layer, pos, cands)
 
 
 class _Writer:
@@ -213,26 +213,19 @@ def _similarity(
     steers: list[Steer], refusal: Refusal | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[tuple[str, go.Figure]]]:
     groups, figs, rows = [], [], []
-    for site in sorted({s.site for s in steers}, key=lambda x: hook_layer(x) or 0):
+    for site in sorted({s.site for s in steers}, key=Site.sort_key):
         members = [s for s in steers if s.site == site]
         vectors = {s.name: (s.intervention.vector, s.site) for s in members}
         r_site, source = refusal.at(site) if refusal else (None, "no refusal run")
         if r_site is not None:
             vectors["r̂ @ site"] = (r_site, site)
         sim = similarity.vector_similarity(vectors)
-        entry: dict[str, Any] = {"site": site, "refusal_source": source, **sim.to_dict()}
+        entry: dict[str, Any] = {**sim.to_dict(), "site": site.hook, "refusal_source": source}
         basis = torch.stack([s.intervention.vector.float() for s in members])
         if r_site is not None and len(members) < basis.shape[1]:
             entry["subspace_overlap_with_r"] = similarity.subspace_overlap(basis, r_site)
         groups.append(entry)
-        figs.append(
-            (
-                f"cosine_{site}",
-                similarity.cosine_heatmap(
-                    sim.names, sim.cosine, title=f"Vector cosines at {site}", baseline=sim.random_q95
-                ),
-            )
-        )
+        figs.append((f"cosine_{site.hook}", sim.figure()))
         for i, s in enumerate(members):
             mapped = None
             if refusal is not None:
@@ -242,7 +235,7 @@ def _similarity(
             rows.append(
                 {
                     "vector": s.name,
-                    "site": site,
+                    "site": site.hook,
                     "norm": sim.norms[i],
                     "cos_r_at_site": sim.cosine[i][-1] if r_site is not None else None,
                     "r_source": source,
@@ -253,11 +246,11 @@ def _similarity(
     return {"groups": groups}, rows, figs
 
 
-def _delta_hook(model: Any, steers: list[Steer], refusal: Refusal | None) -> str:
+def _delta_site(model: Any, steers: list[Steer], refusal: Refusal | None) -> Site:
     last_site = max(s.layer for s in steers)
     if refusal is not None and refusal.layer > last_site:
-        return refusal.hook
-    return resid_hook(min(n_layers(model) - 1, last_site + 4))
+        return refusal.site
+    return Site(min(n_layers(model) - 1, last_site + 4))
 
 
 def analyze_run(
@@ -288,7 +281,7 @@ def analyze_run(
     texts = prepare_prompts(model, prompts)
     run_prompt = (_run_prompts(steers) or [prompts[0]])[0]
     w = _Writer(run_dir / ANALYSIS_DIR, settings)
-    at = _delta_hook(model, steers, refusal)
+    at = _delta_site(model, steers, refusal)
     r_at = refusal.at(at)[0] if refusal else None
 
     @functools.cache
@@ -386,7 +379,7 @@ def analyze_run(
             tv = token_views.delta_token_view(
                 model, run_prompt, s.intervention, at=at, direction=r_at, max_new_tokens=settings.max_new_tokens or 16
             )
-            av = token_views.attention_view(model, run_prompt, s.intervention, layer=hook_layer(at) or 0)
+            av = token_views.attention_view(model, run_prompt, s.intervention, layer=at.layer)
             data[s.name] = {
                 "tokens": tv.to_dict(),
                 "attention": av.to_dict(),

@@ -221,9 +221,9 @@ def test_format_1_configs_carry_the_old_settings(tiny_model):
     from melbo_tl.training import config_of
 
     melbo = config_of(load_run(LEGACY / "melbo"))
-    assert (melbo.source_layer, melbo.target_layer, melbo.radius, melbo.positions, melbo.steps) == (
-        0,
-        2,
+    assert (melbo.source.hook, melbo.target.hook, melbo.radius, melbo.positions, melbo.steps) == (
+        "blocks.0.hook_resid_post",
+        "blocks.2.hook_resid_pre",
         2.0,
         "last:2",
         3,
@@ -231,7 +231,7 @@ def test_format_1_configs_carry_the_old_settings(tiny_model):
     adapter = config_of(load_run(LEGACY / "adapter"))
     assert (adapter.rank, adapter.n_adapters, adapter.radius) == (2, 2, 0.5)
     oneshot = config_of(load_run(LEGACY / "oneshot"))
-    assert (oneshot.layer, oneshot.promote, oneshot.steps) == (1, ("Sure",), 3)
+    assert (oneshot.site.hook, oneshot.promote, oneshot.steps) == ("blocks.1.hook_resid_pre", ("Sure",), 3)
     refusal = config_of(load_run(LEGACY / "refusal_direction"))
     assert (refusal.n_train, refusal.n_val, refusal.layers, refusal.positions) == (8, 4, (1, 2), (-2, -1))
 

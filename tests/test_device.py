@@ -179,7 +179,7 @@ def test_bf16_vectors_rescored_in_fp32_reach_the_fp32_objective(tiny_model, tiny
     fp32 = train_vectors(tiny_model, PROMPTS, cfg, progress=False)
     bf16 = train_vectors(tiny_bf16, PROMPTS, cfg, progress=False)
     start = train_vectors(tiny_model, PROMPTS, cfg.replace(steps=0), progress=False)  # the random starts
-    problem = MelboProblem.build(tiny_model, PROMPTS, source=0, target=3, p=2, q=1, positions="last:3")
+    problem = MelboProblem.build(tiny_model, PROMPTS, source="resid_post.0", target=3, p=2, q=1, positions="last:3")
 
     def score(vectors: torch.Tensor) -> float:
         with torch.no_grad():

@@ -39,17 +39,21 @@ def dct_cmd(
         int, typer.Option("--factors", "-F", min=1, metavar="F", help="number of factors (vectors)")
     ] = 256,
     source: Annotated[
-        Optional[int],
+        Optional[str],
         typer.Option(
-            "--source", metavar="S", help="vectors added at blocks.S.hook_resid_post [default: 7]", show_default=False
+            "--source",
+            metavar="SITE",
+            help="where vectors are added: L (the residual entering block L), resid_post.L or a hook name "
+            "[default: resid_post.7]",
+            show_default=False,
         ),
     ] = None,
     target: Annotated[
-        Optional[int],
+        Optional[str],
         typer.Option(
             "--target",
-            metavar="T",
-            help="response read at blocks.T.hook_resid_pre [default: n_layers − 8]",
+            metavar="SITE",
+            help="where the response is read, after the source [default: n_layers − 8]",
             show_default=False,
         ),
     ] = None,
@@ -94,7 +98,7 @@ def dct_cmd(
     from melbo_tl.training import train_to_folder
 
     cfg = DCTConfig(
-        n_factors=factors, source_layer=source, target_layer=target, positions=positions, radius=radius,
+        n_factors=factors, source=source, target=target, positions=positions, radius=radius,
         calibration_target=rho, iterations=iterations, orthogonalize=orthogonalize, rank_by=rank_by,
         chunk_size=chunk_size, seed=seed,
     )  # fmt: skip

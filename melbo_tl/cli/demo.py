@@ -45,7 +45,9 @@ ONESHOT_TARGET = "Sure, here's how"
 
 
 def demo_layers(n_layers: int) -> dict[str, Any]:
-    """Sites scaled from the 24-layer embedded model (DCT 7 → 16, one-shot 10, refusal 14)."""
+    """Blocks scaled from the 24-layer embedded model: DCT from the output of block 7 (``source``) to
+    the input of block 16 (``target``), one-shot at the input of block 10, refusal candidates at the
+    inputs of blocks 8 (the DCT site), 10 and 14."""
     source = max(0, round(7 / 24 * n_layers))
     oneshot = min(n_layers - 1, round(10 / 24 * n_layers))
     refusal = min(n_layers - 1, round(14 / 24 * n_layers))
@@ -106,6 +108,7 @@ def demo_cmd(
     from melbo_tl.evaluate.triage import TriageConfig, triage_run
     from melbo_tl.optimize.dct import DCTConfig
     from melbo_tl.optimize.oneshot import OneShotConfig
+    from melbo_tl.steering.sites import Site
     from melbo_tl.training import train_to_folder
 
     started = time.perf_counter()
@@ -123,7 +126,7 @@ def demo_cmd(
     ))  # fmt: skip
 
     dct_cfg = DCTConfig(
-        n_factors=factors, source_layer=layers["source"], target_layer=layers["target"], iterations=iterations,
+        n_factors=factors, source=Site(layers["source"], "resid_post"), target=Site(layers["target"]), iterations=iterations,
         calibration_target=rho,
     )  # fmt: skip
 
@@ -139,7 +142,7 @@ def demo_cmd(
     triage = triage_run(bridge, dct, TriageConfig(max_new_tokens=max_new_tokens))
     timings["triage"] = round(time.perf_counter() - t, 1)
 
-    oneshot_cfg = OneShotConfig(layer=layers["oneshot"], promote=(ONESHOT_TARGET,), target_loss=2.0)
+    oneshot_cfg = OneShotConfig(site=Site(layers["oneshot"]), promote=(ONESHOT_TARGET,), target_loss=2.0)
 
     def train_oneshot() -> None:
         train_to_folder(bridge, "oneshot", [ONESHOT_PROMPT], oneshot_cfg, oneshot, resume=True)

@@ -27,7 +27,14 @@ def oneshot_cmd(
     prompt: PromptsOpt,
     out: OutOpt,
     layer: Annotated[
-        int, typer.Option("--layer", "-l", metavar="L", help="the vector acts at blocks.L.hook_resid_pre")
+        str,
+        typer.Option(
+            "--site",
+            "--layer",
+            "-l",
+            metavar="SITE",
+            help="where the vector acts: L (the residual entering block L), resid_post.L or a hook name",
+        ),
     ],
     promote: Annotated[
         list[str], typer.Option("--promote", metavar="TEXT", help="completion to make likely (repeatable)")
@@ -64,7 +71,7 @@ def oneshot_cmd(
     from melbo_tl.training import train_to_folder
 
     cfg = OneShotConfig(
-        layer=layer, promote=tuple(promote), suppress=tuple(suppress), coldness=coldness, lr=lr, steps=steps,
+        site=layer, promote=tuple(promote), suppress=tuple(suppress), coldness=coldness, lr=lr, steps=steps,
         max_norm=max_norm, target_loss=target_loss, satisfice=satisfice, positions=positions, seed=seed, n_vectors=vectors,
     )  # fmt: skip
     if not cfg.promote and not cfg.suppress:

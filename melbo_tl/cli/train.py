@@ -32,20 +32,21 @@ from melbo_tl.cli.common import (
 )
 
 SourceOpt = Annotated[
-    Optional[int],
+    Optional[str],
     typer.Option(
         "--source",
-        metavar="S",
-        help="source layer s: added at blocks.s.hook_resid_post [default: 7]",
+        metavar="SITE",
+        help="where vectors are added: L (the residual entering block L), resid_post.L or a hook name "
+        "[default: resid_post.7]",
         show_default=False,
     ),
 ]
 TargetOpt = Annotated[
-    Optional[int],
+    Optional[str],
     typer.Option(
         "--target",
-        metavar="T",
-        help="target layer t: reads blocks.t.hook_resid_pre [default: n_layers − 8]",
+        metavar="SITE",
+        help="where the objective reads the change, after the source [default: n_layers − 8]",
         show_default=False,
     ),
 ]
@@ -140,8 +141,8 @@ def train_cmd(
         raise ValueError("--radius auto calibrates a steering vector's norm; give adapters a number.")
     common = dict(
         radius=radius,
-        source_layer=source,
-        target_layer=target,
+        source=source,
+        target=target,
         p=p,
         q=q,
         positions=positions,
@@ -236,7 +237,7 @@ def sweep_cmd(
 
     values = parse_floats(radii, "--radii")
     cfg = MelboConfig(
-        radius=values[0], source_layer=source, target_layer=target, positions=positions, n_vectors=vectors, steps=steps,
+        radius=values[0], source=source, target=target, positions=positions, n_vectors=vectors, steps=steps,
         mode=_mode(mode, independent), seed=seed,
     )  # fmt: skip
     on_ray = ray_setup(

@@ -36,7 +36,7 @@ from melbo_tl.directions.selection import choose_direction, score_candidates
 from melbo_tl.evaluate.datasets import load_prompts, train_test_split
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
-from melbo_tl.steering.sites import check_layer, n_layers
+from melbo_tl.steering.sites import Site, check_layer, n_layers
 
 BUILTIN_SETS = ("harmful", "harmless")
 SPLITS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
@@ -47,7 +47,8 @@ class RefusalDirectionConfig(Config):
     """Settings of a refusal-direction run: the prompt sets (``harmful``, ``harmless``: built-in
     set, file or ``hf:`` spec; ``split`` of them, None = "train" for built-in sets, all of a file),
     ``n_train``/``n_val`` prompts per set and the ``seed`` of that split; candidate ``layers``
-    (None: all below ``max_layer_frac``·n_layers) and ``positions`` (negative offsets; None: the
+    (layer L: the residual entering block L; sites such as ``resid_post.7`` are read as the
+    layer they enter; None: all below ``max_layer_frac``·n_layers) and ``positions`` (negative offsets; None: the
     chat template's post-instruction tokens); the filters ``kl_threshold`` and
     ``induce_threshold``; ``batch_size``; ``chat`` formatting."""
 
@@ -69,7 +70,7 @@ class RefusalDirectionConfig(Config):
 
     def validate(self) -> None:
         if self.layers is not None:
-            self.layers = tuple(int(l) for l in self.layers)
+            self.layers = tuple(_candidate_layer(l) for l in self.layers)
         if self.positions is not None:
             self.positions = tuple(int(p) for p in self.positions)
         require(self.split in (None, "train", "test", "all"), f"split must be train, test or all, got {self.split!r}.")
@@ -90,6 +91,13 @@ class RefusalDirectionConfig(Config):
     def check_model(self, model: Any) -> None:
         for layer in self.for_model(model).layers or ():
             check_layer(model, layer)
+
+
+def _candidate_layer(value: Any) -> int:
+    """A candidate layer: the block whose input residual the difference in means is taken at."""
+    site = Site.parse(value, what="candidate layer").canonical()
+    require(site.kind == "resid_pre", f"candidate layer {value!r} is not a residual stream site.")
+    return site.layer
 
 
 def _split(prompts: list[str], n_train: int, n_val: int, seed: int, what: str) -> tuple[list[str], list[str]]:

@@ -11,7 +11,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from melbo_tl.steering.sites import resid_hook
+from melbo_tl.steering.sites import Site
 
 
 @dataclass
@@ -73,8 +73,13 @@ class Selection:
     seconds_per_candidate: float = 0.0
 
     @property
+    def site(self) -> Site:
+        """Where r acts: the residual entering block ``layer``."""
+        return Site(self.layer)
+
+    @property
     def hook(self) -> str:
-        return resid_hook(self.layer)
+        return self.site.hook
 
     @property
     def chosen(self) -> CandidateScore:

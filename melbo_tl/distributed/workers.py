@@ -136,7 +136,7 @@ class ModelWorker:
         self._started()
         c = MelboConfig.from_dict(cfg).for_model(self.model)
         problem = MelboProblem.build(
-            self.model, prompts, source=c.source_layer, target=c.target_layer, p=c.p, q=c.q, positions=c.positions,
+            self.model, prompts, source=c.source, target=c.target, p=c.p, q=c.q, positions=c.positions,
             chat=c.chat,
         )  # fmt: skip
         cal = calibrate_radius(SliceResponse(problem), target=c.calibration_target, seed=c.seed, progress=False)
@@ -198,7 +198,7 @@ class ModelWorker:
         if getattr(self, "_dct_key", None) != key:
             c = DCTConfig.from_dict(cfg).for_model(self.model)
             problem = MelboProblem.build(
-                self.model, prompts, source=c.source_layer, target=c.target_layer, p=2.0, q=1.0, positions=c.positions,
+                self.model, prompts, source=c.source, target=c.target, p=2.0, q=1.0, positions=c.positions,
                 chat=c.chat,
             )  # fmt: skip
             self._dct_key, self._dct_response = key, SliceResponse(problem, chunk=max(1, c.chunk_size))

@@ -34,21 +34,22 @@ from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import check_index
 from melbo_tl.steering.interventions import MLPAdapter
-from melbo_tl.steering.sites import mlp_hidden_hook, mlp_out_hook
+from melbo_tl.steering.sites import Site, mlp_hidden_hook, mlp_out_hook
 
 NAME = "melbo-adapter"
 
 
 @dataclass
 class AdapterConfig(LayerPairSettings, Config):
-    """Settings of a MELBO adapter run: ``radius`` R (scale of B·Aᵀ), ``rank`` r, the layers,
-    objective and optimizer settings as in :class:`~melbo_tl.optimize.melbo.MelboConfig`, and
-    ``n_adapters`` trained ``batch_size`` at a time."""
+    """Settings of a MELBO adapter run: ``radius`` R (scale of B·Aᵀ), ``rank`` r, the sites
+    (``source`` the output of the block whose MLP is adapted), objective and optimizer settings as
+    in :class:`~melbo_tl.optimize.melbo.MelboConfig`, and ``n_adapters`` trained ``batch_size`` at
+    a time."""
 
     radius: float
     rank: int = 8
-    source_layer: int | None = None
-    target_layer: int | None = None
+    source: Site | None = None
+    target: Site | None = None
     p: float = 2.0
     q: float = 1.0
     positions: str = "all"
@@ -66,8 +67,14 @@ class AdapterConfig(LayerPairSettings, Config):
         require(self.rank >= 1, f"rank must be ≥ 1, got {self.rank}.")
         require(self.n_adapters >= 1, f"n_adapters must be ≥ 1, got {self.n_adapters}.")
 
+    @property
+    def block(self) -> int:
+        """The block whose MLP output weights are perturbed (the source is its output)."""
+        return self.site.as_resid_post().layer
+
     def check_model(self, model: Any) -> None:
         super().check_model(model)
+        self.for_model(model).block  # noqa: B018  (raises if the source is no block's output)
         d_mlp = int(model.cfg.d_mlp)
         require(1 <= self.rank <= d_mlp, f"rank must be in 1…{d_mlp} (d_mlp), got {self.rank}.")
 
@@ -105,14 +112,13 @@ class AdapterResult:
     def rank(self) -> int:
         return self.config.rank
 
-    def intervention(self, index: int) -> MLPAdapter:
-        assert self.config.source_layer is not None
-        return MLPAdapter(self.A[index], self.B[index], self.config.source_layer, self.config.radius)
+    def intervention(self, index: int, scale: float = 1.0) -> MLPAdapter:
+        return MLPAdapter(self.A[index], self.B[index], self.config.block, self.config.radius * scale)
 
 
 @torch.no_grad()
 def _mlp_hidden(model: Any, problem: MelboProblem) -> Tensor:
-    name = mlp_hidden_hook(problem.source)
+    name = mlp_hidden_hook(problem.source.as_resid_post().layer)
     fwd = run_forward(model, problem.batch, record=[name], logits="none")
     return fwd.activations[name]
 
@@ -127,15 +133,13 @@ def train_adapters(
     progress: bool = True,
     **settings: Any,
 ) -> AdapterResult:
-    """Learn ``cfg.n_adapters`` rank-``cfg.rank`` MELBO adapters on block ``source_layer``'s MLP
-    output (``settings``: :class:`AdapterConfig` fields applied on top of ``cfg``)."""
+    """Learn ``cfg.n_adapters`` rank-``cfg.rank`` MELBO adapters on the MLP output of the block
+    the source site follows (``settings``: :class:`AdapterConfig` fields applied on top of ``cfg``)."""
     cfg = AdapterConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
-    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
-        chat=cfg.chat,
-    )  # fmt: skip
+        model, prompts, source=cfg.source, target=cfg.target, p=cfg.p, q=cfg.q, positions=cfg.positions, chat=cfg.chat
+    )
     hidden = _mlp_hidden(model, problem)  # [prompts, pos, d_mlp]
     d, d_mlp, rank = int(model.cfg.d_model), int(model.cfg.d_mlp), cfg.rank
     real = problem.real[None, ..., None].to(hidden.dtype)
@@ -217,9 +221,10 @@ def _as_run(model: Any, cfg: AdapterConfig, records: Sequence[AdapterRecord], te
         "B": stack([r.B for r in records], (d, cfg.rank)),
     }
     meta = {
-        "hooks": [mlp_out_hook(cfg.source_layer)] * len(records),  # type: ignore[arg-type]
-        "source_layer": cfg.source_layer,
-        "target_layer": cfg.target_layer,
+        "hooks": [mlp_out_hook(cfg.block)] * len(records),
+        "source_layer": cfg.block,  # the adapted block (what adapter_intervention reads)
+        "source": str(cfg.source),
+        "target": str(cfg.target),
         "radius": cfg.radius,
         "rank": cfg.rank,
         "objective_positions": cfg.positions,

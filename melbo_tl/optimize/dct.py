@@ -1,7 +1,7 @@
 """Deep causal transcoding (DCT; Mack & Turner): hundreds of calibrated steering vectors at once.
 
-DCT models the effect of adding θ at ``blocks.s.hook_resid_post`` on the mean residual at
-``blocks.t.hook_resid_pre`` over the target positions (:class:`~melbo_tl.optimize.calibration.SliceResponse`)
+DCT models the effect of adding θ at the ``source`` site on the mean residual at the later
+``target`` site over the target positions (:class:`~melbo_tl.optimize.calibration.SliceResponse`)
 as a shallow exponential MLP, Δ(θ) ≈ Σ_l α_l u_l (exp⟨v_l, θ⟩ − 1), and fits F input directions
 V [F, d] and output directions U [F, d] (unit rows) by alternating updates, all factors at once
 as rows of one batched segment:
@@ -58,7 +58,7 @@ from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
-from melbo_tl.steering.sites import d_model, n_layers
+from melbo_tl.steering.sites import Site, d_model, n_layers
 
 NAME = "dct"
 ORTHOGONALIZE = ("polar", "qr", "none")
@@ -67,8 +67,8 @@ RANKINGS = ("importance", "alpha")
 
 @dataclass
 class DCTConfig(LayerPair, Config):
-    """Settings of a DCT run: ``n_factors`` F; ``source_layer``/``target_layer`` (None: 7 and
-    n_layers − 8, as MELBO); ``positions`` the target positions averaged (default the last 3 prompt
+    """Settings of a DCT run: ``n_factors`` F; ``source``/``target`` sites (None: the output of
+    block 7 and the input of block n_layers − 8, as MELBO); ``positions`` the target positions averaged (default the last 3 prompt
     tokens); ``radius`` R or ``"auto"`` (calibrated with ``calibration_target`` ρ over
     ``calibration_directions`` random directions); ``iterations`` at most, stopping early when
     every v_l moved less than ``tolerance`` (1 − cos); ``orthogonalize`` polar | qr | none;
@@ -76,8 +76,8 @@ class DCTConfig(LayerPair, Config):
     rows per forward pass; ``seed``; ``chat`` formatting."""
 
     n_factors: int = 256
-    source_layer: int | None = None
-    target_layer: int | None = None
+    source: Site | None = None
+    target: Site | None = None
     positions: str = "last:3"
     radius: float | str = "auto"
     calibration_target: float = 0.5
@@ -91,6 +91,7 @@ class DCTConfig(LayerPair, Config):
     chat: bool = True
 
     def validate(self) -> None:
+        self.validate_sites()
         self.positions = str(Positions.parse(self.positions))
         require(self.n_factors >= 1, f"n_factors (F) must be ≥ 1, got {self.n_factors}.")
         if self.radius != "auto":
@@ -163,7 +164,7 @@ def target_scores(
     source (``rank_by`` = "A:B"), reading through every block after the source."""
     tok = chat_tokenizer(model)
     a, b = (phrase_token(tok, phrase) for phrase in rank_by.split(":"))
-    segment = ResidualSegment.capture(model, problem.batch, start=problem.source + 1, stop=n_layers(model))
+    segment = ResidualSegment.capture(model, problem.batch, start=problem.start, stop=n_layers(model))
     real = problem.real[..., None].to(segment.residual.dtype)
     scores = []
     for i in range(0, len(vectors), chunk):
@@ -250,11 +251,9 @@ def fit_dct(
     ``on_checkpoint(state)`` is called after calibration and after every iteration."""
     cfg = DCTConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
-    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=2.0, q=1.0, positions=cfg.positions,
-        chat=cfg.chat,
-    )  # fmt: skip
+        model, prompts, source=cfg.source, target=cfg.target, p=2.0, q=1.0, positions=cfg.positions, chat=cfg.chat
+    )
     response = SliceResponse(problem, chunk=cfg.chunk_size)
     wrap = _RESPONSE.get()
     if wrap is not None:
@@ -390,8 +389,8 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
     meta = {
         "hooks": [result.hook] * len(result.order),
         "steer_positions": "all",
-        "source_layer": cfg.source_layer,
-        "target_layer": cfg.target_layer,
+        "source": str(cfg.source),
+        "target": str(cfg.target),
         "objective_positions": cfg.positions,
         "radius": result.radius,
         "calibration": None if result.calibration is None else result.calibration.to_dict(),

@@ -1,7 +1,7 @@
 """One-shot optimized steering vectors (Dunefsky): fit v on a single example by gradient descent.
 
-v acts at ``blocks.layer.hook_resid_pre`` (all positions by default) while the model reads a
-prompt followed, teacher-forced, by a target completion. With p = softmax(coldness · logits):
+v acts at a residual ``site`` (``Site(L)``: the input of block L; all positions by default) while
+the model reads a prompt followed, teacher-forced, by a target completion. With p = softmax(coldness · logits):
 
 - promotion  L⁺ = −Σ_k log p(y_k | x, y_<k; v)        (make the completion likely)
 - suppression L⁻ = −Σ_k log(1 − p(y_k | x, y_<k; v))  (make it unlikely)
@@ -10,16 +10,16 @@ summed over every (prompt, completion) pair; losses are in nats, summed over com
 Probability targeting: stop once the loss reaches ``target_loss`` instead of pushing to
 certainty, or with ``satisfice=True`` minimize (L − target_loss)². Adam from a random start of
 norm ``init_norm``; an optional max-norm ball. Every completion of a step is in one padded
-batch, and the residual entering ``layer`` (which does not depend on v) is computed once.
+batch, and the residual at the site (which does not depend on v) is computed once.
 
 Registered as method ``"oneshot"``.
 
 Example::
 
-    cfg = OneShotConfig(layer=10, promote=("Sure, here is how",), steps=40, lr=0.1)
+    cfg = OneShotConfig(site=10, promote=("Sure, here is how",), steps=40, lr=0.1)
     result = optimize_vector(model, "How can I make a bomb?", cfg)
-    result = optimize_vector(model, "How can I make a bomb?", layer=10, promote=["Sure, here is how"])
-    steer = AddVector(result.vector, result.hook)
+    result = optimize_vector(model, "How can I make a bomb?", site=10, promote=["Sure, here is how"])
+    steer = result.intervention(0)  # AddVector(result.vectors[0], result.site)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
+from melbo_tl.config import Alias, Config, require
 from melbo_tl.forward import run_forward
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.placement import like, master_copy, to_result
@@ -43,7 +43,7 @@ from melbo_tl.prompts import Positions, PromptLike, TokenBatch, left_pad, prepar
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
-from melbo_tl.steering.sites import check_layer, d_model, n_layers, resid_hook
+from melbo_tl.steering.sites import Site, check_hook, check_layer, d_model, n_layers
 
 NAME = "oneshot"
 
@@ -59,14 +59,14 @@ class Example:
 
 @dataclass
 class OneShotConfig(Config):
-    """Settings of a one-shot run (``run.json["config"]``): ``layer`` (the vector acts at
-    ``blocks.layer.hook_resid_pre``), completions to ``promote``/``suppress`` (for plain prompts;
+    """Settings of a one-shot run (``run.json["config"]``): ``site`` where the vector acts (a
+    residual site; a layer number L is the input of block L; old name ``layer``), completions to ``promote``/``suppress`` (for plain prompts;
     :class:`Example` objects carry their own), ``coldness``, ``lr``, ``steps``, optional
     ``max_norm`` ball, ``target_loss`` (early stop, or with ``satisfice`` minimize
     (L − target)²), ``positions`` where v acts, ``seed``, ``init_norm`` of the random start,
     ``n_vectors`` independent fits (seeds ``seed``…``seed + n − 1``), ``chat`` formatting."""
 
-    layer: int
+    site: Site
     promote: tuple[str, ...] = ()
     suppress: tuple[str, ...] = ()
     coldness: float = 0.7
@@ -82,8 +82,14 @@ class OneShotConfig(Config):
     chat: bool = True
 
     RESUMABLE = ("n_vectors",)
+    ALIASES: ClassVar[dict[str, Alias]] = {"layer": lambda layer: ("site", layer)}
 
     def validate(self) -> None:
+        self.site = Site.parse(self.site, what="site")
+        require(
+            self.site.canonical().kind == "resid_pre",
+            f"site {self.site.hook} is not a residual stream site; give a layer L, resid_pre.L or resid_post.L.",
+        )
         self.promote, self.suppress = tuple(self.promote), tuple(self.suppress)
         self.positions = str(Positions.parse(self.positions))
         require(
@@ -103,11 +109,17 @@ class OneShotConfig(Config):
         )
 
     def check_model(self, model: Any) -> None:
-        check_layer(model, self.layer)
+        check_layer(model, self.start, what="site's block")
+        check_hook(model, self.site.hook)
+
+    @property
+    def start(self) -> int:
+        """The block the vector's residual enters."""
+        return Site.parse(self.site).canonical().layer
 
     @property
     def hook(self) -> str:
-        return resid_hook(self.layer, "pre")
+        return Site.parse(self.site).hook
 
 
 @dataclass
@@ -207,13 +219,13 @@ def completion_loss_terms(logits: Tensor, tf: TeacherForcing, coldness: float) -
 
 
 class _Steered:
-    """Logits as a function of v, running only blocks ``layer``… from the cached residual."""
+    """Logits as a function of v, running only blocks ``start``… from the cached residual."""
 
-    def __init__(self, model: Any, tf: TeacherForcing, layer: int, positions: Positions) -> None:
+    def __init__(self, model: Any, tf: TeacherForcing, start: int, positions: Positions) -> None:
         self.model = model
         self.tf = tf
         self.segment = ResidualSegment.capture(
-            model, tf.batch, start=layer, stop=n_layers(model), prompt_lengths=tf.prompt_lengths
+            model, tf.batch, start=start, stop=n_layers(model), prompt_lengths=tf.prompt_lengths
         )
         layout = self.segment.layout
         self.mask = positions.mask(layout.token_index, layout.prompt_length)[..., None].to(self.segment.residual.dtype)
@@ -251,16 +263,16 @@ def optimize_vector(
     progress: bool = True,
     **settings: Any,
 ) -> OneShotResult:
-    """Fit one steering vector at ``blocks.layer.hook_resid_pre`` on one or a few examples (see
-    module doc). ``settings`` are :class:`OneShotConfig` fields applied on top of ``cfg``
-    (``optimize_vector(model, prompt, layer=10, promote=["Sure"])``)."""
+    """Fit one steering vector at ``cfg.site`` on one or a few examples (see module doc).
+    ``settings`` are :class:`OneShotConfig` fields applied on top of ``cfg``
+    (``optimize_vector(model, prompt, site=10, promote=["Sure"])``)."""
     cfg = OneShotConfig.build(cfg, **settings)
     cfg.check_model(model)
     seed = cfg.seed
     positions = Positions.parse(cfg.positions)
     exs = _examples(examples, cfg.promote, cfg.suppress)
     tf, texts = teacher_forcing(model, exs, chat=cfg.chat)
-    steered = _Steered(model, tf, cfg.layer, positions)
+    steered = _Steered(model, tf, cfg.start, positions)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     start = torch.randn(d_model(model), generator=gen, device="cpu")
     v = master_copy(cfg.init_norm * start / start.norm(), model).requires_grad_(True)
@@ -268,7 +280,7 @@ def optimize_vector(
     losses: list[float] = []
     stopped = False
     started = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"one-shot layer {cfg.layer}", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"one-shot at {cfg.hook}", disable=not progress)
     for _ in bar:
         opt.zero_grad(set_to_none=True)
         loss = steered.loss(v, cfg.coldness)
@@ -306,7 +318,7 @@ def _as_run(cfg: OneShotConfig, done: Sequence[tuple[Tensor, dict[str, Any]]], t
     vectors = torch.stack([v for v, _ in done]) if done else torch.zeros(0, d, device="cpu")
     meta = {
         "hooks": [cfg.hook] * len(done),
-        "layer": cfg.layer,
+        "site": cfg.hook,
         "seed": cfg.seed,
         "steer_positions": cfg.positions,
         "texts": list(texts),

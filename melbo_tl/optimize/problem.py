@@ -1,73 +1,126 @@
 """The fixed part of a MELBO optimization: prompts, cached residual, unsteered targets.
 
-Convention (recorded with every vector): source layer s means the vector is added to
-``blocks.s.hook_resid_post`` (the reference code's bias on block s's MLP output, the same
-residual as ``blocks.(s+1).hook_resid_pre``); target layer t reads ``blocks.t.hook_resid_pre``.
-Nothing below block s+1 depends on the vector, so the residual entering block s+1 and the
-unsteered target Z(0) are computed once; each step runs only blocks s+1…t−1 and never the
-unembedding.
+The vector is added at a residual ``source`` site and the objective reads a later residual
+``target`` site (:class:`~melbo_tl.steering.sites.Site`). The reference's defaults are the
+output of block 7 (its bias on block 7's MLP output: ``Site(7, "resid_post")``, the residual
+entering block 8) and the residual entering block n_layers − 8. Nothing below the source depends
+on the vector, so the residual there and the unsteered target Z(0) are computed once; each step
+runs only the blocks between the two sites and never the unembedding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from melbo_tl.config import require
+from melbo_tl.config import Alias, require
 from melbo_tl.forward import as_batch
 from melbo_tl.optimize.objective import melbo_objective
 from melbo_tl.placement import like
 from melbo_tl.prompts import Positions, PromptLike, TokenBatch, prepare_prompts
 from melbo_tl.segment import ResidualSegment
-from melbo_tl.steering.sites import check_layer, n_layers, resid_hook
+from melbo_tl.steering.sites import Site, SiteLike, n_layers, parse_site
 
 
-def default_layers(model: Any) -> tuple[int, int]:
-    """The reference defaults: source 7, target n_layers − 8."""
-    return 7, n_layers(model) - 8
-
-
-def check_objective_args(model: Any, source: int, target: int) -> None:
-    """The source and target layers exist and the target comes after the source."""
-    check_layer(model, source, what="source layer")
-    check_layer(model, target, what="target layer")
-    if target <= source:
+def default_sites(model: Any) -> tuple[Site, Site]:
+    """The reference defaults: the output of block 7, and the input of block n_layers − 8."""
+    L = n_layers(model)
+    if L - 8 <= 8:
         raise ValueError(
-            f"target layer {target} must be after source layer {source} (valid targets: {source + 1}…{n_layers(model) - 1})."
+            f"This model has {L} blocks: the reference default sites (the output of block 7, the input of block "
+            f"n_layers − 8 = {L - 8}) do not fit; give source and target (e.g. source='resid_post.0', target={L - 1})."
         )
+    return Site(7, "resid_post"), Site(L - 8, "resid_pre")
+
+
+def check_objective_sites(model: Any, source: Site, target: Site) -> tuple[int, int]:
+    """The blocks (start, stop) between a residual source and a later residual target site, or a
+    ValueError naming the valid ones."""
+    L = n_layers(model)
+    for what, site in (("source", source), ("target", target)):
+        if site.canonical().kind != "resid_pre":
+            raise ValueError(
+                f"{what} {site.hook} is not a residual stream site; give resid_pre.L or resid_post.L "
+                f"(the residual entering or leaving block L)."
+            )
+    start, stop = source.canonical().layer, target.canonical().layer
+    if start > L - 1:
+        raise ValueError(
+            f"source {source.hook} is after the last block of this model's {L} blocks; valid sources are the "
+            f"residual entering blocks 0…{L - 1}."
+        )
+    if stop > L:
+        raise ValueError(
+            f"target {target.hook} is beyond this model's {L} blocks (0…{L - 1}); valid targets are the residual "
+            f"entering blocks {start + 1}…{L - 1} or leaving block {L - 1}."
+        )
+    if stop <= start:
+        raise ValueError(
+            f"target {target.hook} must come after source {source.hook}: valid targets are the residual "
+            f"entering blocks {start + 1}…{L - 1} (or leaving the last block)."
+        )
+    return start, stop
+
+
+def _source_alias(layer: Any) -> tuple[str, Any]:
+    """The old ``source_layer=s``: the output of block s."""
+    return "source", None if layer is None else Site(int(layer), "resid_post")
+
+
+def _target_alias(layer: Any) -> tuple[str, Any]:
+    """The old ``target_layer=t``: the input of block t."""
+    return "target", None if layer is None else Site(int(layer), "resid_pre")
 
 
 class LayerPair:
-    """For configs with a source layer s (vectors at ``blocks.s.hook_resid_post``) and a target
-    layer t (read at ``blocks.t.hook_resid_pre``), either left as None for the reference defaults
-    (7, n_layers − 8); mixed into the config dataclass, which declares the two fields."""
+    """For configs with a residual ``source`` site (where vectors are added) and a later
+    ``target`` site (where the response is read), either left as None for the reference defaults
+    (:func:`default_sites`); mixed into the config dataclass, which declares the two fields.
+    The old settings ``source_layer=s`` (output of block s) and ``target_layer=t`` (input of block
+    t) are accepted as aliases."""
 
-    source_layer: int | None
-    target_layer: int | None
+    source: SiteLike | None
+    target: SiteLike | None
+
+    ALIASES: ClassVar[dict[str, Alias]] = {"source_layer": _source_alias, "target_layer": _target_alias}
+
+    def validate_sites(self) -> None:
+        self.source = parse_site(self.source, what="source")
+        self.target = parse_site(self.target, what="target")
+        if self.source is not None and self.target is not None:
+            s, t = self.source.canonical(), self.target.canonical()
+            if s.kind == t.kind == "resid_pre" and t.layer <= s.layer:
+                raise ValueError(f"target {self.target.hook} must come after source {self.source.hook}.")
 
     def for_model(self, model: Any) -> Any:
-        """The config with the default layers filled in where left as None."""
-        s, t = default_layers(model)
+        """The config with the default sites filled in where left as None."""
+        if self.source is not None and self.target is not None:
+            return self
+        s, t = default_sites(model)
         return self.replace(  # type: ignore[attr-defined]
-            source_layer=s if self.source_layer is None else self.source_layer,
-            target_layer=t if self.target_layer is None else self.target_layer,
+            source=s if self.source is None else self.source,
+            target=t if self.target is None else self.target,
         )
 
     def check_model(self, model: Any) -> None:
         cfg = self.for_model(model)
-        check_objective_args(model, cfg.source_layer, cfg.target_layer)
+        check_objective_sites(model, cfg.source, cfg.target)
+
+    @property
+    def site(self) -> Site:
+        """Where the vectors act (needs the sites filled in: :meth:`for_model`)."""
+        if self.source is None:
+            raise ValueError("source is not set; call for_model(model) first.")
+        return Site.parse(self.source)
 
     @property
     def hook(self) -> str:
-        """Where the vectors act (needs the layers filled in)."""
-        if self.source_layer is None:
-            raise ValueError("source_layer is not set; call for_model(model) first.")
-        return resid_hook(self.source_layer, "post")
+        return self.site.hook
 
 
 class LayerPairSettings(LayerPair):
@@ -84,6 +137,7 @@ class LayerPairSettings(LayerPair):
 
     def validate_objective(self, *, auto_radius: bool = False) -> None:
         """Check the objective's settings; with ``auto_radius``, ``radius="auto"`` is allowed (calibrated)."""
+        self.validate_sites()
         self.positions = str(Positions.parse(self.positions))
         if not (auto_radius and self.radius == "auto"):
             try:
@@ -101,12 +155,13 @@ class LayerPairSettings(LayerPair):
 
 @dataclass
 class MelboProblem:
-    """Fields: ``batch`` the tokenized prompts; ``segment`` blocks s+1…t−1 with the residual
-    entering s+1 cached; ``target0`` Z(0) [prompts, pos, d_model]; ``select`` the objective's token
-    set I per prompt; ``real`` where the prompts have real tokens (the vector is added there)."""
+    """Fields: ``source``/``target`` the sites; ``batch`` the tokenized prompts; ``segment`` the
+    blocks between them with the residual at the source cached; ``target0`` Z(0) [prompts, pos,
+    d_model]; ``select`` the objective's token set I per prompt; ``real`` where the prompts have
+    real tokens (the vector is added there)."""
 
-    source: int
-    target: int
+    source: Site
+    target: Site
     p: float
     q: float
     positions: Positions
@@ -119,7 +174,12 @@ class MelboProblem:
 
     @property
     def hook(self) -> str:
-        return resid_hook(self.source, "post")
+        return self.source.hook
+
+    @property
+    def start(self) -> int:
+        """The first block the vector reaches (the source is the residual entering it)."""
+        return self.source.canonical().layer
 
     @property
     def n_prompts(self) -> int:
@@ -131,20 +191,21 @@ class MelboProblem:
         model: Any,
         prompts: Sequence[PromptLike],
         *,
-        source: int,
-        target: int,
+        source: SiteLike,
+        target: SiteLike,
         p: float,
         q: float,
         positions: Positions | str,
         chat: bool = True,
     ) -> MelboProblem:
-        check_objective_args(model, source, target)
+        source, target = Site.parse(source, what="source"), Site.parse(target, what="target")
+        start, stop = check_objective_sites(model, source, target)
         positions = Positions.parse(positions)
         texts = prepare_prompts(model, prompts, chat=chat)
         batch = as_batch(model, texts)
         for n in batch.lengths.tolist():
             positions.resolve(n)  # raises if the spec selects nothing in some prompt
-        segment = ResidualSegment.capture(model, batch, start=source + 1, stop=target)
+        segment = ResidualSegment.capture(model, batch, start=start, stop=stop)
         with torch.no_grad():
             target0 = segment.run(segment.residual).float()
         select = positions.mask(batch.token_index, batch.lengths)
@@ -162,7 +223,7 @@ class MelboProblem:
         return per_row.view(k, self.n_prompts).sum(1), delta.view(k, self.n_prompts, *delta.shape[1:])
 
     def add_vectors(self, theta: Float[Tensor, "k d_model"]) -> Float[Tensor, "rows pos d_model"]:
-        """The residual entering block s+1 with each vector added at every real token (θ, kept in
+        """The residual at the source with each vector added at every real token (θ, kept in
         float32, is cast to the model's dtype when added)."""
         k = theta.shape[0]
         base = self.segment.residual.repeat(k, 1, 1)

@@ -11,7 +11,7 @@ from melbo_tl.steering.interventions import (
     hooks_for,
 )
 from melbo_tl.steering.layout import TokenLayout, current_layout, token_layout
-from melbo_tl.steering.sites import check_hook, check_layer, resid_hook
+from melbo_tl.steering.sites import Site, check_hook, check_layer, parse_site, resid_hook
 
 __all__ = [
     "AblateDirection",
@@ -19,6 +19,7 @@ __all__ = [
     "ClampVector",
     "Intervention",
     "MLPAdapter",
+    "Site",
     "TokenLayout",
     "ablation_hook_names",
     "apply",
@@ -26,6 +27,7 @@ __all__ = [
     "check_layer",
     "current_layout",
     "hooks_for",
+    "parse_site",
     "resid_hook",
     "token_layout",
 ]

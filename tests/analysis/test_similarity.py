@@ -16,6 +16,7 @@ from melbo_tl.analysis.similarity import (
 )
 from melbo_tl.prompts import prepare_prompts
 from melbo_tl.steering.interventions import AddVector
+from melbo_tl.steering.sites import Site
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -51,17 +52,18 @@ def test_different_sites_are_refused_unless_mapped():
         {"a": (v, "blocks.1.hook_resid_pre"), "b": (v, "blocks.3.hook_resid_pre")},
         site_map={"blocks.3.hook_resid_pre": "blocks.1.hook_resid_pre"},
     )
-    assert sim.site == "blocks.1.hook_resid_pre" and sim.cosine[0][1] == pytest.approx(1.0, abs=1e-6)
+    assert sim.site == Site(1) and sim.cosine[0][1] == pytest.approx(1.0, abs=1e-6)
+    assert sim.to_dict()["site"] == "blocks.1.hook_resid_pre"
 
 
 def test_resid_post_is_the_next_resid_pre():
-    assert canonical_site("blocks.0.hook_resid_post") == "blocks.1.hook_resid_pre"
-    assert canonical_site("blocks.2.hook_mlp_out") == "blocks.2.hook_mlp_out"
+    assert canonical_site("blocks.0.hook_resid_post").hook == "blocks.1.hook_resid_pre"
+    assert canonical_site("blocks.2.hook_mlp_out").hook == "blocks.2.hook_mlp_out"
     v = torch.randn(64)
-    assert (
-        vector_similarity({"a": (v, "blocks.0.hook_resid_post"), "b": (v, "blocks.1.hook_resid_pre")}).site
-        == "blocks.1.hook_resid_pre"
-    )
+    assert vector_similarity({"a": (v, Site(0, "resid_post")), "b": (v, 1)}).site == Site(1)
+    sim = vector_similarity({"a": v, "b": -v}, site="resid_pre.2")
+    assert sim.sites == [Site(2), Site(2)] and sim.cosine[0][1] == pytest.approx(-1.0, abs=1e-6)
+    assert sim.figure().data[0].z[0][1] == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_bad_vectors_are_named():

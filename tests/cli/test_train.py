@@ -36,7 +36,7 @@ def test_train_writes_run_folder_with_generations_and_figure(tiny_model_dir, tmp
         "--radius",
         "2",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--steps",
@@ -53,7 +53,7 @@ def test_train_writes_run_folder_with_generations_and_figure(tiny_model_dir, tmp
     assert run.vectors.shape == (2, 64)
     assert run.meta["method"] == "melbo" and run.meta["status"] == "complete"
     assert run.hooks == ["blocks.0.hook_resid_post"] * 2
-    assert run.meta["config"]["positions"] == "last:2" and run.meta["target_layer"] == 3
+    assert run.meta["config"]["positions"] == "last:2" and run.meta["target"] == "blocks.3.hook_resid_pre"
     assert [len(v["losses"]) for v in run.meta["per_vector"]] == [3, 3]
     rows = read_jsonl(out / "generations.jsonl")
     # unsteered + 2 vectors, on each of the 2 prompts
@@ -73,7 +73,7 @@ def test_train_refuses_to_overwrite_without_resume(tiny_model_dir, tmp_path):
         "--vectors",
         "1",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "2",
         "--steps",
@@ -96,7 +96,7 @@ def test_bad_layer_is_one_line_error(tiny_model_dir, tmp_path):
         "--prompt",
         "Hi",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "7",
         "--out",
@@ -119,7 +119,7 @@ def test_interrupted_train_resumes_after_last_finished_vector(tiny_model_dir, tm
         "--radius",
         "2",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--steps",
@@ -172,7 +172,7 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
             "--vectors",
             "1",
             "--source",
-            "0",
+            "resid_post.0",
             "--target",
             target,
             "--steps",
@@ -185,7 +185,7 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
 
     assert run_cli(*args("2")).returncode == 0
     res = run_cli(*args("3"), "--resume")
-    assert res.returncode == 2 and "target_layer" in res.stderr
+    assert res.returncode == 2 and "target: saved 'blocks.2.hook_resid_pre'" in res.stderr
 
 
 def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
@@ -200,7 +200,7 @@ def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
         "--radius",
         "0.5",
         "--source",
-        "1",
+        "resid_post.1",
         "--target",
         "3",
         "--steps",
@@ -230,7 +230,7 @@ def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
         "--radius",
         "3",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--random-baseline",
@@ -257,7 +257,7 @@ def test_sweep_writes_table_and_figure(tiny_model_dir, tmp_path):
         "--vectors",
         "2",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--steps",
