@@ -49,7 +49,6 @@ from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
 from melbo_tl.directions.io import load_candidates, load_refusal_direction
 from melbo_tl.evaluate.datasets import load_prompts
 from melbo_tl.evaluate.refusal import refusal_log_odds
-from melbo_tl.prompts import prepare_prompts
 from melbo_tl.runs import check_index, intervention_from_run, n_interventions
 from melbo_tl.steering.interventions import AddVector
 from melbo_tl.steering.sites import Site, n_layers
@@ -95,7 +94,7 @@ def _steers(
         run = load_run(run_dir, model)
         n = n_interventions(run)
         if run_dir == main and vectors is not None:
-            indices = [check_index(i, n, "vector") % n for i in vectors]
+            indices = [check_index(i, n, "vector") for i in vectors]
         else:
             indices = list(range(n if run_dir != main or top is None else min(top, n)))
         for i in indices:
@@ -192,11 +191,11 @@ class _Writer:
         )
 
 
-def _effects(model: Any, texts: list[str], steers: list[Steer]) -> dict[str, Any]:
-    base = refusal_log_odds(model, texts)
+def _effects(model: Any, prompts: list[str], steers: list[Steer]) -> dict[str, Any]:
+    base = refusal_log_odds(model, prompts)
     rows = []
     for s in steers:
-        lo = refusal_log_odds(model, texts, [s.intervention])
+        lo = refusal_log_odds(model, prompts, [s.intervention])
         rows.append(
             {
                 "name": s.name,
@@ -278,7 +277,6 @@ def analyze_run(
     steers = _steers(model, [run_dir, *[Path(c) for c in compare]], run_dir, settings.top, settings.vectors)
     refusal = load_refusal(model, against) if against is not None else None
     prompts = load_prompts(settings.prompts, split=settings.split, limit=settings.n_prompts)
-    texts = prepare_prompts(model, prompts)
     run_prompt = (_run_prompts(steers) or [prompts[0]])[0]
     w = _Writer(run_dir / ANALYSIS_DIR, settings)
     at = _delta_site(model, steers, refusal)
@@ -289,7 +287,7 @@ def analyze_run(
         return _mediated(steers, w, settings.mediate_top)
 
     def effects() -> None:
-        data = _effects(model, texts, steers)
+        data = _effects(model, prompts, steers)
         w.table(EFFECTS, data, data["rows"])
 
     def sims() -> None:
@@ -301,7 +299,7 @@ def analyze_run(
     def deltas() -> None:
         ds = similarity.delta_similarity(
             model,
-            texts,
+            prompts,
             {s.name: s.intervention for s in steers},
             at=at,
             against={"r̂": r_at} if r_at is not None else None,
@@ -329,10 +327,9 @@ def analyze_run(
         w.table(READOUT, data)
 
     def lenses() -> None:
-        text = prepare_prompts(model, [run_prompt])[0]
         data = {}
         for s in steers:
-            traj = lens.lens_trajectory(model, text, s.intervention)
+            traj = lens.lens_trajectory(model, run_prompt, s.intervention)
             data[s.name] = traj.to_dict()
             w.figure(f"lens_{s.name}", lens.lens_figure(traj, title=f"Logit lens, {s.name} on {run_prompt!r}"))
         w.table(LENS, {"prompt": run_prompt, "trajectories": data})
@@ -340,7 +337,7 @@ def analyze_run(
     def attributions() -> None:
         data = {}
         for s in chosen():
-            att = attribution.steering_attribution(model, texts, s.intervention)
+            att = attribution.steering_attribution(model, prompts, s.intervention)
             data[s.name] = att.to_dict()
             w.figure(f"attribution_{s.name}", attribution.attribution_figure(att, title=f"Attribution, {s.name}"))
         w.table(ATTRIBUTION, data)
@@ -348,11 +345,11 @@ def analyze_run(
     def mediations() -> None:
         assert refusal is not None
         data, rows = {}, []
-        base = ablation.baseline_conditions(model, texts, refusal.direction, max_new_tokens=settings.max_new_tokens)
+        base = ablation.baseline_conditions(model, prompts, refusal.direction, max_new_tokens=settings.max_new_tokens)
         for s in chosen():
             med = ablation.mediation(
                 model,
-                texts,
+                prompts,
                 s.intervention,
                 refusal.direction,
                 site_direction=refusal.at(s.site)[0],

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from melbo_tl.forward import run_forward
 from melbo_tl.placement import to_result
+from melbo_tl.prompts import PromptLike, prepare_prompts
 from melbo_tl.steering.interventions import AddVector, Intervention
 from melbo_tl.steering.sites import Site, SiteLike, check_hook, hook_of
 
@@ -193,16 +194,18 @@ def _mean_deltas(
 
 def delta_similarity(
     model: Any,
-    texts: Sequence[str],
+    prompts: Sequence[PromptLike],
     steers: Mapping[str, Intervention],
     *,
     at: SiteLike,
+    chat: bool = True,
     against: Mapping[str, Float[Tensor, " d_model"]] | None = None,
     last: int = 4,
     n_random: int = 8,
     seed: int = 0,
 ) -> DeltaSimilarity:
-    """Cosines of the mean Δ each steer causes at ``at`` over chat-formatted ``texts``.
+    """Cosines of the mean Δ each steer causes at site ``at`` over ``prompts`` (user messages;
+    ``chat=False``: texts used as they are).
 
     Δ is averaged over all real tokens and over the last ``last`` tokens (the assistant-turn
     template, where refusal is decided). ``against`` adds reference directions (e.g. the refusal
@@ -210,8 +213,7 @@ def delta_similarity(
     mean norm of the AddVector steers, at the first AddVector's hook and positions.
     """
     at = check_hook(model, hook_of(at))
-    if not texts:
-        raise ValueError("delta_similarity needs at least one prompt.")
+    texts = prepare_prompts(model, prompts, chat=chat)
     if not steers:
         raise ValueError("delta_similarity needs at least one intervention.")
     if last < 1:

@@ -55,13 +55,15 @@ def _analysis(model, texts):
     v = cpu_vector()
     steer = AddVector(v, HOOK)
     similarity.vector_similarity({"a": (v, HOOK), "b": (cpu_vector(1), HOOK)})
-    similarity.delta_similarity(model, texts, {"a": steer}, at="blocks.3.hook_resid_pre", n_random=2)
+    similarity.delta_similarity(model, texts, {"a": steer}, at="blocks.3.hook_resid_pre", n_random=2, chat=False)
     similarity.subspace_overlap(torch.stack([v, cpu_vector(2)]), cpu_vector(3))
     lens.vector_readout(model, v)
     with torch.device("cpu"):  # TL 4.3's logit_lens makes its target ids with torch.tensor() on the default device
-        lens.lens_trajectory(model, texts[0], steer)
-    attribution.steering_attribution(model, texts, steer)
-    ablation.mediation(model, texts, steer, cpu_vector(4), max_new_tokens=2, sweep_layers=[1, 2], scales=(0.0, 1.0))
+        lens.lens_trajectory(model, texts[0], steer, chat=False)
+    attribution.steering_attribution(model, texts, steer, chat=False)
+    ablation.mediation(
+        model, texts, steer, cpu_vector(4), max_new_tokens=2, sweep_layers=[1, 2], scales=(0.0, 1.0), chat=False
+    )
     token_views.delta_token_view(model, PROMPTS[0], steer, at="blocks.2.hook_resid_pre", max_new_tokens=2)
     token_views.attention_view(model, PROMPTS[0], steer, layer=1)
 
@@ -107,7 +109,7 @@ ENTRY_POINTS = {
     ),
     "write_generations": lambda m, t, p: write_generations(m, vector_run(m, n=2), p, PROMPTS, max_new_tokens=2),
     "scorers": lambda m, t, p: (
-        refusal_log_odds(m, t, [AddVector(cpu_vector(), HOOK)]),
+        refusal_log_odds(m, t, [AddVector(cpu_vector(), HOOK)], chat=False),
         completion_nll(m, t, [[5, 6], []]),
         embed_texts(["a", "b"], model=m, embedder="model"),
     ),

@@ -15,7 +15,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
-    ("melbo_tl.models", "melbo_tl.placement", "melbo_tl.config", "melbo_tl.filenames"),
+    (
+        "melbo_tl.models",
+        "melbo_tl.placement",
+        "melbo_tl.config",
+        "melbo_tl.filenames",
+        "melbo_tl.positions",
+        "melbo_tl.lazy",
+    ),
     ("melbo_tl.prompts", "melbo_tl.steering"),
     (
         "melbo_tl.forward",
@@ -35,7 +42,7 @@ LAYERS = [
         "melbo_tl.backdoors",
     ),
     ("melbo_tl.analysis",),
-    ("melbo_tl.cli",),
+    ("melbo_tl.cli", "melbo_tl.api"),
 ]
 
 

@@ -355,7 +355,7 @@ def rank_by_task(
         raise ValueError("The task holds no items.")
     run = load_run(run_dir, model)
     n = n_interventions(run)
-    indices = list(range(n)) if cfg.indices is None else [check_index(i, n, "vector") % n for i in cfg.indices]
+    indices = list(range(n)) if cfg.indices is None else [check_index(i, n, "vector") for i in cfg.indices]
     vectors = [UNSTEERED, *dict.fromkeys(indices)]
     name = name or _task_name(task)
     out = task_folder(run_dir, name)

@@ -34,6 +34,7 @@ from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import check_index
 from melbo_tl.steering.interventions import MLPAdapter
+from melbo_tl.steering.results import VectorResult, check_entry
 from melbo_tl.steering.sites import Site, mlp_hidden_hook, mlp_out_hook
 
 NAME = "melbo-adapter"
@@ -95,10 +96,12 @@ class AdapterRecord:
 
 
 @dataclass
-class AdapterResult:
+class AdapterResult(VectorResult):
     """Fields: ``A`` [n, d_mlp, r], ``B`` [n, d_model, r] (unit columns), applied with
-    :meth:`intervention`; ``config`` (layers filled in); per-adapter ``losses``,
-    ``objectives``, ``seconds``; ``texts`` the formatted prompts."""
+    :meth:`intervention` (an :class:`MLPAdapter`); ``vectors`` [n, d_model] each adapter's mean
+    residual contribution on the training prompts (to compare with steering vectors), written at
+    ``site`` (the adapted block's MLP output); ``config`` (sites filled in); per-adapter
+    ``losses``, ``objectives``, ``seconds``; ``texts`` the formatted prompts."""
 
     A: Float[Tensor, "n d_mlp rank"]
     B: Float[Tensor, "n d_model rank"]
@@ -107,12 +110,23 @@ class AdapterResult:
     objectives: list[float]
     seconds: list[float]
     texts: list[str]
+    vectors: Float[Tensor, "n d_model"] | None = None  # type: ignore[assignment]
+    unit = "adapter"
+
+    @property
+    def hook(self) -> str:  # type: ignore[override]
+        return mlp_out_hook(self.config.block)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rank": self.rank, "radius R": self.config.radius, "objectives": self.objectives}
 
     @property
     def rank(self) -> int:
         return self.config.rank
 
-    def intervention(self, index: int, scale: float = 1.0) -> MLPAdapter:
+    def intervention(self, index: int = 0, scale: float = 1.0) -> MLPAdapter:
+        """Adapter ``index`` with its radius × ``scale`` (the effect is linear in the radius)."""
+        check_entry(index, int(self.A.shape[0]), "adapter")
         return MLPAdapter(self.A[index], self.B[index], self.config.block, self.config.radius * scale)
 
 
@@ -206,6 +220,7 @@ def train_adapters(
         objectives=[r.objective for r in records],
         seconds=[r.seconds for r in records],
         texts=problem.texts,
+        vectors=torch.stack([r.mean_delta for r in records]),
     )
 
 

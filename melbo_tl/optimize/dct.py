@@ -58,6 +58,7 @@ from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
+from melbo_tl.steering.results import VectorResult
 from melbo_tl.steering.sites import Site, d_model, n_layers
 
 NAME = "dct"
@@ -194,7 +195,7 @@ class DCTState:
 
 
 @dataclass
-class DCTResult:
+class DCTResult(VectorResult):
     """Fields: ``vectors`` [F, d] = R·v_l in rank order (added at ``hook``); ``U`` [F, d] output
     directions; ``importance`` b_l; ``alpha`` α_l; ``target_score`` (with ``rank_by="A:B"``) per
     vector; ``order`` the factor index of each rank; ``radius``; ``calibration``; ``condition``
@@ -217,6 +218,15 @@ class DCTResult:
     config: DCTConfig
     texts: list[str]
     hook: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "radius R": self.radius,
+            "iterations": f"{self.iterations} ({'converged' if self.converged else 'not converged'})",
+            "ranked by": self.config.rank_by,
+            "importance": self.importance.tolist(),
+            "target": str(self.config.target),
+        }
 
 
 # How fit_dct evaluates Δ: the local SliceResponse, or what a wrapper makes of it (e.g. the same

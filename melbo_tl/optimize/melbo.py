@@ -59,6 +59,7 @@ from melbo_tl.placement import master_copy, to_result
 from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
+from melbo_tl.steering.results import VectorResult
 from melbo_tl.steering.sites import Site, d_model
 
 NAME = "melbo"
@@ -127,10 +128,11 @@ class VectorRecord:
 
 
 @dataclass
-class MelboResult:
-    """Fields: ``vectors`` [n, d_model] added at ``hook``; ``config`` (layers filled in); per-vector
-    ``losses`` (objective per step), ``objectives`` (final) and ``seconds``; ``texts`` the
-    formatted prompts."""
+class MelboResult(VectorResult):
+    """Fields: ``vectors`` [n, d_model] added at ``hook`` (``site``); ``config`` (sites filled in);
+    per-vector ``losses`` (objective per step), ``objectives`` (final) and ``seconds``; ``texts``
+    the formatted prompts; ``calibration`` with ``radius="auto"``. ``intervention(i, scale)``
+    applies vector i."""
 
     vectors: Float[Tensor, "n d_model"]
     hook: str
@@ -140,6 +142,15 @@ class MelboResult:
     seconds: list[float]
     texts: list[str] = field(default_factory=list)
     calibration: Calibration | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "radius R": self.config.radius,
+            "mode": self.config.mode,
+            "steps": self.config.steps,
+            "target": str(self.config.target),
+            "objectives": self.objectives,
+        }
 
 
 def _start(index: int, seed: int, d: int, radius: float, basis: Tensor | None, model: Any) -> Tensor:

@@ -43,6 +43,7 @@ from melbo_tl.prompts import Positions, PromptLike, TokenBatch, left_pad, prepar
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
+from melbo_tl.steering.results import VectorResult
 from melbo_tl.steering.sites import Site, check_hook, check_layer, d_model, n_layers
 
 NAME = "oneshot"
@@ -123,10 +124,11 @@ class OneShotConfig(Config):
 
 
 @dataclass
-class OneShotResult:
-    """Fields: ``vector`` [d_model] acting at ``hook``; ``losses`` the objective (nats) before each
-    step; ``final_loss`` after the last step; ``stopped_early`` True if ``target_loss`` was reached;
-    ``texts`` the formatted prompts."""
+class OneShotResult(VectorResult):
+    """Fields: ``vector`` [d_model] acting at ``hook`` (``vectors`` is it as ``[1, d_model]``);
+    ``losses`` the objective (nats) before each step; ``final_loss`` after the last step;
+    ``stopped_early`` True if ``target_loss`` was reached; ``texts`` the formatted prompts.
+    ``intervention(0, scale)`` applies the vector on the config's positions."""
 
     vector: Float[Tensor, " d_model"]
     hook: str
@@ -136,6 +138,23 @@ class OneShotResult:
     stopped_early: bool
     seconds: float
     texts: list[str] = field(default_factory=list)
+
+    @property
+    def vectors(self) -> Tensor:  # type: ignore[override]
+        return self.vector[None]
+
+    @property
+    def steer_positions(self) -> Positions:
+        return Positions.parse(self.config.positions)
+
+    def summary(self) -> dict[str, Any]:
+        first = self.losses[0] if self.losses else float("nan")
+        return {
+            "loss (nats)": f"{first:.3f} → {self.final_loss:.3f}" + (" (target reached)" if self.stopped_early else ""),
+            "promote": list(self.config.promote),
+            "suppress": list(self.config.suppress),
+            "steps": len(self.losses),
+        }
 
 
 @dataclass

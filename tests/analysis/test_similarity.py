@@ -84,6 +84,7 @@ def test_delta_at_the_steering_hook_is_the_vector(tiny_model):
         at=HOOK,
         against={"v": v},
         n_random=4,
+        chat=False,
     )
     for key in ds.token_sets:
         assert ds.cosine[key][0][1] == pytest.approx(1.0, abs=1e-5)
@@ -103,13 +104,14 @@ def test_delta_downstream_and_errors(tiny_model):
         {"v": AddVector(v, HOOK), "2v": AddVector(2 * v, HOOK)},
         at="blocks.3.hook_resid_pre",
         n_random=2,
+        chat=False,
     )
     assert ds.cosine["all"][0][1] > 0.5  # same direction, nonlinear downstream
     assert ds.against == [] and ds.cosine_against["all"] == [[], []]
     with pytest.raises(ValueError, match="blocks.9"):
-        delta_similarity(tiny_model, texts, {"v": AddVector(v, HOOK)}, at="blocks.9.hook_resid_pre")
+        delta_similarity(tiny_model, texts, {"v": AddVector(v, HOOK)}, at="blocks.9.hook_resid_pre", chat=False)
     with pytest.raises(ValueError, match="at least one prompt"):
-        delta_similarity(tiny_model, [], {"v": AddVector(v, HOOK)}, at=HOOK)
+        delta_similarity(tiny_model, [], {"v": AddVector(v, HOOK)}, at=HOOK, chat=False)
 
 
 def test_subspace_overlap_exact_cases():
