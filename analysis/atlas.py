@@ -26,6 +26,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from melbo_tl.analysis.figures import write_html
+from melbo_tl.analysis.names import PROJECTIONS
 from melbo_tl.artifacts import atomic_write_text
 from melbo_tl.evaluate.triage import UNSTEERED, load_triage, triage_dir
 
@@ -38,8 +39,8 @@ def project(embeddings: np.ndarray, *, method: str = "tsne", seed: int = 0) -> n
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    if method not in ("tsne", "pca"):
-        raise ValueError(f"projection {method!r} is not one of tsne, pca.")
+    if method not in PROJECTIONS:
+        raise ValueError(f"projection {method!r} is not one of {', '.join(PROJECTIONS)}.")
     n = embeddings.shape[0]
     if n < 3:
         return np.pad(embeddings[:, :2], ((0, 0), (0, max(0, 2 - embeddings.shape[1]))))

@@ -14,11 +14,16 @@ function giving ``(new name, value)``), in the constructor, :meth:`Config.build`
 :meth:`Config.replace` and :meth:`Config.from_dict`, so older code and run folders keep their
 meaning. Values with a ``to_json`` method (a :class:`~melbo_tl.steering.sites.Site`) are stored
 as what it returns.
+
+Fields declared with :func:`setting` carry their help text and command-line spelling: the
+command line generates its options from them (:mod:`melbo_tl.cli.options`), so a default and
+its help are written once, here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -107,6 +112,30 @@ class Config(metaclass=_Renames):
         }
 
 
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    metavar: str | None = None,
+    flag: str | None = None,
+    short: str | None = None,
+    aliases: tuple[str, ...] = (),
+    shown_default: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field with what its command-line option needs: ``help``; ``metavar``; ``flag``
+    (default ``--field-name``; the field's own spelling is always accepted too), a ``short`` one
+    and other ``aliases``; ``shown_default`` for a default the help should state in words (a None
+    filled in for the model); ``cli=False`` for settings only ``--set`` reaches."""
+    meta = {
+        "help": help, "metavar": metavar, "flag": flag, "short": short, "aliases": aliases,
+        "shown_default": shown_default, "cli": cli,
+    }  # fmt: skip
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
 def _plain(value: Any) -> Any:
     """A setting as JSON stores it: sites as their hook names, tuples and lists element-wise."""
     if hasattr(value, "to_json"):
@@ -133,3 +162,29 @@ def require(condition: bool, message: str) -> None:
     """``ValueError(message)`` unless ``condition``: a one-line check for ``validate``."""
     if not condition:
         raise ValueError(message)
+
+
+_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+
+
+def parse_int_list(spec: str, what: str) -> list[int]:
+    """``"0-18"``, ``"2,5,9"``, ``"0-4,8"`` (layers) or ``"-5,-1"`` (positions) → a list of ints."""
+    out: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if m := _RANGE.match(part):
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise ValueError(f"{what} range {part!r} runs backwards; write low-high.")
+            out.extend(range(lo, hi + 1))
+        else:
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise ValueError(
+                    f"{what} {spec!r}: expected integers or ranges like 0-18, separated by commas."
+                ) from None
+    if not out:
+        raise ValueError(f"{what} {spec!r} names nothing.")
+    return sorted(set(out), key=out.index)

@@ -20,7 +20,10 @@ import typer
 from typer.core import TyperGroup
 
 USER_ERROR_EXIT = 2
-DEFAULT_MODEL_HELP = "embedded model name, local model directory or hub id [default: qwen2.5-coder-0.5b-instruct]"
+DEFAULT_MODEL_HELP = (
+    "embedded model name, local model directory or hub id [default: the run's model where a run is given, "
+    "else qwen2.5-coder-0.5b-instruct]"
+)
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, load, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, VectorChoice, load, status
 
 
 def default_eval_name(prompts: str, scale: float) -> str:
@@ -34,9 +34,15 @@ def eval_cmd(
             help="harmful | harmless | open_ended | a .json/.jsonl/.csv/.txt file | hf:<dataset>[:<split>][:<column>]",
         ),
     ],
-    vector: Annotated[
-        Optional[list[int]],
-        typer.Option("--vector", metavar="I", help="vector index to evaluate; repeat for several [default: all]"),
+    vectors: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--vectors",
+            "--vector",
+            metavar="SPEC",
+            help="vectors to evaluate: all | I,J,A-B | top:N; repeatable [default: all]",
+            show_default=False,
+        ),
     ] = None,
     scale: Annotated[
         float, typer.Option("--scale", metavar="S", help="multiply every vector (adapters: the radius) by this")
@@ -57,12 +63,7 @@ def eval_cmd(
         int, typer.Option("--max-new-tokens", min=1, metavar="N", help="tokens to generate per answer")
     ] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="B", help="rows per forward pass")] = 16,
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--model", "-m", metavar="MODEL", help="model to load [default: the run's model]", show_default=False
-        ),
-    ] = None,
+    model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     no_unsteered: Annotated[bool, typer.Option("--no-unsteered", help="skip the unsteered baseline")] = False,
@@ -81,10 +82,12 @@ def eval_cmd(
     from melbo_tl.evaluate.datasets import load_prompts
     from melbo_tl.evaluate.harness import eval_paths, evaluate_run, format_table, save_eval, select_vectors
     from melbo_tl.evaluate.judges import CachedJudge, judge_from_spec
+    from melbo_tl.runs import n_interventions
 
     # Everything that can be checked without the model fails fast, before loading it.
+    choices = [VectorChoice(spec) for spec in vectors or ["all"]]
     loaded_run = load_run(run)
-    indices = select_vectors(loaded_run, vector)
+    indices = select_vectors(loaded_run, [i for c in choices for i in c.resolve(n_interventions(loaded_run))])
     texts = load_prompts(prompts, split=split, limit=limit)
     name = name or default_eval_name(prompts, scale)
     summary_path, _ = eval_paths(run, name)

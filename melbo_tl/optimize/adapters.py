@@ -24,60 +24,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.forward import run_forward
+from melbo_tl.optimize.configs import AdapterConfig  # lives there, without torch
 from melbo_tl.optimize.melbo import per_vector_rows
 from melbo_tl.optimize.objective import column_tangent, normalize_columns
-from melbo_tl.optimize.problem import LayerPairSettings, MelboProblem
+from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import like, master_copy, to_result
 from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import check_index
 from melbo_tl.steering.interventions import MLPAdapter
 from melbo_tl.steering.results import VectorResult, check_entry
-from melbo_tl.steering.sites import Site, mlp_hidden_hook, mlp_out_hook
+from melbo_tl.steering.sites import mlp_hidden_hook, mlp_out_hook
 
 NAME = "melbo-adapter"
-
-
-@dataclass
-class AdapterConfig(LayerPairSettings, Config):
-    """Settings of a MELBO adapter run: ``radius`` R (scale of B·Aᵀ), ``rank`` r, the sites
-    (``source`` the output of the block whose MLP is adapted), objective and optimizer settings as
-    in :class:`~melbo_tl.optimize.melbo.MelboConfig`, and ``n_adapters`` trained ``batch_size`` at
-    a time."""
-
-    radius: float
-    rank: int = 8
-    source: Site | None = None
-    target: Site | None = None
-    p: float = 2.0
-    q: float = 1.0
-    positions: str = "all"
-    n_adapters: int = 4
-    steps: int = 300
-    lr: float = 1e-3
-    seed: int = 0
-    batch_size: int = 4
-    chat: bool = True
-
-    RESUMABLE = ("n_adapters",)
-
-    def validate(self) -> None:
-        self.validate_objective()
-        require(self.rank >= 1, f"rank must be ≥ 1, got {self.rank}.")
-        require(self.n_adapters >= 1, f"n_adapters must be ≥ 1, got {self.n_adapters}.")
-
-    @property
-    def block(self) -> int:
-        """The block whose MLP output weights are perturbed (the source is its output)."""
-        return self.site.as_resid_post().layer
-
-    def check_model(self, model: Any) -> None:
-        super().check_model(model)
-        self.for_model(model).block  # noqa: B018  (raises if the source is no block's output)
-        d_mlp = int(model.cfg.d_mlp)
-        require(1 <= self.rank <= d_mlp, f"rank must be in 1…{d_mlp} (d_mlp), got {self.rank}.")
 
 
 @dataclass

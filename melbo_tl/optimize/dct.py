@@ -42,7 +42,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.forward import readout
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.optimize.calibration import (
@@ -52,78 +51,17 @@ from melbo_tl.optimize.calibration import (
     random_directions,
     unit_rows,
 )
-from melbo_tl.optimize.problem import LayerPair, MelboProblem
+from melbo_tl.optimize.configs import ORTHOGONALIZE, RANKINGS, DCTConfig  # DCTConfig lives there, without torch
+from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import like, master_copy, to_result
-from melbo_tl.prompts import Positions, PromptLike
+from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering.results import VectorResult
-from melbo_tl.steering.sites import Site, d_model, n_layers
+from melbo_tl.steering.sites import d_model, n_layers
 
 NAME = "dct"
-ORTHOGONALIZE = ("polar", "qr", "none")
-RANKINGS = ("importance", "alpha")
-
-
-@dataclass
-class DCTConfig(LayerPair, Config):
-    """Settings of a DCT run: ``n_factors`` F; ``source``/``target`` sites (None: the output of
-    block 7 and the input of block n_layers − 8, as MELBO); ``positions`` the target positions averaged (default the last 3 prompt
-    tokens); ``radius`` R or ``"auto"`` (calibrated with ``calibration_target`` ρ over
-    ``calibration_directions`` random directions); ``iterations`` at most, stopping early when
-    every v_l moved less than ``tolerance`` (1 − cos); ``orthogonalize`` polar | qr | none;
-    ``rank_by`` importance | alpha | "A:B" (logit of A's first token minus B's); ``chunk_size``
-    rows per forward pass; ``seed``; ``chat`` formatting."""
-
-    n_factors: int = 256
-    source: Site | None = None
-    target: Site | None = None
-    positions: str = "last:3"
-    radius: float | str = "auto"
-    calibration_target: float = 0.5
-    calibration_directions: int = 30
-    iterations: int = 10
-    tolerance: float = 1e-3
-    orthogonalize: str = "polar"
-    rank_by: str = "importance"
-    chunk_size: int = 64
-    seed: int = 0
-    chat: bool = True
-
-    def validate(self) -> None:
-        self.validate_sites()
-        self.positions = str(Positions.parse(self.positions))
-        require(self.n_factors >= 1, f"n_factors (F) must be ≥ 1, got {self.n_factors}.")
-        if self.radius != "auto":
-            try:
-                self.radius = float(self.radius)
-            except (TypeError, ValueError):
-                raise ValueError(f"radius must be a number > 0 or 'auto', got {self.radius!r}.") from None
-            require(self.radius > 0, f"radius must be > 0 or 'auto', got {self.radius}.")
-        require(self.calibration_target > 0, f"calibration_target must be > 0, got {self.calibration_target}.")
-        require(
-            self.calibration_directions >= 1, f"calibration_directions must be ≥ 1, got {self.calibration_directions}."
-        )
-        require(self.iterations >= 0, f"iterations must be ≥ 0, got {self.iterations}.")
-        require(self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}.")
-        require(
-            self.orthogonalize in ORTHOGONALIZE,
-            f"orthogonalize {self.orthogonalize!r} is not one of {', '.join(ORTHOGONALIZE)}.",
-        )
-        require(
-            self.rank_by in RANKINGS or (self.rank_by.count(":") == 1 and all(self.rank_by.split(":"))),
-            f"rank_by {self.rank_by!r}: use importance, alpha, or 'A:B' (e.g. \"Sure:I'm sorry\").",
-        )
-        require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
-
-    def check_model(self, model: Any) -> None:
-        super().check_model(model)
-        require(
-            self.orthogonalize == "none" or self.n_factors <= d_model(model),
-            f"n_factors {self.n_factors} exceeds d_model {d_model(model)}: at most d_model vectors can be "
-            f"orthogonal; lower n_factors or pass orthogonalize='none'.",
-        )
 
 
 def orthogonalize(v: Float[Tensor, "f d"], how: str) -> Float[Tensor, "f d"]:

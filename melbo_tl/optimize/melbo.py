@@ -43,8 +43,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.optimize.calibration import Calibration, SliceResponse, calibrate_radius
+from melbo_tl.optimize.configs import MODES, MelboConfig  # noqa: F401  (MelboConfig lives there, without torch)
 from melbo_tl.optimize.objective import (
     delta_cosines,
     orthonormal_basis,
@@ -54,64 +54,15 @@ from melbo_tl.optimize.objective import (
     stiefel_tangent,
     tangent,
 )
-from melbo_tl.optimize.problem import LayerPairSettings, MelboProblem
+from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import master_copy, to_result
 from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.steering.results import VectorResult
-from melbo_tl.steering.sites import Site, d_model
+from melbo_tl.steering.sites import d_model
 
 NAME = "melbo"
-MODES = ("orthogonal", "batched-orthogonal", "independent")
-
-
-@dataclass
-class MelboConfig(LayerPairSettings, Config):
-    """Settings of a MELBO run (``run.json["config"]``).
-
-    ``radius`` R = ‖θ‖, or ``"auto"``: calibrated where the response at the target stops being
-    linear (ρ(R) = ``calibration_target``, :func:`~melbo_tl.optimize.calibration.calibrate_radius`);
-    ``source`` the site θ is added at (None: the output of block 7) and ``target`` the later site
-    the objective reads (None: the input of block n_layers − 8), filled in for the model by
-    :meth:`for_model`; ``p``, ``q`` the objective's exponents; ``positions`` its
-    token set; ``n_vectors``; ``steps`` (0: random baseline); ``lr``; ``mode`` (see the module
-    docstring: the batched modes train ``batch_size`` vectors at a time, ``independent`` with an
-    optional ``diversity_penalty``); ``seed``; ``chat`` format prompts with the chat template.
-    """
-
-    radius: float | str
-    source: Site | None = None
-    target: Site | None = None
-    p: float = 2.0
-    q: float = 1.0
-    positions: str = "all"
-    n_vectors: int = 8
-    steps: int = 300
-    lr: float = 1e-3
-    mode: str = "orthogonal"
-    seed: int = 0
-    batch_size: int = 8
-    diversity_penalty: float = 0.0
-    calibration_target: float = 0.5
-    chat: bool = True
-
-    RESUMABLE = ("n_vectors",)
-
-    def validate(self) -> None:
-        self.validate_objective(auto_radius=True)
-        require(self.n_vectors >= 1, f"n_vectors must be ≥ 1, got {self.n_vectors}.")
-        require(self.diversity_penalty >= 0, f"diversity_penalty must be ≥ 0, got {self.diversity_penalty}.")
-        require(self.mode in MODES, f"mode {self.mode!r} is not one of {', '.join(MODES)}.")
-        require(
-            not (self.diversity_penalty and self.mode != "independent"),
-            "diversity_penalty is the soft alternative to orthogonality: use mode='independent'.",
-        )
-
-    @property
-    def batched(self) -> bool:
-        """Whether vectors train ``batch_size`` at a time."""
-        return self.mode != "orthogonal"
 
 
 @dataclass

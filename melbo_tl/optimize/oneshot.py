@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -35,16 +35,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Alias, Config, require
 from melbo_tl.forward import run_forward
 from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.optimize.configs import OneShotConfig  # lives there, without torch
 from melbo_tl.placement import like, master_copy, to_result
 from melbo_tl.prompts import Positions, PromptLike, TokenBatch, left_pad, prepare_prompts
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering.results import VectorResult
-from melbo_tl.steering.sites import Site, check_hook, check_layer, d_model, n_layers
+from melbo_tl.steering.sites import d_model, n_layers
 
 NAME = "oneshot"
 
@@ -56,71 +56,6 @@ class Example:
     prompt: PromptLike
     promote: tuple[str, ...] = ()
     suppress: tuple[str, ...] = ()
-
-
-@dataclass
-class OneShotConfig(Config):
-    """Settings of a one-shot run (``run.json["config"]``): ``site`` where the vector acts (a
-    residual site; a layer number L is the input of block L; old name ``layer``), completions to ``promote``/``suppress`` (for plain prompts;
-    :class:`Example` objects carry their own), ``coldness``, ``lr``, ``steps``, optional
-    ``max_norm`` ball, ``target_loss`` (early stop, or with ``satisfice`` minimize
-    (L − target)²), ``positions`` where v acts, ``seed``, ``init_norm`` of the random start,
-    ``n_vectors`` independent fits (seeds ``seed``…``seed + n − 1``), ``chat`` formatting."""
-
-    site: Site
-    promote: tuple[str, ...] = ()
-    suppress: tuple[str, ...] = ()
-    coldness: float = 0.7
-    lr: float = 0.1
-    steps: int = 50
-    max_norm: float | None = None
-    target_loss: float | None = None
-    satisfice: bool = False
-    positions: str = "all"
-    seed: int = 0
-    init_norm: float = 1.0
-    n_vectors: int = 1
-    chat: bool = True
-
-    RESUMABLE = ("n_vectors",)
-    ALIASES: ClassVar[dict[str, Alias]] = {"layer": lambda layer: ("site", layer)}
-
-    def validate(self) -> None:
-        self.site = Site.parse(self.site, what="site")
-        require(
-            self.site.canonical().kind == "resid_pre",
-            f"site {self.site.hook} is not a residual stream site; give a layer L, resid_pre.L or resid_post.L.",
-        )
-        self.promote, self.suppress = tuple(self.promote), tuple(self.suppress)
-        self.positions = str(Positions.parse(self.positions))
-        require(
-            self.steps >= 0 and self.lr > 0 and self.coldness > 0,
-            f"Need steps ≥ 0, lr > 0 and coldness > 0 (got steps={self.steps}, lr={self.lr}, coldness={self.coldness}).",
-        )
-        require(self.max_norm is None or self.max_norm > 0, f"max_norm must be > 0, got {self.max_norm}.")
-        require(
-            not self.satisfice or self.target_loss is not None,
-            "satisfice=True minimizes (L − target_loss)²: give target_loss.",
-        )
-        require(self.n_vectors >= 1, f"n_vectors must be ≥ 1, got {self.n_vectors}.")
-        require(self.init_norm > 0, f"init_norm must be > 0, got {self.init_norm}.")
-        require(
-            all(c for c in (*self.promote, *self.suppress)),
-            "A completion to promote or suppress is empty; give its text.",
-        )
-
-    def check_model(self, model: Any) -> None:
-        check_layer(model, self.start, what="site's block")
-        check_hook(model, self.site.hook)
-
-    @property
-    def start(self) -> int:
-        """The block the vector's residual enters."""
-        return Site.parse(self.site).canonical().layer
-
-    @property
-    def hook(self) -> str:
-        return Site.parse(self.site).hook
 
 
 @dataclass

@@ -31,7 +31,7 @@ def test_train_writes_run_folder_with_generations_and_figure(tiny_model_dir, tmp
         "Hello there",
         "--prompt",
         "Tell me a joke",
-        "--vectors",
+        "-n",
         "2",
         "--radius",
         "2",
@@ -70,7 +70,7 @@ def test_train_refuses_to_overwrite_without_resume(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--prompt",
         "Hi",
-        "--vectors",
+        "-n",
         "1",
         "--source",
         "resid_post.0",
@@ -114,7 +114,7 @@ def test_interrupted_train_resumes_after_last_finished_vector(tiny_model_dir, tm
         str(tiny_model_dir),
         "--prompt",
         "Hello there",
-        "--vectors",
+        "-n",
         "3",
         "--radius",
         "2",
@@ -169,7 +169,7 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
             str(tiny_model_dir),
             "--prompt",
             "Hi",
-            "--vectors",
+            "-n",
             "1",
             "--source",
             "resid_post.0",
@@ -195,7 +195,7 @@ def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--prompt",
         "Hi there",
-        "--vectors",
+        "-n",
         "2",
         "--radius",
         "0.5",
@@ -225,7 +225,7 @@ def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--prompt",
         "Hi there",
-        "--vectors",
+        "-n",
         "2",
         "--radius",
         "3",
@@ -254,7 +254,7 @@ def test_sweep_writes_table_and_figure(tiny_model_dir, tmp_path):
         "Hello",
         "--radii",
         "0.5,8",
-        "--vectors",
+        "-n",
         "2",
         "--source",
         "resid_post.0",
@@ -281,8 +281,8 @@ def test_sweep_writes_table_and_figure(tiny_model_dir, tmp_path):
 def test_dct_command_writes_a_ranked_run_and_completions_of_the_top_vectors(tiny_model_dir, tmp_path):
     out = tmp_path / "dct"
     res = run_cli(
-        "dct", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--factors", "6", "--source", "0",
-        "--target", "3", "--radius", "auto", "--rho", "0.02", "--iterations", "2", "--top", "2",
+        "dct", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--factors", "6", "--source", "resid_post.0",
+        "--target", "3", "--radius", "auto", "--rho", "0.02", "--iterations", "2", "--vectors", "top:2",
         "--max-new-tokens", "3", "--out", str(out),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -297,8 +297,8 @@ def test_dct_command_writes_a_ranked_run_and_completions_of_the_top_vectors(tiny
 def test_train_with_a_calibrated_radius(tiny_model_dir, tmp_path):
     out = tmp_path / "auto"
     res = run_cli(
-        "train", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--vectors", "2", "--radius", "auto",
-        "--rho", "0.02", "--source", "0", "--target", "3", "--steps", "2", "--out", str(out), "--max-new-tokens", "2",
+        "train", "--model", str(tiny_model_dir), "--prompt", "Hello there", "-n", "2", "--radius", "auto",
+        "--rho", "0.02", "--source", "resid_post.0", "--target", "3", "--steps", "2", "--out", str(out), "--max-new-tokens", "2",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     run = load_run(out)
