@@ -225,9 +225,7 @@ def test_melbo_sweep_with_ray_writes_the_single_process_sweep_json(cluster, tiny
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "split"), "--ray", cluster])
     assert res.exit_code == 0, res.output
     table = json.loads((tmp_path / "split" / "sweep.json").read_text())
-    cfg = MelboConfig(
-        radius=1.0, source_layer=0, target_layer=3, positions="last:2", n_vectors=2, steps=3
-    )
+    cfg = MelboConfig(radius=1.0, source_layer=0, target_layer=3, positions="last:2", n_vectors=2, steps=3)
     with one_thread():
         single = sweep_radius(
             tiny_model, PROMPTS[0], [1.0, 4.0], cfg, max_new_tokens=4, embedder="model", progress=False

@@ -96,9 +96,9 @@ def generate_cmd(
     system: SystemOpt = None,
 ) -> None:
     """Answer each --prompt (chat template applied), optionally steered by a vector from --run."""
+    loaded_run, steering = steering_from_options(run, vectors, scale)  # checked before anything loads
     from melbo_tl.generate import generate
 
-    loaded_run, steering = steering_from_options(run, vectors, scale)
     bridge = load(run_model(run, model), device=device, dtype=dtype)
     check_steering(bridge, run, loaded_run, steering, vectors)
     started = time.perf_counter()
@@ -187,9 +187,9 @@ def chat_cmd(
     Type a message per line; /reset clears the history; /quit or end of input (Ctrl-D) exits.
     Works with piped input: printf 'hi\\nhow are you\\n' | melbo chat
     """
+    loaded_run, steering = steering_from_options(run, vectors, scale)  # checked before anything loads
     from melbo_tl.generate import generate
 
-    loaded_run, steering = steering_from_options(run, vectors, scale)
     bridge = load(run_model(run, model), device=device, dtype=dtype)
     check_steering(bridge, run, loaded_run, steering, vectors)
     interactive = sys.stdin.isatty()

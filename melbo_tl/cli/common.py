@@ -219,7 +219,9 @@ def steering_from_options(run: Path | None, vectors: str | None, scale: float | 
     return loaded, [intervention_from_run(loaded, index, scale=1.0 if scale is None else scale)]
 
 
-def check_steering(model: Any, run_dir: Path | None, run: Any, steering: list[Intervention], vectors: str | None) -> None:
+def check_steering(
+    model: Any, run_dir: Path | None, run: Any, steering: list[Intervention], vectors: str | None
+) -> None:
     """Check the run fits the loaded model (width, identity, hook names) and say what steers."""
     if run is None:
         return
@@ -229,9 +231,7 @@ def check_steering(model: Any, run_dir: Path | None, run: Any, steering: list[In
     check_fits(run, model)
     for steer in steering:
         steer.hooks(model)
-        status(
-            f"steering with {run_dir} #{vectors or 0} ({run.meta.get('method', '?')}): {describe(steer)}"
-        )
+        status(f"steering with {run_dir} #{vectors or 0} ({run.meta.get('method', '?')}): {describe(steer)}")
 
 
 class VectorChoice:

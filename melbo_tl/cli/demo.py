@@ -1,4 +1,4 @@
-"""``melbo demo``: the main job, end to end, on the embedded model (about 15 minutes on 2 cores).
+"""``melbo demo``: the main job, end to end, on the embedded model.
 
 Discovery at scale, then a close look at what it found:
 
@@ -72,7 +72,7 @@ def _stage(
     timings[name] = round(time.perf_counter() - started, 1)
 
 
-@app.command("demo", short_help="The main job: refusal direction, MELBO, one-shot, analysis and report.")
+@app.command("demo", short_help="End to end: refusal direction, DCT, triage, one-shot vector, analysis, report.")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the demo's run folders")] = Path(
         "runs/demo"
@@ -82,7 +82,7 @@ def demo_cmd(
     dtype: DtypeOpt = DEFAULT_DTYPE,
     factors: Annotated[
         int,
-        typer.Option("--factors", min=1, help="DCT vectors (64 keeps the demo near 15 min on 2 cores; 256: ~33 min)"),
+        typer.Option("--factors", min=1, help="DCT vectors (more find more behaviours and take longer)"),
     ] = 64,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="DCT iterations at most")] = 10,
     rho: Annotated[float, typer.Option("--rho", help="DCT calibration target ρ")] = 0.5,

@@ -78,14 +78,14 @@ def eval_cmd(
 ) -> None:
     """Answer every prompt under each chosen vector (and unsteered), print refusal rates with 95 %
     Wilson intervals (and judge scores), and write RUN/eval/NAME.json + NAME.generations.jsonl."""
+    # Everything that can be checked without the model fails fast, before loading it.
+    choices = [VectorChoice(spec) for spec in vectors or ["all"]]
     from melbo_tl.artifacts import load_run
     from melbo_tl.evaluate.datasets import load_prompts
     from melbo_tl.evaluate.harness import eval_paths, evaluate_run, format_table, save_eval, select_vectors
     from melbo_tl.evaluate.judges import CachedJudge, judge_from_spec
     from melbo_tl.runs import n_interventions
 
-    # Everything that can be checked without the model fails fast, before loading it.
-    choices = [VectorChoice(spec) for spec in vectors or ["all"]]
     loaded_run = load_run(run)
     indices = select_vectors(loaded_run, [i for c in choices for i in c.resolve(n_interventions(loaded_run))])
     texts = load_prompts(prompts, split=split, limit=limit)

@@ -96,9 +96,10 @@ def config_parameters(
             metavar=meta.get("metavar"),
             show_default=not meta.get("shown_default") and f.default is not None,
         )
+        default = (defaults or {}).get(f.name, _default(f))
         params.append(
             inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=_default(f), annotation=Annotated[kind, option]
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
             )
         )
     return params
