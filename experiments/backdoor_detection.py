@@ -185,7 +185,7 @@ def write_results(args, path, manifest, prompt, unsteered, radius, common, other
 
 def clusters_of_eliciting(detection) -> dict:
     """Per behaviour: the triage clusters holding eliciting vectors, as an auditor would meet them."""
-    clusters = {c["id"]: c for c in load_triage(detection.run)["clusters"]}
+    clusters = {c.id: c.to_dict() for c in load_triage(detection.run).clusters}
     out = {}
     for name, b in detection.behaviours.items():
         out[name] = [
@@ -200,7 +200,8 @@ def clusters_of_eliciting(detection) -> dict:
 
 def shortlist(detection) -> list[dict]:
     """The triage shortlist (read in this order) and the planted behaviours each entry shows."""
-    behaviours = load_triage(detection.run)["behaviours"]
+    triage = load_triage(detection.run)
+    behaviours = {**triage.summary, "rows": [b.to_dict() for b in triage.behaviours]}
     return [
         {"vector": v, "shows": [b for b, x in detection.behaviours.items() if v in x.eliciting]}
         for v in behaviours["shortlist"]

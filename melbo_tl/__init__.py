@@ -5,11 +5,14 @@ The notebook path, imported on first use (``import melbo_tl`` itself loads no to
     import melbo_tl as mt
     model = mt.load_model()                                   # the embedded Qwen2.5-Coder-0.5B-Instruct
     result = mt.melbo(model, ["How can I make a bomb?"], radius=4, n_vectors=8)   # or mt.dct, mt.oneshot
-    mt.generate(model, ["How can I make a bomb?"], [result.intervention(0)])
+    with mt.apply(model, result.intervention(0, scale=1.5)):    # any forward pass, steered
+        logits = model(tokens)
     run = mt.train(model, prompts, "dct", n_factors=64, out="runs/bomb")          # any method, into a run folder
 
 Every result has ``vectors``, ``site`` (a :class:`Site`), ``hook`` and ``intervention(i, scale=1.0)``.
-``mt.analysis`` is :mod:`melbo_tl.analysis`.
+``mt.analysis`` is :mod:`melbo_tl.analysis`. Steered generation is
+``from melbo_tl.generate import generate`` (``melbo_tl.generate`` is that module's name, so the
+package cannot also bind a function to it).
 
 The interpretation code lives in the top-level folder ``analysis/`` of the source tree and is
 imported as ``melbo_tl.analysis`` (never as a bare ``analysis``, so a user's own
@@ -57,7 +60,6 @@ _WHERE = {
     "MLPAdapter": "melbo_tl.steering.interventions",
     "apply": "melbo_tl.steering.interventions",
     "SteeringResult": "melbo_tl.steering.results",
-    "generate": "melbo_tl.generate",
     # methods: typed results, or any registered method into a run
     "melbo": ("melbo_tl.optimize.melbo", "train_vectors"),
     "dct": ("melbo_tl.optimize.dct", "fit_dct"),
@@ -70,7 +72,7 @@ _WHERE = {
     "DCTConfig": "melbo_tl.optimize.dct",
     "OneShotConfig": "melbo_tl.optimize.oneshot",
     "AdapterConfig": "melbo_tl.optimize.adapters",
-    "RefusalDirectionConfig": "melbo_tl.directions.method",
+    "RefusalDirectionConfig": "melbo_tl.optimize.configs",
     # run folders, evaluation, analysis
     "load_run": "melbo_tl.artifacts",
     "train_to_folder": "melbo_tl.training",

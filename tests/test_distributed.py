@@ -29,7 +29,7 @@ from melbo_tl.cli.app import imply_values
 from melbo_tl.distributed import (
     CRASH_ONCE_ENV,
     UNITS_DIR,
-    Cluster,
+    RayCluster,
     UnitReport,
     UnitStore,
     WorkerModel,
@@ -88,7 +88,7 @@ def test_sweep_split_over_two_workers_equals_the_single_process(cluster, tiny_mo
     report = UnitReport()
     split = sweep_radius_ray(
         WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS[0], radii, cfg, out=tmp_path, max_new_tokens=4,
-        embedder="model", cluster=Cluster(address=cluster, workers=2), progress=False, report=report,
+        embedder="model", cluster=RayCluster(address=cluster, workers=2), progress=False, report=report,
     )  # fmt: skip
     assert report.units == 2 and report.workers == 2 and not report.retried
     for a, b in zip(single.results, split.results, strict=True):
@@ -111,7 +111,7 @@ def test_a_worker_killed_mid_run_loses_only_its_unit(cluster, tiny_model, tiny_m
     report = UnitReport()
     out = ray_train(
         WorkerModel(str(tiny_model_dir), device="cpu"), "melbo", PROMPTS, cfg, tmp_path / "split",
-        cluster=Cluster(address=cluster, workers=2), progress=False, report=report,
+        cluster=RayCluster(address=cluster, workers=2), progress=False, report=report,
     )  # fmt: skip
     assert (tmp_path / "crashed").is_file()
     assert len(report.retried) == 1 and report.workers == 3 and report.units == 2
@@ -202,10 +202,10 @@ def test_dct_with_its_row_chunks_on_two_workers_equals_the_single_process(cluste
     with one_thread():
         single = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
     with dct_on_workers(
-        WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS, cfg, cluster=Cluster(address=cluster, workers=2)
-    ) as pool:
-        split = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
-    assert pool.started == 2  # both workers got units (a pool grows only for units)
+        WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS, cfg, cluster=RayCluster(address=cluster, workers=2)
+    ) as workers:
+        split = train(tiny_model, "dct", PROMPTS, cfg, progress=False, backend=workers)
+    assert workers.pool.started == 2  # both workers got units (a pool grows only for units)
     assert single.tensors.keys() == split.tensors.keys()
     for key in single.tensors:
         assert torch.equal(single.tensors[key], split.tensors[key]), key

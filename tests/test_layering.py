@@ -32,6 +32,7 @@ LAYERS = [
         "melbo_tl.registry",
         "melbo_tl.runs",
         "melbo_tl.training",
+        "melbo_tl.stage_folder",
     ),
     (
         "melbo_tl.optimize",

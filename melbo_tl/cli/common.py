@@ -17,7 +17,7 @@ from melbo_tl.cli.app import DEFAULT_MODEL_HELP
 from melbo_tl.config import parse_int_list
 
 if TYPE_CHECKING:
-    from melbo_tl.distributed import Cluster, WorkerModel
+    from melbo_tl.distributed import RayCluster, WorkerModel
     from melbo_tl.steering.interventions import Intervention
 
 HARMFUL_PROMPT = "How can I make a bomb?"
@@ -146,14 +146,14 @@ def ray_setup(
     device: str | None,
     dtype: str,
     device_map: str | None,
-) -> tuple[WorkerModel, Cluster] | None:
+) -> tuple[WorkerModel, RayCluster] | None:
     """With ``--ray``: what each worker loads and the cluster to use (melbo_tl.distributed, and
     so Ray, is imported only here); without it None, and nothing is imported."""
     if ray is None:
         if workers is not None or cpus != 1.0 or gpus != 0.0:
             raise ValueError("--ray-workers, --ray-cpus and --ray-gpus size a --ray run; give --ray too.")
         return None
-    from melbo_tl.distributed import Cluster, WorkerModel
+    from melbo_tl.distributed import RayCluster, WorkerModel
     from melbo_tl.models import DEFAULT_MODEL
 
     check_dtype(dtype)
@@ -161,7 +161,7 @@ def ray_setup(
         raise ValueError(f"Give --device ({device}) or --device-map ({device_map}), not both.")
     status(f"--ray {ray}: the units run on Ray workers, each loading {model or DEFAULT_MODEL} itself")
     worker = WorkerModel(model or DEFAULT_MODEL, device=device, dtype=dtype, device_map=device_map_value(device_map))
-    return worker, Cluster(address=ray, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    return worker, RayCluster(address=ray, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
 
 
 def load(

@@ -72,8 +72,8 @@ def dct_cmd(
     if on_ray is not None:  # this process keeps the fit's bookkeeping; the F-row passes go to the workers
         from melbo_tl.distributed import dct_on_workers
 
-        with dct_on_workers(on_ray[0], prompt, cfg, cluster=on_ray[1]):
-            folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume)
+        with dct_on_workers(on_ray[0], prompt, cfg, cluster=on_ray[1]) as workers:
+            folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume, backend=workers)
     else:
         folder = train_to_folder(bridge, "dct", prompt, cfg, out, resume=resume)
     meta = load_run(folder).meta

@@ -16,7 +16,7 @@ import typer
 from melbo_tl.cli.app import app
 from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, load, status
 from melbo_tl.cli.options import config_command
-from melbo_tl.directions.config import RefusalDirectionConfig
+from melbo_tl.optimize.configs import RefusalDirectionConfig
 
 
 @app.command(

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from melbo_tl.artifacts import Run
-from melbo_tl.directions.config import RefusalDirectionConfig  # lives there, without torch
 from melbo_tl.directions.diff_in_means import CandidateDirections, diff_in_means
 from melbo_tl.directions.io import (
     CANDIDATES_FILE,
@@ -33,6 +32,7 @@ from melbo_tl.directions.io import (
 from melbo_tl.directions.scores import CandidateScore
 from melbo_tl.directions.selection import choose_direction, score_candidates
 from melbo_tl.evaluate.datasets import load_prompts, train_test_split
+from melbo_tl.optimize.configs import RefusalDirectionConfig  # lives there, without torch
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 

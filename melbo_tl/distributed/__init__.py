@@ -20,7 +20,7 @@ process does (the same rows in one forward pass), so only timings differ.
 
 Ray is imported here and nowhere else; the CLI imports this module only when ``--ray`` is given.
 
->>> cluster = Cluster(address="auto", workers=4, gpus_per_worker=1)
+>>> cluster = RayCluster(address="auto", workers=4, gpus_per_worker=1)
 >>> train_to_folder_ray(WorkerModel("path/to/model", device="cuda"), "melbo", prompts, cfg, "runs/x", cluster=cluster)
 """
 
@@ -36,8 +36,8 @@ from melbo_tl.distributed.workers import (
     CRASH_ONCE_ENV,
     PLAN_FILE,
     UNITS_DIR,
-    Cluster,
     ModelWorker,
+    RayCluster,
     Unit,
     UnitReport,
     UnitStore,
@@ -50,8 +50,8 @@ __all__ = [
     "CRASH_ONCE_ENV",
     "PLAN_FILE",
     "UNITS_DIR",
-    "Cluster",
     "ModelWorker",
+    "RayCluster",
     "Unit",
     "UnitReport",
     "UnitStore",

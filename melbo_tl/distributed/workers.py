@@ -50,7 +50,7 @@ class WorkerModel:
 
 
 @dataclass(frozen=True)
-class Cluster:
+class RayCluster:
     """Where and how wide to run: ``address`` ``"local"`` (start a Ray instance on this machine),
     ``"auto"`` (join the cluster ``ray start --head`` started) or ``host:port`` / ``ray://…``;
     ``workers`` how many model-holding workers (None: as many as the cluster's CPUs, or GPUs
@@ -296,7 +296,7 @@ class UnitStore:
 class WorkerPool:
     """Model-holding actors and the loop that feeds them units (see the module docstring)."""
 
-    def __init__(self, model: WorkerModel, cluster: Cluster) -> None:
+    def __init__(self, model: WorkerModel, cluster: RayCluster) -> None:
         connect(cluster.address)
         self.model, self.cluster = model, cluster
         resources = ray.cluster_resources()

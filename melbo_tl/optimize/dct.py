@@ -29,10 +29,8 @@ analysis and reports work unchanged; ``U``, ``alpha``, ``importance`` ride along
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,24 +165,6 @@ class DCTResult(VectorResult):
         }
 
 
-# How fit_dct evaluates Δ: the local SliceResponse, or what a wrapper makes of it (e.g. the same
-# response with its row chunks computed on Ray workers, melbo_tl.distributed.dct_on_workers).
-_RESPONSE: contextvars.ContextVar[Callable[[SliceResponse], Any] | None] = contextvars.ContextVar(
-    "dct_response", default=None
-)
-
-
-@contextlib.contextmanager
-def response_wrapper(wrap: Callable[[SliceResponse], Any]) -> Iterator[None]:
-    """Within the block, :func:`fit_dct` evaluates Δ through ``wrap(SliceResponse)``: an object
-    with the same ``__call__``, ``jvp``, ``pullback``, ``problem`` and ``d_model``."""
-    token = _RESPONSE.set(wrap)
-    try:
-        yield
-    finally:
-        _RESPONSE.reset(token)
-
-
 def fit_dct(
     model: Any,
     prompts: Sequence[PromptLike],
@@ -192,26 +172,29 @@ def fit_dct(
     *,
     state: DCTState | None = None,
     on_checkpoint: Callable[[DCTState], None] | None = None,
+    response: Callable[[SliceResponse], Any] | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> DCTResult:
     """Fit a DCT on ``prompts`` (module docstring). ``state`` continues an interrupted fit;
-    ``on_checkpoint(state)`` is called after calibration and after every iteration."""
+    ``on_checkpoint(state)`` is called after calibration and after every iteration. ``response``
+    wraps the local Δ (:class:`SliceResponse`) in an object with the same ``__call__``, ``jvp``,
+    ``pullback``, ``problem`` and ``d_model`` that computes its row chunks elsewhere (e.g.
+    :func:`melbo_tl.distributed.dct_on_workers`); None computes them here."""
     cfg = DCTConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
     problem = MelboProblem.build(
         model, prompts, source=cfg.source, target=cfg.target, p=2.0, q=1.0, positions=cfg.positions, chat=cfg.chat
     )
-    response = SliceResponse(problem, chunk=cfg.chunk_size)
-    wrap = _RESPONSE.get()
-    if wrap is not None:
-        response = wrap(response)
+    evaluator = SliceResponse(problem, chunk=cfg.chunk_size)
+    if response is not None:
+        evaluator = response(evaluator)
     save = on_checkpoint or (lambda s: None)
     if state is None:
         started = time.perf_counter()
         if cfg.radius == "auto":
             cal = calibrate_radius(
-                response, target=cfg.calibration_target, n_directions=cfg.calibration_directions, seed=cfg.seed,
+                evaluator, target=cfg.calibration_target, n_directions=cfg.calibration_directions, seed=cfg.seed,
                 progress=progress,
             )  # fmt: skip
             state = DCTState(cal.radius, cal, seconds={"calibration": time.perf_counter() - started})
@@ -222,13 +205,13 @@ def fit_dct(
     started = time.perf_counter()
     if state.V is None:
         u0 = random_directions(cfg.n_factors, d_model(model), cfg.seed + 1, model)
-        _, grad = response.pullback(torch.zeros_like(u0), u0)
+        _, grad = evaluator.pullback(torch.zeros_like(u0), u0)
         state.U, state.V = to_result(u0), to_result(orthogonalize(unit_rows(grad), cfg.orthogonalize))
         save(state)
     v = master_copy(state.V, model)
     bar = tqdm(range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress)
     for _ in bar:
-        delta, grad = response.pullback(radius * v, unit_rows)
+        delta, grad = evaluator.pullback(radius * v, unit_rows)
         new = orthogonalize(unit_rows(grad), cfg.orthogonalize)
         moved = float((1 - (new * v).sum(-1)).max())
         v = new
@@ -241,7 +224,7 @@ def fit_dct(
             break
     state.seconds["fit"] = state.seconds.get("fit", 0.0) + time.perf_counter() - started
     started = time.perf_counter()
-    delta = response(radius * v)
+    delta = evaluator(radius * v)
     u = unit_rows(delta)
     importance = (u * delta).sum(-1)
     alpha, condition = importance_weights(u, v, importance)
@@ -321,7 +304,7 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         return Run(dict(previous.tensors), {k: v for k, v in previous.meta.items()})
     result = fit_dct(
         model, prompts, cfg, state=_state_of(previous), on_checkpoint=lambda s: ckpt.save(_running(cfg, s, d)),
-        progress=ckpt.progress,
+        response=ckpt.backend, progress=ckpt.progress,
     )  # fmt: skip
     per_vector = [
         {
