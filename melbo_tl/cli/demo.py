@@ -104,52 +104,15 @@ def demo_cmd(
     from melbo_tl.analysis.report import write_report
     from melbo_tl.analysis.run_analysis import AnalysisSettings, analyze_run
     from melbo_tl.artifacts import atomic_write_json
-    from melbo_tl.directions.method import RefusalDirectionConfig, refusal_prompts
-    from melbo_tl.evaluate.triage import TriageConfig, triage_run
-    from melbo_tl.optimize.dct import DCTConfig
-    from melbo_tl.optimize.oneshot import OneShotConfig
-    from melbo_tl.steering.sites import Site
-    from melbo_tl.training import train_to_folder
 
     started = time.perf_counter()
     bridge = load(model, device=device, dtype=dtype)
-    layers = demo_layers(int(bridge.cfg.n_layers))
     refusal, dct, oneshot = out / "refusal_direction", out / "dct", out / "oneshot"
     timings: dict[str, float] = {}
-
-    refusal_cfg = RefusalDirectionConfig(
-        n_train=n_train, n_val=n_val, layers=tuple(layers["candidates"]), positions=(-1,),
-        kl_threshold=kl_threshold, induce_threshold=induce_threshold,
+    triage = _discover(
+        bridge, out, timings, factors=factors, iterations=iterations, rho=rho, n_train=n_train, n_val=n_val,
+        kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_new_tokens=max_new_tokens,
     )  # fmt: skip
-    _stage("refusal direction", refusal, timings, lambda: train_to_folder(
-        bridge, "refusal-direction", refusal_prompts(refusal_cfg), refusal_cfg, refusal, resume=True
-    ))  # fmt: skip
-
-    dct_cfg = DCTConfig(
-        n_factors=factors, source=Site(layers["source"], "resid_post"), target=Site(layers["target"]), iterations=iterations,
-        calibration_target=rho,
-    )  # fmt: skip
-
-    def train_dct() -> None:
-        train_to_folder(bridge, "dct", [HARMFUL_PROMPT], dct_cfg, dct, resume=True)
-        write_run_outputs(
-            bridge, dct, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens, indices=list(range(min(16, factors)))
-        )
-
-    _stage("DCT", dct, timings, train_dct, writes=GENERATIONS_FILE)
-    status("== triage")
-    t = time.perf_counter()
-    triage = triage_run(bridge, dct, TriageConfig(max_new_tokens=max_new_tokens))
-    timings["triage"] = round(time.perf_counter() - t, 1)
-
-    oneshot_cfg = OneShotConfig(site=Site(layers["oneshot"]), promote=(ONESHOT_TARGET,), target_loss=2.0)
-
-    def train_oneshot() -> None:
-        train_to_folder(bridge, "oneshot", [ONESHOT_PROMPT], oneshot_cfg, oneshot, resume=True)
-        write_run_outputs(bridge, oneshot, [ONESHOT_PROMPT], max_new_tokens=max_new_tokens)
-
-    _stage("one-shot vector", oneshot, timings, train_oneshot, writes=GENERATIONS_FILE)
-
     status("== analysis")
     t = time.perf_counter()
     settings = AnalysisSettings(n_prompts=n_prompts, vectors=_to_analyze(triage, analyze_top))
@@ -163,6 +126,51 @@ def demo_cmd(
     atomic_write_json(out / "demo_timings.json", timings)
     typer.echo(f"stage timings (s): {timings}")
     typer.echo(f"report: {report.resolve()}")
+
+
+def _discover(bridge: Any, out: Path, timings: dict[str, float], *, factors: int, iterations: int, rho: float,
+              n_train: int, n_val: int, kl_threshold: float, induce_threshold: float, max_new_tokens: int) -> Any:  # fmt: skip
+    """Stages 1–4: the refusal direction, DCT, triage of its vectors, the one-shot vector (each
+    skipped when a previous demo finished it); returns the triage."""
+    from melbo_tl.directions.method import refusal_prompts
+    from melbo_tl.evaluate.triage import TriageConfig, triage_run
+    from melbo_tl.optimize.configs import DCTConfig, OneShotConfig, RefusalDirectionConfig
+    from melbo_tl.steering.sites import Site
+    from melbo_tl.training import train_to_folder
+
+    layers = demo_layers(int(bridge.cfg.n_layers))
+    refusal, dct, oneshot = out / "refusal_direction", out / "dct", out / "oneshot"
+    refusal_cfg = RefusalDirectionConfig(
+        n_train=n_train, n_val=n_val, layers=tuple(layers["candidates"]), positions=(-1,),
+        kl_threshold=kl_threshold, induce_threshold=induce_threshold,
+    )  # fmt: skip
+    _stage("refusal direction", refusal, timings, lambda: train_to_folder(
+        bridge, "refusal-direction", refusal_prompts(refusal_cfg), refusal_cfg, refusal, resume=True
+    ))  # fmt: skip
+    dct_cfg = DCTConfig(
+        n_factors=factors, source=Site(layers["source"], "resid_post"), target=Site(layers["target"]),
+        iterations=iterations, calibration_target=rho,
+    )  # fmt: skip
+
+    def train_dct() -> None:
+        train_to_folder(bridge, "dct", [HARMFUL_PROMPT], dct_cfg, dct, resume=True)
+        write_run_outputs(
+            bridge, dct, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens, indices=list(range(min(16, factors)))
+        )
+
+    _stage("DCT", dct, timings, train_dct, writes=GENERATIONS_FILE)
+    status("== triage")
+    t = time.perf_counter()
+    triage = triage_run(bridge, dct, TriageConfig(max_new_tokens=max_new_tokens))
+    timings["triage"] = round(time.perf_counter() - t, 1)
+    oneshot_cfg = OneShotConfig(site=Site(layers["oneshot"]), promote=(ONESHOT_TARGET,), target_loss=2.0)
+
+    def train_oneshot() -> None:
+        train_to_folder(bridge, "oneshot", [ONESHOT_PROMPT], oneshot_cfg, oneshot, resume=True)
+        write_run_outputs(bridge, oneshot, [ONESHOT_PROMPT], max_new_tokens=max_new_tokens)
+
+    _stage("one-shot vector", oneshot, timings, train_oneshot, writes=GENERATIONS_FILE)
+    return triage
 
 
 def _to_analyze(triage: Any, k: int) -> list[int]:

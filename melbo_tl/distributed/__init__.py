@@ -24,7 +24,9 @@ Ray is imported here and nowhere else; the CLI imports this module only when ``-
 >>> train_to_folder_ray(WorkerModel("path/to/model", device="cuda"), "melbo", prompts, cfg, "runs/x", cluster=cluster)
 """
 
+from melbo_tl.distributed.cluster import RayCluster, WorkerModel, connect
 from melbo_tl.distributed.runs import (
+    DCTWorkers,
     WorkerResponse,
     dct_on_workers,
     finish,
@@ -37,19 +39,17 @@ from melbo_tl.distributed.workers import (
     PLAN_FILE,
     UNITS_DIR,
     ModelWorker,
-    RayCluster,
     Unit,
     UnitReport,
     UnitStore,
-    WorkerModel,
     WorkerPool,
-    connect,
 )
 
 __all__ = [
     "CRASH_ONCE_ENV",
     "PLAN_FILE",
     "UNITS_DIR",
+    "DCTWorkers",
     "ModelWorker",
     "RayCluster",
     "Unit",

@@ -97,7 +97,9 @@ class TriageResult:
 
     @property
     def n_vectors(self) -> int:
-        return sum(1 for b in self.behaviours if b.index != UNSTEERED)
+        """How many vectors were triaged (the summary's count, else the rows')."""
+        rows = sum(1 for b in self.behaviours if b.index != UNSTEERED)
+        return int(self.summary.get("n_vectors", rows))
 
     def behaviour(self, index: int) -> VectorBehaviour:
         """The row of vector ``index`` (``UNSTEERED``: the unsteered model)."""
@@ -117,6 +119,14 @@ class TriageResult:
             f"{self.shortlist[:12]}<table><tr><th>cluster</th><th>size</th><th>refusal</th><th>label</th>"
             f"<th>representative's completion</th></tr>{rows}</table></div>"
         )
+
+
+def _cluster(row: dict[str, Any]) -> BehaviourCluster:
+    """A ``clusters.json`` row (fields a hand-written or older file lacks take neutral values)."""
+    members = [int(m) for m in row.get("members", [])]
+    base = {"words": [], "size": len(members), "members": members, "representative": members[0] if members else -1,
+            "completion": "", "refusal": float("nan")}  # fmt: skip
+    return BehaviourCluster(**{**base, **_known(BehaviourCluster, row)})
 
 
 def _known(cls: type, row: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +151,7 @@ def load_triage(run_dir: str | Path) -> TriageResult:
     clusters = json.loads((folder / CLUSTERS_FILE).read_text())
     return TriageResult(
         behaviours=[VectorBehaviour(**_known(VectorBehaviour, r)) for r in data["rows"]],
-        clusters=[BehaviourCluster(**_known(BehaviourCluster, c)) for c in clusters],
+        clusters=[_cluster(c) for c in clusters],
         shortlist=list(data.get("shortlist", [])),
         seconds=dict(data.get("seconds", {})),
         summary={k: v for k, v in data.items() if k != "rows"},

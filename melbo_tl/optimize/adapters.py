@@ -97,6 +97,75 @@ def _mlp_hidden(model: Any, problem: MelboProblem) -> Tensor:
     return fwd.activations[name]
 
 
+@dataclass
+class _AdapterProblem:
+    """The MELBO problem with the source block's MLP hidden activation cached (it does not depend
+    on the adapter): the steered residual of k adapters at once."""
+
+    problem: MelboProblem
+    hidden: Tensor  # [prompts, pos, d_mlp]
+    radius: float
+
+    @property
+    def real(self) -> Tensor:
+        return self.problem.real[None, ..., None].to(self.hidden.dtype)
+
+    def steered(self, A: Tensor, B: Tensor) -> Tensor:
+        h = self.hidden
+        delta = self.radius * torch.einsum("ipm,kmr,kdr->kipd", h, like(A, h), like(B, h)) * self.real
+        return (self.problem.segment.residual[None] + delta).flatten(0, 1)
+
+    def mean_delta(self, A: Tensor, B: Tensor) -> Tensor:
+        """Each adapter's residual contribution averaged over the prompts' real tokens."""
+        real = self.real[0].float()
+        mean_hidden = (self.hidden.float() * real).sum((0, 1)) / real.sum()
+        return self.radius * torch.einsum("m,kmr,kdr->kd", mean_hidden, A, B)
+
+
+def _start(model: Any, cfg: AdapterConfig, first: int, count: int) -> tuple[Tensor, Tensor]:
+    """Random unit-column starts of adapters ``first`` … (each depends only on its seed and index)."""
+    d, d_mlp = int(model.cfg.d_model), int(model.cfg.d_mlp)
+    gens = [torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + first + j) for j in range(count)]
+    factor = lambda rows: master_copy(  # noqa: E731
+        normalize_columns(torch.stack([torch.randn(rows, cfg.rank, generator=g, device="cpu") for g in gens])), model
+    )
+    return factor(d_mlp).requires_grad_(True), factor(d).requires_grad_(True)
+
+
+def _train_batch(
+    model: Any, ap: _AdapterProblem, cfg: AdapterConfig, first: int, count: int, progress: bool
+) -> list[AdapterRecord]:
+    """Adapters ``first`` … ``first + count − 1``, trained at once: Riemannian AdamW per column."""
+    A, B = _start(model, cfg, first, count)
+    opt = torch.optim.AdamW([A, B], lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
+    history: list[list[float]] = [[] for _ in range(count)]
+    started = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress)
+    for _ in bar:
+        opt.zero_grad(set_to_none=True)
+        objective, _ = ap.problem.objective(ap.steered(A, B))
+        (-objective.sum()).backward()
+        with torch.no_grad():
+            A.grad.copy_(column_tangent(A.grad, A))
+            B.grad.copy_(column_tangent(B.grad, B))
+        opt.step()
+        with torch.no_grad():
+            A.copy_(normalize_columns(A))
+            B.copy_(normalize_columns(B))
+        for row, value in zip(history, objective.tolist()):
+            row.append(value)
+        bar.set_postfix(objective=f"{objective.mean().item():.4g}")
+    with torch.no_grad():
+        final, _ = ap.problem.objective(ap.steered(A, B))
+        mean_delta = ap.mean_delta(A, B)
+    seconds = (time.perf_counter() - started) / count
+    return [
+        AdapterRecord(first + j, to_result(A[j]), to_result(B[j]), history[j], float(final[j]), seconds,
+                      to_result(mean_delta[j]))
+        for j in range(count)
+    ]  # fmt: skip
+
+
 def train_adapters(
     model: Any,
     prompts: Sequence[PromptLike],
@@ -108,67 +177,18 @@ def train_adapters(
     **settings: Any,
 ) -> AdapterResult:
     """Learn ``cfg.n_adapters`` rank-``cfg.rank`` MELBO adapters on the MLP output of the block
-    the source site follows (``settings``: :class:`AdapterConfig` fields applied on top of ``cfg``)."""
+    the source site follows (``settings``: :class:`AdapterConfig` fields applied on top of ``cfg``),
+    ``batch_size`` at a time; ``previous`` (a resumed run's) are kept, ``on_adapter`` sees each new one."""
     cfg = AdapterConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
     problem = MelboProblem.build(
         model, prompts, source=cfg.source, target=cfg.target, p=cfg.p, q=cfg.q, positions=cfg.positions, chat=cfg.chat
     )
-    hidden = _mlp_hidden(model, problem)  # [prompts, pos, d_mlp]
-    d, d_mlp, rank = int(model.cfg.d_model), int(model.cfg.d_mlp), cfg.rank
-    real = problem.real[None, ..., None].to(hidden.dtype)
-
-    def steered(A: Tensor, B: Tensor) -> Tensor:
-        delta = cfg.radius * torch.einsum("ipm,kmr,kdr->kipd", hidden, like(A, hidden), like(B, hidden)) * real
-        return (problem.segment.residual[None] + delta).flatten(0, 1)
-
+    ap = _AdapterProblem(problem, _mlp_hidden(model, problem), cfg.radius)
     records = list(previous)
     while len(records) < cfg.n_adapters:
-        first = len(records)
-        count = min(cfg.batch_size, cfg.n_adapters - first)
-        gens = [torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + first + j) for j in range(count)]
-        A = master_copy(
-            normalize_columns(torch.stack([torch.randn(d_mlp, rank, generator=g, device="cpu") for g in gens])), model
-        )
-        B = master_copy(
-            normalize_columns(torch.stack([torch.randn(d, rank, generator=g, device="cpu") for g in gens])), model
-        )
-        A.requires_grad_(True)
-        B.requires_grad_(True)
-        opt = torch.optim.AdamW([A, B], lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
-        history: list[list[float]] = [[] for _ in range(count)]
-        started = time.perf_counter()
-        bar = tqdm(range(cfg.steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress)
-        for _ in bar:
-            opt.zero_grad(set_to_none=True)
-            objective, _ = problem.objective(steered(A, B))
-            (-objective.sum()).backward()
-            with torch.no_grad():
-                A.grad.copy_(column_tangent(A.grad, A))
-                B.grad.copy_(column_tangent(B.grad, B))
-            opt.step()
-            with torch.no_grad():
-                A.copy_(normalize_columns(A))
-                B.copy_(normalize_columns(B))
-            for row, value in zip(history, objective.tolist()):
-                row.append(value)
-            bar.set_postfix(objective=f"{objective.mean().item():.4g}")
-        with torch.no_grad():
-            final, _ = problem.objective(steered(A, B))
-            h = hidden.float()
-            mean_hidden = (h * real[0].float()).sum((0, 1)) / real.sum()
-            mean_delta = cfg.radius * torch.einsum("m,kmr,kdr->kd", mean_hidden, A, B)
-        seconds = (time.perf_counter() - started) / count
-        for j in range(count):
-            record = AdapterRecord(
-                first + j,
-                to_result(A[j]),
-                to_result(B[j]),
-                history[j],
-                float(final[j]),
-                seconds,
-                to_result(mean_delta[j]),
-            )
+        count = min(cfg.batch_size, cfg.n_adapters - len(records))
+        for record in _train_batch(model, ap, cfg, len(records), count, progress):
             records.append(record)
             if on_adapter is not None:
                 on_adapter(record)
