@@ -1,9 +1,10 @@
 """``melbo analyze``: every analysis of a run folder, against a refusal-direction run.
 
-Tables go to ``RUN/analysis/*.json`` (and ``*.csv`` for the flat ones), figures to
-``RUN/analysis/figures/`` as plotly JSON (read back by the report) and offline HTML. Each step is
-written atomically when it finishes; rerunning with the same settings skips finished steps, so
-an interrupted analysis resumes.
+The steps are :data:`melbo_tl.analysis.analysis_steps.STEPS`, run by one loop. Tables go to
+``RUN/analysis/*.json`` (and ``*.csv`` for the flat ones), figures to ``RUN/analysis/figures/``
+as plotly JSON (read back by the report) and offline HTML. Each step is written atomically when
+it finishes; rerunning with the same settings skips finished steps, so an interrupted analysis
+resumes; other settings start the folder afresh (:class:`~melbo_tl.stage_folder.StageFolder`).
 
 Vectors from other runs (``compare``) join the comparisons: each vector is compared with the
 refusal direction *at its own site* (the difference-in-means candidate the refusal run computed

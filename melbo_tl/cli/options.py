@@ -105,11 +105,14 @@ def config_parameters(
     return params
 
 
-def _set_parameter(cls: type) -> inspect.Parameter:
+def _set_parameter(cls: type, skip: Sequence[str]) -> inspect.Parameter:
+    with_option = {f.name for f in cli_fields(cls, skip=skip)}
+    rest = [f.name for f in dataclasses.fields(cls) if f.name not in with_option]
+    which = f"e.g. {SET_OPTION} {rest[0]}=…" if rest else "every setting has its own option here"
     option = typer.Option(
         SET_OPTION,
         metavar="KEY=VALUE",
-        help=f"any other setting of {cls.__name__} (repeatable; VALUE as JSON, else text), e.g. --set seed=3",
+        help=f"a setting of {cls.__name__} without an option of its own (repeatable; VALUE as JSON, else text); {which}",
     )
     return inspect.Parameter(
         "set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[list[str]], option]
@@ -165,7 +168,7 @@ def config_command(
 
         required = [p for p in own if p.default is inspect.Parameter.empty]
         rest = [p for p in own if p.default is not inspect.Parameter.empty]
-        params = [*required, *generated, _set_parameter(cls), *rest]
+        params = [*required, *generated, _set_parameter(cls, skip), *rest]
         del command.__wrapped__  # type: ignore[attr-defined]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
