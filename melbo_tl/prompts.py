@@ -99,6 +99,23 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> TokenBatch:
     return left_pad(rows, int(pad))
 
 
+_MARKER = "\u2063melbo prompt\u2063"
+
+
+def _refuse_formatted(tokenizer: Any, prompts: Sequence[PromptLike], system: str | None) -> None:
+    """A prompt that already starts like the chat template would be formatted twice: an error that
+    names the fix (``chat=False``) rather than silently different numbers."""
+    head = format_chat(tokenizer, _MARKER, system=system).split(_MARKER)[0]
+    if not head.strip():
+        return
+    for i, p in enumerate(prompts):
+        if isinstance(p, str) and p.startswith(head):
+            raise ValueError(
+                f"Prompt {i} is already chat-formatted (it starts with the template's {head[:40]!r}); "
+                f"pass chat=False to use it as it is, or give the user message."
+            )
+
+
 def prepare_prompts(
     model: Any, prompts: Sequence[PromptLike], *, chat: bool = True, system: str | None = None
 ) -> list[str]:
@@ -109,6 +126,7 @@ def prepare_prompts(
         raise ValueError("No prompts given: give at least one prompt.")
     tok = chat_tokenizer(model)
     if chat:
+        _refuse_formatted(tok, prompts, system)
         return [format_chat(tok, p, system=system) for p in prompts]
     texts = [str(p) for p in prompts]
     if any(not t for t in texts):
