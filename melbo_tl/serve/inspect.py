@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from analysis.lens import vector_readout
-from analysis.similarity import canonical_site
+from melbo_tl.analysis.lens import vector_readout
+from melbo_tl.analysis.similarity import canonical_site
 from melbo_tl.serve.store import REFUSAL_METHOD, Component, LoadedRun, VectorStore
 
 
 @cache
 def _refusal(model: Any, path: str) -> Any:
-    from analysis.run_analysis import load_refusal
+    from melbo_tl.analysis.run_analysis import load_refusal
 
     return load_refusal(model, path)
 
@@ -45,7 +45,7 @@ def refusal_cosines(model: Any, store: VectorStore, component: Component) -> lis
 
 def triage_entry(loaded: LoadedRun, index: int) -> dict[str, Any] | None:
     """The triage row and cluster of vector ``index`` (None if the run was never triaged)."""
-    from melbo_tl.evaluate.triage import BEHAVIOURS_FILE, CLUSTERS_FILE, triage_dir
+    from melbo_tl.evaluate.triage_files import BEHAVIOURS_FILE, CLUSTERS_FILE, triage_dir
 
     folder = triage_dir(loaded.path)
     if not (folder / BEHAVIOURS_FILE).is_file() or not (folder / CLUSTERS_FILE).is_file():

@@ -53,16 +53,22 @@ class Live:
 
 def write_triage(folder: Path, n: int) -> None:
     from melbo_tl.artifacts import atomic_write_json
-    from melbo_tl.evaluate.triage import BEHAVIOURS_FILE, CLUSTERS_FILE, Cluster, VectorBehaviour, triage_dir
+    from melbo_tl.evaluate.triage_files import (
+        BEHAVIOURS_FILE,
+        CLUSTERS_FILE,
+        BehaviourCluster,
+        VectorBehaviour,
+        triage_dir,
+    )
 
     rows = [VectorBehaviour(-1, 0, 0.0, 10.0, 1.0, 20.0, "", completion="I can't help with that.")]
     rows += [
         VectorBehaviour(i, 1 + i % 2, 0.5, 12.0, 0.0, 30.0, "", shortlist=i, completion=f"text {i}") for i in range(n)
     ]
     clusters = [
-        Cluster(0, ["help", "can't"], 1, [-1], -1, "I can't help with that.", 1.0, unsteered_like=True),
-        Cluster(1, ["recipe", "steps"], (n + 1) // 2, list(range(0, n, 2)), 0, "text 0", 0.0),
-        Cluster(2, ["poem"], n // 2, list(range(1, n, 2)), 1, "text 1", 0.0),
+        BehaviourCluster(0, ["help", "can't"], 1, [-1], -1, "I can't help with that.", 1.0, unsteered_like=True),
+        BehaviourCluster(1, ["recipe", "steps"], (n + 1) // 2, list(range(0, n, 2)), 0, "text 0", 0.0),
+        BehaviourCluster(2, ["poem"], n // 2, list(range(1, n, 2)), 1, "text 1", 0.0),
     ]
     out = triage_dir(folder)
     atomic_write_json(out / CLUSTERS_FILE, [c.to_dict() for c in clusters])

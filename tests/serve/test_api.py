@@ -165,7 +165,7 @@ def test_vectors_list_and_register(live):
 
 
 def test_inspect_reports_readout_cosine_and_triage(live, tiny_model):
-    from analysis.lens import vector_readout
+    from melbo_tl.analysis.lens import vector_readout
 
     info = live.client().get("/v1/steering/inspect", params={"run": "melbo", "index": 2}).json()
     v = live.store.run("melbo").run.vector(2)

@@ -28,7 +28,7 @@ def _set_scale(page: Any, value: float, event: str) -> None:
 def test_explorer_steers_live_and_shows_the_vector(live, tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
-    from analysis.browser import CHROMIUM_ARGS, find_chromium
+    from melbo_tl.analysis.browser import CHROMIUM_ARGS, find_chromium
 
     errors: list[str] = []
     outside: list[str] = []
