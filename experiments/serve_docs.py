@@ -91,6 +91,7 @@ def main() -> None:
         page.set_default_timeout(600_000)
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.goto(f"{url}/")
         page.wait_for_function("document.querySelector('#run').options.length > 1")
         page.select_option("#run", f"run:{args.run}")
