@@ -6,7 +6,8 @@ For every ``notebooks/N_name.ipynb`` (kept output-free in git) this writes
   (GitHub's notebook viewer runs no JavaScript; the figure's plotly JSON stays for Jupyter), and
   every HTML output that needs scripts (circuitsvis views) is replaced by its screenshot;
 * ``docs/notebooks/N_name.md`` with ``N_name_files/*.png``: the same as a markdown page;
-* ``docs/notebooks/README.md``: the index, with the first figure of each notebook.
+* ``docs/notebooks/README.md``: the index, with the first figure of each notebook;
+* ``docs/notebooks/figures/NAME.png`` for each cell tagged ``publish:NAME`` (stable names for links).
 
 Images are rendered offline by :mod:`analysis.images`. A notebook whose published copy was made
 from the same source is skipped (``--force`` redoes it); each copy is written when its notebook
@@ -106,19 +107,51 @@ def _title(output: Any) -> str:
 
 # tqdm's notice that Jupyter widgets are missing: it falls back to text bars, which is what a page shows.
 _WIDGET_NOTICE = re.compile(r"^.*TqdmWarning: IProgress not found.*\n(?:\s+from \.autonotebook.*\n)?", re.M)
+_CONTROL = re.compile(r"(\r|\n|\x1b\[\d*[A-Za-z])")
+
+
+def terminal_text(text: str) -> str:
+    """What a terminal shows after printing ``text``: progress bars redraw their line after a
+    carriage return and move between lines with cursor-up codes; only their final state stays."""
+    lines, row, overwrite = [""], 0, False
+    for part in _CONTROL.split(text):
+        if part == "\n":
+            row, overwrite = row + 1, False
+            if row == len(lines):
+                lines.append("")
+        elif part == "\r":
+            overwrite = True
+        elif part.startswith("\x1b["):
+            count = int(part[2:-1] or 1)
+            if part.endswith("A"):
+                row = max(0, row - count)
+            elif part.endswith("B"):
+                row = min(len(lines) - 1, row + count)
+            elif part.endswith("K"):
+                lines[row] = ""
+        elif part:
+            lines[row] = part if overwrite else lines[row] + part
+            overwrite = False
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def clean_streams(book: Any) -> None:
-    """Progress bars redraw one line with carriage returns: keep each line's final state. Drop
-    tqdm's widget notice, and stream outputs left empty."""
+    """Merge each cell's consecutive stream outputs, render them as a terminal would (progress bars
+    keep their final state), and drop tqdm's widget notice and streams left empty."""
     for cell in book.cells:
         if cell.cell_type != "code":
             continue
+        merged: list[Any] = []
         for output in cell.outputs:
+            last = merged[-1] if merged else None
+            if output.get("output_type") == "stream" and last is not None and last.get("name") == output.get("name"):
+                last["text"] += output["text"]
+            else:
+                merged.append(output)
+        for output in merged:
             if output.get("output_type") == "stream":
-                text = "\n".join(line.split("\r")[-1] for line in output["text"].split("\n"))
-                output["text"] = _WIDGET_NOTICE.sub("", text)
-        cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream" or o["text"].strip()]
+                output["text"] = _WIDGET_NOTICE.sub("", terminal_text(output["text"]) + "\n").lstrip("\n")
+        cell.outputs = [o for o in merged if o.get("output_type") != "stream" or o["text"].strip()]
 
 
 def add_images(book: Any) -> int:
@@ -189,9 +222,28 @@ def first_heading(book: Any, fallback: str) -> tuple[str, str]:
     return fallback, ""
 
 
+def tagged_images(book: Any) -> dict[str, bytes]:
+    """``{NAME: png}`` for each code cell tagged ``publish:NAME``: its first image, under a name that
+    stays put when cells move (the README links ``docs/notebooks/figures/NAME.png``)."""
+    import base64
+
+    found = {}
+    for cell in book.cells:
+        names = [t.split(":", 1)[1] for t in cell.get("metadata", {}).get("tags", []) if t.startswith("publish:")]
+        pngs = [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        for tag in names:
+            if not pngs:
+                raise ValueError(f"cell tagged publish:{tag} has no image output")
+            found[tag] = base64.b64decode(pngs[0])
+    return found
+
+
 def write_outputs(book: Any, name: str, out: Path) -> Path:
     """Write the executed copy, its markdown and its images; the image folder is replaced whole."""
     from melbo_tl.artifacts import atomic_write_bytes, atomic_write_text
+
+    for tag, png in tagged_images(book).items():
+        atomic_write_bytes(out / "figures" / f"{tag}.png", png)
 
     out.mkdir(parents=True, exist_ok=True)
     body, images = to_markdown(book, name)
@@ -277,12 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     for p in paths:
         if p.suffix != ".ipynb" or not p.is_file():
             parser.error(f"{p} is not a notebook file; give paths such as notebooks/1_melbo_discovery.ipynb")
+    failed = []
     for p in paths:
-        print(
-            publish(p.resolve(), args.out, fast=args.fast, force=args.force, render_only=args.render_only), flush=True
-        )
+        try:
+            done = publish(p.resolve(), args.out, fast=args.fast, force=args.force, render_only=args.render_only)
+        except Exception as err:  # one failing notebook must not cost the others' work
+            failed.append(p.name)
+            why = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # the kernel's traceback comes with colour codes
+            done = f"{p.stem}: FAILED: {type(err).__name__}: {why[-2000:]}"
+        print(done, flush=True)
     print(f"index: {write_index(args.out)}")
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

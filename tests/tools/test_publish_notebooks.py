@@ -33,6 +33,7 @@ def write_source(path, cells=CELLS):
         book.cells.append(
             nbformat.v4.new_markdown_cell(text) if kind == "markdown" else nbformat.v4.new_code_cell(text)
         )
+    book.cells[1].metadata["tags"] = ["publish:line"]
     nbformat.write(book, path)
     return path
 
@@ -70,6 +71,7 @@ def test_the_markdown_page_links_its_images_with_their_titles(published):
     assert "IProgress" not in md and "\r" not in md
     for name in ("figure_1_0.png", "figure_2_0.png"):
         assert png_size((out / "1_small_files" / name).read_bytes())[0] > 0
+    assert (out / "figures" / "line.png").read_bytes() == (out / "1_small_files" / "figure_1_0.png").read_bytes()
     index = pub.write_index(out).read_text()
     assert "## [A small tutorial](1_small.md)" in index and "It draws one figure." in index
     assert '<img src="1_small_files/figure_1_0.png"' in index
