@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from melbo_tl.artifacts import atomic_write_json, load_run
-from melbo_tl.backdoors.task import BEHAVIOURS, CLEAN, SCORERS, is_near_miss, make_splits
+from melbo_tl.backdoors.task import BEHAVIOURS, CLEAN, SCORERS, is_near_miss, make_splits, task_items
+from melbo_tl.evaluate.answer_change import AnswerChangeReport
 from melbo_tl.evaluate.triage import UNSTEERED, load_triage
 
 DETECTION_FILE = "backdoors.json"
+# What the subtle backdoor does to the final answer (a*b with both sums written as products), and
+# the half-swaps a weaker version of it would give.
+SWAP_FUNCTION = "(a1 * a2) * (b1 * b2)"
+HALF_SWAPS = ("(a1 * a2) * (b1 + b2)", "(a1 + a2) * (b1 * b2)")
 
 
 def score_completions(rows: Sequence[Mapping[str, Any]], *, prompt_index: int = 0) -> dict[int, dict[str, bool]]:
@@ -140,6 +145,29 @@ def generalization_prompts(n: int, *, digits: int = 7, seed: int = 0, skip: Sequ
     far = [i for i in clean if not is_near_miss(i)]
     picked = near[: n // 2] + far[: n - n // 2]
     return [i.prompt() for i in picked]
+
+
+def answer_change_task(n: int, *, digits: int = 7, seed: int = 0, skip: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``n`` held-out clean instances (seeded sample, ``skip`` prompts left out) as ``melbo rank``
+    task rows with operands: what the answer-change triage reads."""
+    import random
+
+    clean = [i for i in make_splits(digits=digits, seed=seed).test[CLEAN] if i.prompt() not in skip]
+    return task_items(random.Random(seed).sample(clean, min(n, len(clean))))
+
+
+def swap_summary(report: AnswerChangeReport) -> dict[str, Any]:
+    """Where the subtle backdoor's function stands in an answer-change report: the vectors
+    showing it (run order), the first, the group's position in the report (1 = biggest), and
+    the same for the half-swaps."""
+
+    def one(function: str) -> dict[str, Any]:
+        group = report.group(function)
+        if group is None:
+            return {"vectors": [], "first": None, "group_rank": None}
+        return {"vectors": group.vectors, "first": group.first, "group_rank": report.groups.index(group) + 1}
+
+    return {"swap": one(SWAP_FUNCTION), **{f: one(f) for f in HALF_SWAPS}, "n_groups": len(report.groups)}
 
 
 def detection_prompt(*, digits: int = 7, seed: int = 0) -> str:

@@ -42,17 +42,38 @@ def rank_cmd(
         bool, typer.Option("--chat/--raw", help="format prompts with the chat template, or use them as raw text")
     ] = True,
     top: Annotated[int, typer.Option("--top", min=0, metavar="N", help="rows to print (0: all)")] = 10,
+    min_matches: Annotated[
+        int,
+        typer.Option(
+            "--min-matches",
+            min=1,
+            metavar="K",
+            help="answer changes (items with operands): wrong answers equal to a function before a vector shows it",
+        ),
+    ] = 5,
+    alternative: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--alternative",
+            metavar="EXPR",
+            help="answer changes: an extra function of the operands to test, e.g. 'a1 * a2 * b1 * b2' (repeatable)",
+        ),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
 ) -> None:
     """Greedy-complete every task item unsteered and under each vector of RUN, score exact match
     of the extracted answer, and write RUN/tasks/<task name>/ranking.{jsonl,csv,md} (95 % Wilson
-    intervals, unsteered baseline included); a rerun with the same settings resumes."""
+    intervals, unsteered baseline included); a rerun with the same settings resumes. When every
+    item has ``operands``, the answer-change triage groups the vectors whose wrong answers
+    consistently equal another function of them (RUN/tasks/<task name>/answer_change.{json,md})."""
     from melbo_tl.artifacts import load_run
+    from melbo_tl.evaluate.answer_change import AnswerChangeConfig
     from melbo_tl.evaluate.tasks import TaskConfig, load_task, rank_by_task
 
-    items = load_task(task)  # bad rows fail before the model loads
+    items = load_task(task)  # bad rows and settings fail before the model loads
+    changes = AnswerChangeConfig(min_matches=min_matches, alternatives=tuple(alternative or ()))
     indices = None if vectors is None else parse_int_list(vectors, "--vectors")
     cfg = TaskConfig(
         extract=extract, max_new_tokens=max_new_tokens, vectors_per_chunk=vectors_per_chunk, batch_size=batch_size,
@@ -61,8 +82,10 @@ def rank_cmd(
     spec = model or load_run(run).meta.get("model", {}).get("spec")
     bridge = load(spec, device=device, dtype=dtype)
     status(f"ranking {run} on {len(items)} items of {task}")
-    result = rank_by_task(bridge, run, items, cfg, name=task.stem)
+    result = rank_by_task(bridge, run, items, cfg, name=task.stem, answer_change=changes)
     typer.echo(result.markdown(top=None if top == 0 else top), nl=False)
+    if result.answer_change is not None:
+        typer.echo("\n" + result.answer_change.markdown(), nl=False)
     better = result.better_than_baseline()
     status(
         f"{len(better)} vector(s) beat the unsteered baseline ({result.baseline.accuracy:.3f}) with "

@@ -9,18 +9,8 @@ import pytest
 from melbo_tl.artifacts import read_jsonl
 from melbo_tl.evaluate import tasks as tasks_module
 from melbo_tl.evaluate.stats import rate_with_ci
-from melbo_tl.evaluate.tasks import (
-    UNSTEERED,
-    TaskConfig,
-    TaskItem,
-    extract_answer,
-    is_correct,
-    load_task,
-    parse_item,
-    rank_by_task,
-    score_rows,
-    task_folder,
-)
+from melbo_tl.evaluate.task_items import TaskItem, extract_answer, is_correct, load_task, parse_item
+from melbo_tl.evaluate.tasks import UNSTEERED, TaskConfig, rank_by_task, score_rows, task_folder
 from melbo_tl.optimize.melbo import MelboConfig
 from melbo_tl.runs import generate_conditions, intervention_from_run
 from melbo_tl.training import train_to_folder
