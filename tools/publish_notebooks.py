@@ -150,7 +150,7 @@ def clean_streams(book: Any) -> None:
                 merged.append(output)
         for output in merged:
             if output.get("output_type") == "stream":
-                output["text"] = _WIDGET_NOTICE.sub("", terminal_text(output["text"]) + "\n").lstrip("\n")
+                output["text"] = _WIDGET_NOTICE.sub("", terminal_text(output["text"])).lstrip("\n")
         cell.outputs = [o for o in merged if o.get("output_type") != "stream" or o["text"].strip()]
 
 
@@ -197,6 +197,7 @@ def to_markdown(book: Any, name: str) -> tuple[str, dict[str, bytes]]:
         return f"![{alts.get(m.group(1), 'figure')}]({m.group(1)})"
 
     body = re.sub(r"!\[png\]\(([^)]+)\)", alt, body)
+    body = re.sub(r"<style[^>]*>.*?</style>\s*", "", body, flags=re.S)  # GitHub would print the CSS as text
     return body, dict(res.get("outputs", {}))
 
 

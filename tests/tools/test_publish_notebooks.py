@@ -24,6 +24,7 @@ CELLS = [
         "HTML(token_view_html(view()))",
     ),
     ("code", 'import sys\nsys.stderr.write("10%\\r50%\\r100%\\n")\nprint("done")'),
+    ("code", 'HTML("<style>td {color: red}</style><table><tr><td>a table</td></tr></table>")'),
 ]
 
 
@@ -69,6 +70,7 @@ def test_the_markdown_page_links_its_images_with_their_titles(published):
     assert "![a line](1_small_files/figure_1_0.png)" in md
     assert "![view](1_small_files/figure_2_0.png)" in md  # tqdm's widget notice before it was dropped
     assert "IProgress" not in md and "\r" not in md
+    assert "<td>a table</td>" in md and "color: red" not in md  # tables stay HTML; CSS would show as text
     for name in ("figure_1_0.png", "figure_2_0.png"):
         assert png_size((out / "1_small_files" / name).read_bytes())[0] > 0
     assert (out / "figures" / "line.png").read_bytes() == (out / "1_small_files" / "figure_1_0.png").read_bytes()
