@@ -3,8 +3,8 @@
 GitHub pages, papers and slides show images, not JavaScript. A plotly figure is drawn by the
 plotly.js that ships with the installed plotly (``Plotly.toImage``, the same call plotly's own
 image export makes); an HTML fragment such as a circuitsvis token view (rendered offline by
-:mod:`analysis.token_views`) is screenshotted once its scripts have drawn. Both run in Debian's
-Chromium driven by playwright (:func:`analysis.browser.find_chromium`), never a downloaded
+:mod:`melbo_tl.analysis.token_views`) is screenshotted once its scripts have drawn. Both run in Debian's
+Chromium driven by playwright (:func:`melbo_tl.analysis.browser.find_chromium`), never a downloaded
 browser; any request that would leave the machine is blocked and reported as an error, so an
 image never silently misses a view that needed a CDN.
 
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from analysis.browser import CHROMIUM_ARGS, LOCAL_SCHEMES, _sync_playwright, find_chromium
+from melbo_tl.analysis.browser import CHROMIUM_ARGS, LOCAL_SCHEMES, _sync_playwright, find_chromium
 
 DEFAULT_WIDTH = 900  # CSS pixels: about the width GitHub gives a README image
 DEFAULT_HEIGHT = 500  # for figures whose layout sets no height (plotly's own default is 450)

@@ -9,7 +9,7 @@ For every ``notebooks/N_name.ipynb`` (kept output-free in git) this writes
 * ``docs/notebooks/README.md``: the index, with the first figure of each notebook;
 * ``docs/notebooks/figures/NAME.png`` for each cell tagged ``publish:NAME`` (stable names for links).
 
-Images are rendered offline by :mod:`analysis.images`. A notebook whose published copy was made
+Images are rendered offline by :mod:`melbo_tl.analysis.images`. A notebook whose published copy was made
 from the same source is skipped (``--force`` redoes it); each copy is written when its notebook
 finishes, so an interrupted run keeps the notebooks already done. ``--render-only`` re-renders
 images and markdown from the executed copies without running a model.
@@ -162,7 +162,7 @@ def add_images(book: Any) -> int:
     """
     import base64
 
-    from analysis.images import render_pngs
+    from melbo_tl.analysis.images import render_pngs
 
     targets = [
         o

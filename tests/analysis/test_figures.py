@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.figures import rates_figure
+from melbo_tl.analysis.figures import rates_figure
 from melbo_tl.evaluate.harness import EvalResult, EvalRow
 from melbo_tl.evaluate.stats import rate_with_ci
 
@@ -34,7 +34,7 @@ def test_rates_figure_names_what_is_missing():
 
 
 def test_calibration_figure_marks_the_target_and_the_calibrated_radius():
-    from analysis.figures import calibration_figure
+    from melbo_tl.analysis.figures import calibration_figure
     from melbo_tl.optimize.calibration import Calibration
 
     cal = Calibration(radius=6.7, target=0.5, radii=[1.0, 4.0, 6.7, 8.0], rho=[0.1, 0.3, 0.5, 0.6], n_directions=30)

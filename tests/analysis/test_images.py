@@ -7,8 +7,8 @@ import struct
 import plotly.graph_objects as go
 import pytest
 
-from analysis.images import render_pngs, save_png
-from analysis.token_views import TokenView, token_view_html
+from melbo_tl.analysis.images import render_pngs, save_png
+from melbo_tl.analysis.token_views import TokenView, token_view_html
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -19,9 +19,9 @@ CELLS = [
     (
         "code",
         "from IPython.display import HTML\n"
-        "from tests.analysis.test_images import view\n"
-        "from analysis.token_views import token_view_html\n"
-        "HTML(token_view_html(view()))",
+        "from melbo_tl.analysis.token_views import TokenView, token_view_html\n"
+        "view = TokenView(['How', ' can', ' I'], 1, [1.0, 2.0, 3.0], [0.0, 1.0, -1.0], ' can I', 'blocks.8.hook_resid_pre')\n"
+        "HTML(token_view_html(view))",
     ),
     ("code", 'import sys\nsys.stderr.write("10%\\r50%\\r100%\\n")\nprint("done")'),
     ("code", 'HTML("<style>td {color: red}</style><table><tr><td>a table</td></tr></table>")'),
