@@ -433,6 +433,7 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
         "n_behaviours": sum(1 for c in result.clusters if not c.degenerate and not c.unsteered_like),
         "n_degenerate": sum(c.size for c in result.clusters if c.degenerate),
         "n_repetitive": sum(1 for b in result.behaviours if b.repetitive and b.index != UNSTEERED),
+        "content_baseline_nll": rows[0]["degeneracy"].baseline,  # the unsteered model's NLL of plain answers
         "shortlist": result.shortlist,
         "seconds": result.seconds,
         "completion_rows": [
