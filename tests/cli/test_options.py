@@ -35,7 +35,7 @@ def _generated() -> list[tuple[str, click.Command, type, dict]]:
 
 def test_the_commands_with_many_settings_take_their_options_from_configs():
     names = {name for name, *_ in _generated()}
-    assert {"train", "sweep", "dct", "oneshot", "refusal-direction"} <= names
+    assert {"train", "sweep", "dct", "oneshot", "refusal-direction", "triage"} <= names
 
 
 @pytest.mark.parametrize("name", [n for n, *_ in _generated()])
@@ -100,6 +100,7 @@ BAD_INPUTS = [
     (["oneshot", "-p", "hi", "--out", "{tmp}/o", "--site", "attn_out.3", "--promote", "x"], "not a residual"),
     (["refusal-direction", "--out", "{tmp}/o", "--layers", "3-1"], "runs backwards"),
     (["triage", "{run}", "--projection", "umap"], "--projection 'umap' is not one of tsne, pca"),
+    (["triage", "{run}", "--samples", "3", "--temperature", "0"], "samples > 1 needs temperature > 0"),
     (["analyze", "{run}", "--vectors", "1,x"], "expected integers"),
     (["export", "{run}", "--out", "{tmp}/v.gguf", "--vector", "-1"], "negative ones are refused"),
     (["generate", "-p", "hi", "--run", "{run}", "--vectors", "0,1"], "applies one vector"),
