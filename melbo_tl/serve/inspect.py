@@ -39,7 +39,7 @@ def refusal_cosines(model: Any, store: VectorStore, component: Component) -> lis
         cosine = None
         if direction is not None:
             cosine = float(torch.nn.functional.cosine_similarity(component.vector.float(), direction.float(), dim=0))
-        out.append({"run": loaded.name, "site": site, "cosine": cosine, "source": source})
+        out.append({"run": loaded.name, "site": site.hook, "cosine": cosine, "source": source})
     return out
 
 
