@@ -2,7 +2,7 @@
 
 Layers, bottom to top: models, placement, config → prompts, steering → forward, segment,
 generate, artifacts, registry, runs, training → optimize, directions, evaluate, export → analysis
-(the top-level folder, imported as ``melbo_tl.analysis``) → cli.
+(the top-level folder, imported as ``melbo_tl.analysis``) → cli, api, serve.
 Every ``import`` statement counts, including the ones inside functions. (Built-in methods are
 found by :func:`melbo_tl.registry.get_method` by module name, as a plugin's entry point would be;
 that is no import statement and is tested in ``tests/test_registry.py``.)
@@ -43,7 +43,7 @@ LAYERS = [
         "melbo_tl.backdoors",
     ),
     ("melbo_tl.analysis",),
-    ("melbo_tl.cli", "melbo_tl.api"),
+    ("melbo_tl.cli", "melbo_tl.api", "melbo_tl.serve"),
 ]
 
 

@@ -15,6 +15,7 @@ from melbo_tl.cli import (  # noqa: F401  (registers their commands)
     export,
     oneshot,
     rank,
+    serve,
     train,
     triage,
 )
