@@ -5,10 +5,11 @@ After Mack & Turner's "Capability Discovery" (Qwen-1.8B: 7/32 vectors elicited c
 the best lifted held-out accuracy from 11 % to 63 %). Stages, each resumable (files under ``--out``):
 
 1. **survey** — every model of ``--survey-models`` × task of ``--survey-tasks`` × prompt style
-   (``direct``, ``step``, ``step-shot``: :mod:`melbo_tl.evaluate.reasoning`) on the validation
-   split. The gap is the better step-by-step style minus direct; with ``--model``/``--task auto``
+   (``direct``, ``step``, ``step-shot``: :mod:`melbo_tl.evaluate.reasoning`) on the first
+   ``--survey-n`` validation instances with ``--survey-tokens`` new tokens (enough for the wordy
+   ``step`` style to finish). The gap is the better step-by-step style minus direct; with ``--model``/``--task auto``
    the (model, task) with the largest validation gap is studied.
-2. **ceiling** — the chosen model and task, all three styles, on the test split; the ceiling is
+2. **ceiling** — the chosen model and task on the test split: the direct prompt and the ceiling,
    the step style that was more accurate on validation.
 3. **dct** — DCT vectors fitted on the ONE training instance's direct prompt, for every layer pair
    of ``--layers`` and radius R = calibrated × each ``--radius-multiples``.
@@ -18,7 +19,8 @@ the best lifted held-out accuracy from 11 % to 63 %). Stages, each resumable (fi
    and validated the same way (the best random vector is chosen on validation too).
 7. **test** — unsteered, the best DCT vector and the best random vector on the disjoint test split.
 
-Every condition is greedy with the same ``--tokens`` budget and ``--dtype``.
+Every condition after the survey (ceiling, unsteered, steered) is greedy with the same ``--tokens``
+budget and ``--dtype``.
 One answer rule for every condition: the last number in the completion
 (:func:`~melbo_tl.evaluate.reasoning.final_answer`). A completion *shows work* if it does
 arithmetic with ≥ 2 numbers not in the question (:func:`~melbo_tl.evaluate.reasoning.shows_work`);
@@ -69,6 +71,9 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--stages", default="survey,ceiling,vectors", help="any of survey, ceiling, vectors")
     p.add_argument("--survey-models", default=",".join(MODELS))
     p.add_argument("--survey-tasks", default=",".join(GENERATORS))
+    p.add_argument("--survey-n", type=int, default=24, help="validation instances per survey cell (the first n)")
+    p.add_argument("--survey-tokens", type=int, default=256,
+                   help="new tokens allowed in the survey (enough for the step style to finish)")  # fmt: skip
     p.add_argument("--model", default="auto", help="auto: the survey's largest validation gap")
     p.add_argument("--task", choices=["auto", *sorted(GENERATORS)], default="auto")
     p.add_argument("--dtype", default="bfloat16", help="dtype of every generation")
@@ -102,10 +107,13 @@ def arguments() -> argparse.Namespace:
     except ValueError:
         p.error(f"--radius-multiples: {args.radius_multiples!r} is not a comma-separated list of numbers")
     for flag, value in (("--n-val", args.n_val), ("--n-screen", args.n_screen), ("--n-test", args.n_test),
-                        ("--tokens", args.tokens), ("--vectors", args.vectors), ("--top-k", args.top_k),
+                        ("--tokens", args.tokens), ("--survey-n", args.survey_n),
+                        ("--survey-tokens", args.survey_tokens), ("--vectors", args.vectors), ("--top-k", args.top_k),
                         ("--random-vectors", args.random_vectors)):  # fmt: skip
         if value < 1:
             p.error(f"{flag} must be ≥ 1, got {value}")
+    if args.survey_n > args.n_val:
+        p.error(f"--survey-n ({args.survey_n}) must be ≤ --n-val ({args.n_val}): the survey reads the validation split")
     return args
 
 

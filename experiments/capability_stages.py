@@ -84,11 +84,10 @@ def summarize(rows: list[dict[str, Any]], tokens: int) -> dict[str, Any]:
 
 
 def style_cell(
-    setup: Setup, path: Path, model_name: str, instances: list[Instance], shots: list[Instance], style: str
+    setup: Setup, path: Path, model_name: str, instances: list[Instance], shots: list[Instance], style: str, tokens: int
 ) -> list[dict[str, Any]]:
-    """Completions of ``instances`` posed in ``style``, scored (read back from ``path`` when it
-    holds the same questions at the same token budget)."""
-    tokens = setup.args.tokens
+    """Completions of ``instances`` posed in ``style`` with ``tokens`` new tokens allowed, scored
+    (read back from ``path`` when it holds the same questions at the same token budget)."""
     rows = read_jsonl(path)
     same = len(rows) == len(instances) and all(r["question"] == i.question for r, i in zip(rows, instances))
     if same and rows[0].get("tokens_allowed") == tokens:
@@ -112,14 +111,16 @@ def style_cell(
 
 
 def _val_cells(setup: Setup, model_name: str, task: str) -> dict[str, dict[str, Any]]:
+    """Every style on the first ``--survey-n`` validation instances, ``--survey-tokens`` allowed."""
+    a = setup.args
     splits = setup.splits(task)
     cells = {}
     for style in STYLES:
         path = setup.out / "survey" / model_name / task / f"{style}.jsonl"
         started = time.perf_counter()
-        rows = style_cell(setup, path, model_name, splits["val"], splits["shots"], style)
+        rows = style_cell(setup, path, model_name, splits["val"][: a.survey_n], splits["shots"], style, a.survey_tokens)
         setup.timed(f"survey {model_name}", started)
-        cells[style] = {**summarize(rows, setup.args.tokens), "examples": [r["completion"] for r in rows[:2]]}
+        cells[style] = {**summarize(rows, a.survey_tokens), "examples": [r["completion"] for r in rows[:2]]}
     return cells
 
 
@@ -139,7 +140,13 @@ def survey_stage(setup: Setup, models: list[str], tasks: list[str]) -> dict[str,
             style, gap = _gap(by_style)
             gaps.append({"model": model_name, "task": task, "best_step_style": style, "gap": gap})
     gaps.sort(key=lambda g: -g["gap"])
-    out = {"split": "val", "tokens_allowed": setup.args.tokens, "cells": cells, "gaps": gaps}
+    out = {
+        "split": "val",
+        "n": setup.args.survey_n,
+        "tokens_allowed": setup.args.survey_tokens,
+        "cells": cells,
+        "gaps": gaps,
+    }
     atomic_write_json(setup.out / "survey.json", out)
     return out
 
@@ -166,14 +173,14 @@ def choose(setup: Setup, survey: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def ceiling_stage(setup: Setup, choice: dict[str, Any]) -> dict[str, Any]:
-    """The chosen model and task: every style on the test split, at the steered conditions'
-    token budget; ``ceiling`` names the step style chosen on validation."""
+    """The chosen model and task on the test split: the direct prompt and the step style chosen
+    on validation (``ceiling_style``), at the steered conditions' token budget."""
     splits = setup.splits()
     styles = {}
     started = time.perf_counter()
-    for style in STYLES:
+    for style in ("direct", choice["step_style"]):
         path = setup.out / "ceiling" / f"{style}.jsonl"
-        rows = style_cell(setup, path, setup.model_name, splits["test"], splits["shots"], style)
+        rows = style_cell(setup, path, setup.model_name, splits["test"], splits["shots"], style, setup.args.tokens)
         styles[style] = {**summarize(rows, setup.args.tokens), "examples": [r["completion"] for r in rows[:3]]}
     setup.timed("ceiling", started)
     return {"split": "test", "styles": styles, "ceiling_style": choice["step_style"]}
