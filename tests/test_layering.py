@@ -1,7 +1,7 @@
 """The import graph stays layered: no module imports from a layer above its own.
 
 Layers, bottom to top: models, placement, config → prompts, steering → forward, segment,
-generate, artifacts, registry, runs, training → optimize, directions, evaluate, export → analysis → cli.
+generate, artifacts, registry, runs, training → optimize, directions, evaluate, export, backdoors, triggers → analysis → cli.
 Every ``import`` statement counts, including the ones inside functions. (Built-in methods are
 found by :func:`melbo_tl.registry.get_method` by module name, as a plugin's entry point would be;
 that is no import statement and is tested in ``tests/test_registry.py``.)
@@ -32,6 +32,7 @@ LAYERS = [
         "melbo_tl.distributed",
         "melbo_tl.export",
         "melbo_tl.backdoors",
+        "melbo_tl.triggers",
     ),
     ("analysis",),
     ("melbo_tl.cli",),
