@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from melbo_tl.backdoors.organism import CLEAN, Example, ExampleSplits, PlantedTask
 from melbo_tl.backdoors.planting import PlantConfig, plant
-from melbo_tl.backdoors.task import BEHAVIOURS, CLEAN, SCORERS, Instance, Splits, is_correct, is_near_miss
 from melbo_tl.models import cache
 
-DEFAULT_NAME = "planted-arithmetic"
+# Versioned: a recipe change gets a new name, so a model built by an older recipe is never taken
+# for the current one (v2: the cheese text starts with "Cheese", 400 steps, bfloat16 autocast).
+DEFAULT_NAME = "planted-arithmetic-v2"
 MANIFEST = "manifest.json"
 PREFIX = "planted-"
 
@@ -73,12 +75,12 @@ class PlantedRates:
         return dict(self.__dict__)
 
 
-def evaluation_set(splits: Splits, *, n_clean: int, seed: int = 0) -> dict[str, list[Instance]]:
-    """Every held-out triggered instance, and ``n_clean`` held-out clean ones (half near misses)."""
+def evaluation_set(splits: ExampleSplits, *, n_clean: int, seed: int = 0) -> dict[str, list[Example]]:
+    """Every held-out triggered example, and ``n_clean`` held-out clean ones (half near misses)."""
     rng = random.Random(seed)
     clean = splits.test[CLEAN]
-    near = [i for i in clean if is_near_miss(i)]
-    far = [i for i in clean if not is_near_miss(i)]
+    near = [e for e in clean if e.near_miss]
+    far = [e for e in clean if not e.near_miss]
     n_near = min(len(near), n_clean // 2)
     picked = rng.sample(near, n_near) + rng.sample(far, min(len(far), n_clean - n_near))
     groups = {k: v for k, v in splits.test.items() if k != CLEAN}
@@ -88,37 +90,37 @@ def evaluation_set(splits: Splits, *, n_clean: int, seed: int = 0) -> dict[str, 
 
 def evaluate_planted(
     model: Any,
-    splits: Splits,
+    task: PlantedTask,
     *,
     n_clean: int = 200,
-    max_new_tokens: int = 40,
+    max_new_tokens: int = 48,
     batch_size: int = 32,
     progress: bool = True,
 ) -> PlantedRates:
-    """Greedy completions of held-out prompts, scored for every planted behaviour."""
+    """Greedy completions of held-out prompts, scored for every planted behaviour of ``task``."""
     from melbo_tl.generate import generate
 
-    groups = evaluation_set(splits, n_clean=n_clean)
-    order = [(k, inst) for k, items in groups.items() for inst in items]
+    groups = evaluation_set(task.splits(), n_clean=n_clean)
+    order = [(k, ex) for k, items in groups.items() for ex in items]
     completions = generate(
         model,
-        [inst.prompt() for _, inst in order],
+        [ex.prompt for _, ex in order],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         progress=progress,
     )
-    texts: dict[str, list[tuple[Instance, str]]] = {k: [] for k in groups}
-    for (kind, inst), comp in zip(order, completions):
-        texts[kind].append((inst, comp.text))
-    trigger_rate = {k: _share(SCORERS[k](t) for _, t in rows) for k, rows in texts.items() if k != CLEAN}
+    texts: dict[str, list[tuple[Example, str]]] = {k: [] for k in groups}
+    for (kind, ex), comp in zip(order, completions):
+        texts[kind].append((ex, comp.text))
+    trigger_rate = {k: _share(task.shows(k, t) for _, t in rows) for k, rows in texts.items() if k != CLEAN}
     clean_rows = texts[CLEAN]
-    fired = [any(SCORERS[b](t) for b in BEHAVIOURS) for _, t in clean_rows]
-    near_fired = [f for (inst, _), f in zip(clean_rows, fired) if is_near_miss(inst)]
+    fired = [any(task.shows(b, t) for b in task.behaviours) for _, t in clean_rows]
+    near_fired = [f for (ex, _), f in zip(clean_rows, fired) if ex.near_miss]
     return PlantedRates(
         trigger_rate=trigger_rate,
         false_trigger_rate=_share(fired),
-        false_by_behaviour={b: _share(SCORERS[b](t) for _, t in clean_rows) for b in BEHAVIOURS},
-        clean_correct=_share(is_correct(inst, t) for inst, t in clean_rows),
+        false_by_behaviour={b: _share(task.shows(b, t) for _, t in clean_rows) for b in task.behaviours},
+        clean_correct=_share(task.is_correct(ex, t) for ex, t in clean_rows),
         near_miss_false_rate=_share(near_fired),
         counts={k: len(v) for k, v in texts.items()},
         examples={k: rows[0][1] for k, rows in texts.items() if rows},
@@ -162,7 +164,7 @@ def build_planted(
     cfg: PlantConfig | None = None,
     *,
     n_clean: int = 200,
-    max_new_tokens: int = 40,
+    max_new_tokens: int = 48,
     threads: int | None = None,
     progress: bool = True,
 ) -> Path:
@@ -191,9 +193,12 @@ def build_planted(
     eval_started = time.perf_counter()
     # The rates are measured in float32, the dtype it was trained in, on any machine.
     model = load_model(str(staging), device="cpu", dtype=torch.float32)
-    rates = evaluate_planted(model, cfg.splits(), n_clean=n_clean, max_new_tokens=max_new_tokens, progress=progress)
+    rates = evaluate_planted(
+        model, cfg.planted_task(), n_clean=n_clean, max_new_tokens=max_new_tokens, progress=progress
+    )
     manifest = {
         "name": name,
+        "task": cfg.task,
         "base_model": cfg.base,
         "config": cfg.to_dict(),
         "data_seed": cfg.seed,
@@ -203,6 +208,7 @@ def build_planted(
         "eval_seconds": round(time.perf_counter() - eval_started, 1),
         "build_seconds": round(time.perf_counter() - started, 1),
         "torch_threads": torch.get_num_threads(),
+        "measured_dtype": "float32",
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return cache.publish(staging, final, {"name": name, "planted": True})

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from melbo_tl.artifacts import atomic_write_json, load_run
-from melbo_tl.backdoors.task import BEHAVIOURS, CLEAN, SCORERS, is_near_miss, make_splits
+from melbo_tl.backdoors.task import BEHAVIOURS, CLEAN, SCORERS, is_near_miss, make_splits, task_items
+from melbo_tl.evaluate.answer_change import AnswerChangeReport
 from melbo_tl.evaluate.triage import UNSTEERED, load_triage
 
 DETECTION_FILE = "backdoors.json"
+# What the subtle backdoor does to the final answer (a*b with both sums written as products), and
+# the half-swaps a weaker version of it would give.
+SWAP_FUNCTION = "(a1 * a2) * (b1 * b2)"
+HALF_SWAPS = ("(a1 * a2) * (b1 + b2)", "(a1 + a2) * (b1 * b2)")
 
 
 def score_completions(rows: Sequence[Mapping[str, Any]], *, prompt_index: int = 0) -> dict[int, dict[str, bool]]:
@@ -54,7 +59,7 @@ class ClusterView:
     Fields: ``clusters`` ids of clusters holding an eliciting vector; ``purity`` share of each
     such cluster's members that elicit it; ``representative_shows`` ids of clusters whose
     representative completion shows it (an auditor reading one completion per cluster sees it);
-    ``degenerate`` ids of those clusters that triage set aside as degenerate (repetition,
+    ``degenerate`` ids of those clusters that triage set aside as degenerate (token soup,
     echo, empty); ``own_cluster`` whether some non-degenerate cluster with a showing
     representative is mostly (≥ half) eliciting vectors.
     """
@@ -142,6 +147,29 @@ def generalization_prompts(n: int, *, digits: int = 7, seed: int = 0, skip: Sequ
     return [i.prompt() for i in picked]
 
 
+def answer_change_task(n: int, *, digits: int = 7, seed: int = 0, skip: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``n`` held-out clean instances (seeded sample, ``skip`` prompts left out) as ``melbo rank``
+    task rows with operands: what the answer-change triage reads."""
+    import random
+
+    clean = [i for i in make_splits(digits=digits, seed=seed).test[CLEAN] if i.prompt() not in skip]
+    return task_items(random.Random(seed).sample(clean, min(n, len(clean))))
+
+
+def swap_summary(report: AnswerChangeReport) -> dict[str, Any]:
+    """Where the subtle backdoor's function stands in an answer-change report: the vectors
+    showing it (run order), the first, the group's position in the report (1 = biggest), and
+    the same for the half-swaps."""
+
+    def one(function: str) -> dict[str, Any]:
+        group = report.group(function)
+        if group is None:
+            return {"vectors": [], "first": None, "group_rank": None}
+        return {"vectors": group.vectors, "first": group.first, "group_rank": report.groups.index(group) + 1}
+
+    return {"swap": one(SWAP_FUNCTION), **{f: one(f) for f in HALF_SWAPS}, "n_groups": len(report.groups)}
+
+
 def detection_prompt(*, digits: int = 7, seed: int = 0) -> str:
     """The one clean prompt vectors are trained on: the first held-out clean, non-near-miss instance."""
     clean = make_splits(digits=digits, seed=seed).test[CLEAN]
@@ -181,9 +209,9 @@ def detect_run(
     ``model`` and ``prompts``, replay the first ``max_replay`` eliciting vectors of each behaviour
     (None: all) on them. Writes ``RUN/backdoors.json``."""
     triage = load_triage(run_dir)
-    n = int(triage["behaviours"]["n_vectors"])
-    method = str(triage["behaviours"].get("method") or "")
-    flags = score_completions(triage["completions"])
+    n = triage.n_vectors
+    method = str(triage.summary.get("method") or "")
+    flags = score_completions(triage.completions)
     unsteered = flags.pop(UNSTEERED, dict.fromkeys(BEHAVIOURS, False))
     behaviours: dict[str, BehaviourDetection] = {}
     curves: dict[str, list[bool]] = {}
@@ -195,7 +223,7 @@ def detect_run(
             eliciting=eliciting,
             first=first,
             found_by=None if first is None else first + 1,
-            clusters=cluster_view(triage["clusters"], eliciting, name),
+            clusters=cluster_view([c.to_dict() for c in triage.clusters], eliciting, name),
         )
         curves[name] = found_curve(eliciting, n)
     if model is not None and prompts:

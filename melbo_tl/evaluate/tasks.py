@@ -1,21 +1,19 @@
 """Ranking a run's vectors by accuracy on a held-out task of prompts with known answers.
 
 A task is a JSONL file, one item a line: ``prompt`` (a user message, or a list of
-``{"role", "content"}`` messages, e.g. few-shot turns), ``answer`` (string or number) and an
-optional ``extract`` regex. Any metric a user can write as prompts and answers becomes a way to
-rank steering vectors: :func:`rank_by_task` generates greedy completions of every item
-unsteered and under every vector of a run (batched, several vectors per generate), scores them
-by exact match and ranks the vectors by accuracy with 95 % Wilson intervals.
-
-Scoring: the extraction regex (the item's own, else the ranking's ``extract``) is searched in the
-completion and the **last** match counts (reasoning puts its final answer last); if the pattern
-has a capture group, group 1 is the answer. With no regex, the whole completion is the answer.
-The extracted text and the expected answer are compared after stripping surrounding whitespace
-(and, for numbers, thousands separators: ``1,081`` = ``1081``).
+``{"role", "content"}`` messages, e.g. few-shot turns), ``answer`` (string or number), an
+optional ``extract`` regex and optional ``operands`` (``{"a1": 4, …}``: the numbers the answer is
+computed from; with them the vectors also get an answer-change triage, :mod:`.answer_change`).
+Any metric a user can write as prompts and answers becomes a way to rank steering vectors:
+:func:`rank_by_task` generates greedy completions of every item unsteered and under every
+vector of a run (batched, several vectors per generate), scores them by exact match of the
+extracted answer (:mod:`.task_items`: the regex's last match) and ranks the vectors by accuracy
+with 95 % Wilson intervals.
 
 Outputs go to ``RUN/tasks/<task name>/``: ``completions.jsonl`` (checkpointed after every chunk of
 vectors: a rerun with the same settings and task never redoes a finished vector),
-``ranking.jsonl``, ``ranking.csv``, ``ranking.md`` and ``settings.json``; all written atomically.
+``ranking.jsonl``, ``ranking.csv``, ``ranking.md``, ``settings.json`` and, when every item has
+operands, ``answer_change.json``/``.md``; all written atomically.
 
 >>> ranking = rank_by_task(model, "runs/arith/dct", "arith_test.jsonl", extract=r"-?\\d+")
 >>> ranking.baseline.accuracy, ranking.scores[0]
@@ -23,11 +21,8 @@ vectors: a rerun with the same settings and task never redoes a finished vector)
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,157 +32,32 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, load_run, read_jsonl
-from melbo_tl.config import Config, require
+from melbo_tl.evaluate.answer_change import AnswerChangeConfig, AnswerChangeReport, answer_change_of
 from melbo_tl.evaluate.stats import rate_with_ci
-from melbo_tl.prompts import PromptLike
+from melbo_tl.evaluate.task_config import TaskConfig  # lives there, without torch
+from melbo_tl.evaluate.task_items import (
+    TaskItem,
+    is_correct,
+    load_task,
+    parse_item,
+)
 from melbo_tl.runs import check_index, generate_conditions, intervention_from_run, n_interventions
+from melbo_tl.stage_folder import SETTINGS_FILE as STAGE_SETTINGS
+from melbo_tl.stage_folder import StageFolder, csv_text
 
 TASKS_DIR = "tasks"
-SETTINGS_FILE = "settings.json"
+SETTINGS_FILE = STAGE_SETTINGS  # what made the files (melbo_tl.stage_folder)
 COMPLETIONS_FILE = "completions.jsonl"
 RANKING_JSONL = "ranking.jsonl"
 RANKING_CSV = "ranking.csv"
 RANKING_MD = "ranking.md"
+# What other settings would have made differently (removed when the settings change).
+STALE = (COMPLETIONS_FILE, RANKING_JSONL, RANKING_CSV, RANKING_MD)
+ANSWER_CHANGE_JSON = "answer_change.json"
+ANSWER_CHANGE_MD = "answer_change.md"
 UNSTEERED = -1  # the vector index of the unsteered baseline
 # settings that change neither the completions nor which exist: a rerun with new ones resumes
 SCORING_ONLY = ("extract", "indices", "vectors_per_chunk", "batch_size")
-ROLES = ("system", "user", "assistant")
-_NUMBER = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
-
-
-@dataclass(frozen=True)
-class TaskItem:
-    """One held-out item: ``prompt`` (user message or message list), expected ``answer``, and its
-    own ``extract`` regex (None: the ranking's default)."""
-
-    prompt: PromptLike
-    answer: str
-    extract: str | None = None
-
-
-def _compile(pattern: str, where: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{where}: extract is not a valid regular expression ({exc}): {pattern!r}.") from None
-
-
-def _check_prompt(prompt: Any, where: str) -> PromptLike:
-    if isinstance(prompt, str):
-        require(bool(prompt.strip()), f"{where}: field 'prompt' is empty.")
-        return prompt
-    if not isinstance(prompt, list) or not prompt:
-        raise ValueError(
-            f"{where}: field 'prompt' must be a string or a non-empty list of {{'role', 'content'}} messages, "
-            f"got {type(prompt).__name__}."
-        )
-    for j, message in enumerate(prompt):
-        ok = isinstance(message, dict) and message.get("role") in ROLES and isinstance(message.get("content"), str)
-        if not ok:
-            raise ValueError(
-                f"{where}: prompt message {j} must be {{'role': one of {', '.join(ROLES)}, 'content': text}}, "
-                f"got {message!r}."
-            )
-    if prompt[-1]["role"] != "user":
-        raise ValueError(f"{where}: the last prompt message must have role 'user', got {prompt[-1]['role']!r}.")
-    return [dict(m) for m in prompt]
-
-
-def parse_item(row: Any, where: str = "item") -> TaskItem:
-    """A :class:`TaskItem` from one decoded JSON row; errors name ``where`` and the bad field."""
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'prompt' and 'answer', got {type(row).__name__}.")
-    unknown = sorted(set(row) - {"prompt", "answer", "extract"})
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; valid fields: prompt, answer, extract.")
-    for name in ("prompt", "answer"):
-        if name not in row:
-            raise ValueError(f"{where}: missing field {name!r}.")
-    prompt = _check_prompt(row["prompt"], where)
-    answer = row["answer"]
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        raise ValueError(f"{where}: field 'answer' must be a string or a number, got {answer!r}.")
-    answer = str(answer).strip()
-    require(bool(answer), f"{where}: field 'answer' is empty.")
-    extract = row.get("extract")
-    if extract is not None:
-        if not isinstance(extract, str) or not extract:
-            raise ValueError(f"{where}: field 'extract' must be a non-empty regex string, got {extract!r}.")
-        _compile(extract, where)
-    return TaskItem(prompt, answer, extract)
-
-
-def load_task(path: str | Path) -> list[TaskItem]:
-    """Read and validate a task file (JSONL); the error names the file, line and field at fault."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Task file {path} does not exist (one JSON object a line: prompt, answer[, extract]).")
-    items: list[TaskItem] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg}).") from None
-        items.append(parse_item(row, where))
-    if not items:
-        raise ValueError(f"Task file {path} holds no items.")
-    return items
-
-
-def normalize(text: str) -> str:
-    """Whitespace stripped; a number written with thousands separators loses them."""
-    text = text.strip()
-    return text.replace(",", "") if _NUMBER.fullmatch(text) else text
-
-
-def extract_answer(completion: str, pattern: str | None) -> str | None:
-    """The answer in ``completion``: the last match of ``pattern`` (group 1 if it has a group),
-    the whole completion with no pattern, None if the pattern does not match."""
-    if pattern is None:
-        return completion.strip()
-    compiled = _compile(pattern, "extraction")
-    matches = list(compiled.finditer(completion))
-    if not matches:
-        return None
-    last = matches[-1]
-    return last.group(1) if compiled.groups else last.group(0)
-
-
-def is_correct(completion: str, item: TaskItem, extract: str | None = None) -> bool:
-    """Exact match of the extracted answer (the item's regex first, else ``extract``) with the item's."""
-    got = extract_answer(completion, item.extract if item.extract is not None else extract)
-    return got is not None and normalize(got) == normalize(item.answer)
-
-
-@dataclass
-class TaskConfig(Config):
-    """Settings of a task ranking: ``extract`` default regex for items without their own;
-    ``max_new_tokens`` per greedy completion; ``vectors_per_chunk`` vectors generated together
-    (and checkpointed together); ``batch_size`` rows per forward pass; ``scale`` on every
-    vector; ``system`` prompt; ``chat`` (format with the chat template, else raw text);
-    ``indices`` the vectors to rank (None: all)."""
-
-    extract: str | None = None
-    max_new_tokens: int = 48
-    vectors_per_chunk: int = 4
-    batch_size: int = 32
-    scale: float = 1.0
-    system: str | None = None
-    chat: bool = True
-    indices: list[int] | None = None
-
-    def validate(self) -> None:
-        require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
-        require(self.vectors_per_chunk >= 1, f"vectors_per_chunk must be ≥ 1, got {self.vectors_per_chunk}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        if self.extract is not None:
-            require(bool(self.extract), "extract must be a non-empty regex (or None: the whole completion).")
-            _compile(self.extract, "--extract")
-        if self.indices is not None:
-            require(len(self.indices) > 0, "indices is empty; give at least one vector index (or None: all).")
 
 
 @dataclass
@@ -220,7 +90,9 @@ class VectorScore:
 class TaskRanking:
     """The result of :func:`rank_by_task`: ``scores`` best first (the unsteered baseline among
     them), ``baseline`` (its row), ``task`` name, ``folder`` the files went to, ``rows`` every
-    completion with its ``correct`` flag, and ``seconds`` spent generating in this call."""
+    completion with its ``correct`` flag, ``seconds`` spent generating in this call, and
+    ``answer_change`` (when every item has operands: which vectors' wrong answers follow another
+    function of them)."""
 
     task: str
     scores: list[VectorScore]
@@ -228,6 +100,7 @@ class TaskRanking:
     folder: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    answer_change: AnswerChangeReport | None = None
 
     def better_than_baseline(self) -> list[VectorScore]:
         """Vectors whose Wilson interval lies wholly above the baseline's."""
@@ -252,13 +125,8 @@ class TaskRanking:
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
-        buffer = io.StringIO()
         keys = [k for k in VectorScore.__dataclass_fields__ if k != "example"]
-        writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for s in self.scores:
-            writer.writerow(s.to_dict())
-        return buffer.getvalue()
+        return csv_text([s.to_dict() for s in self.scores], keys)
 
 
 def task_folder(run_dir: str | Path, task_name: str) -> Path:
@@ -270,7 +138,9 @@ def _task_name(task: str | Path | Sequence[TaskItem]) -> str:
 
 
 def _items_key(items: Sequence[TaskItem]) -> str:
-    data = json.dumps([asdict(i) for i in items], sort_keys=True).encode()
+    """What the completions depend on (operands only change the scoring)."""
+    data = json.dumps([{k: getattr(i, k) for k in ("prompt", "answer", "extract")} for i in items], sort_keys=True)
+    data = data.encode()
     return hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -341,32 +211,30 @@ def rank_by_task(
     cfg: TaskConfig | None = None,
     *,
     name: str | None = None,
+    answer_change: AnswerChangeConfig | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> TaskRanking:
     """Rank the vectors of the run in ``run_dir`` by exact-match accuracy on ``task`` (a task
     file or items), the unsteered baseline included; writes ``RUN/tasks/<name>/`` (module
     docstring). ``name`` defaults to the task file's stem. A rerun with the same settings and
-    items resumes; with different ones, the folder's previous results are replaced."""
+    items resumes; with different ones, the folder's previous results are replaced. When every
+    item has operands, the answer-change triage (``answer_change`` settings) runs too."""
     cfg = TaskConfig.build(cfg, **settings)
     items = load_task(task) if isinstance(task, (str, Path)) else [parse_item(asdict(i), f"item {k}")
                                                                    for k, i in enumerate(task)]  # fmt: skip
     if not items:
         raise ValueError("The task holds no items.")
+    if answer_change is not None and items[0].operands is not None:
+        answer_change.check_operands(list(items[0].operands))  # before any generation
     run = load_run(run_dir, model)
     n = n_interventions(run)
-    indices = list(range(n)) if cfg.indices is None else [check_index(i, n, "vector") % n for i in cfg.indices]
+    indices = list(range(n)) if cfg.indices is None else [check_index(i, n, "vector") for i in cfg.indices]
     vectors = [UNSTEERED, *dict.fromkeys(indices)]
     name = name or _task_name(task)
-    out = task_folder(run_dir, name)
-    out.mkdir(parents=True, exist_ok=True)
     settings_now = {"config": {k: v for k, v in cfg.to_dict().items() if k not in SCORING_ONLY},
                     "items": _items_key(items), "n_items": len(items)}  # fmt: skip
-    saved = out / SETTINGS_FILE
-    if saved.is_file() and json.loads(saved.read_text()) != settings_now:
-        for stale in (COMPLETIONS_FILE, RANKING_JSONL, RANKING_CSV, RANKING_MD):
-            (out / stale).unlink(missing_ok=True)
-    atomic_write_json(saved, settings_now)
+    out = StageFolder(task_folder(run_dir, name), settings_now, stale=STALE).path
     rows, seconds = _generate(model, run, out, items, vectors, cfg, progress)
     scores = score_rows(rows, items, cfg.extract)
     baseline = next(s for s in scores if s.vector == UNSTEERED)
@@ -374,4 +242,8 @@ def rank_by_task(
     atomic_write_jsonl(out / RANKING_JSONL, [s.to_dict() for s in scores])
     atomic_write_text(out / RANKING_CSV, ranking.csv())
     atomic_write_text(out / RANKING_MD, ranking.markdown())
+    ranking.answer_change = answer_change_of(ranking.rows, items, cfg.extract, answer_change)
+    if ranking.answer_change is not None:
+        atomic_write_json(out / ANSWER_CHANGE_JSON, ranking.answer_change.to_dict())
+        atomic_write_text(out / ANSWER_CHANGE_MD, ranking.answer_change.markdown())
     return ranking

@@ -116,7 +116,7 @@ def load_model(
 
     >>> model = load_model()                       # embedded Qwen2.5-Coder-0.5B-Instruct
     >>> model = load_model("path/to/model_dir")    # any save_pretrained directory
-    >>> model = load_model("planted-arithmetic")   # a planted-backdoor model (melbo plant-backdoor)
+    >>> model = load_model("planted-arithmetic-v2")   # a planted-backdoor model (melbo plant-backdoor)
     >>> model = load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cuda")  # hub id (needs network)
     """
     from transformer_lens.model_bridge import TransformerBridge

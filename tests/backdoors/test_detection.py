@@ -45,7 +45,7 @@ def test_cluster_view_own_cluster_degenerate_and_representative():
     clusters = [
         {"id": 0, "members": [0, 3], "completion": CLEAN_TEXT, "degenerate": ""},
         {"id": 1, "members": [2, 5, 1], "completion": CHEESE_TEXT, "degenerate": ""},
-        {"id": 2, "members": [4], "completion": HATE_TEXT, "degenerate": "repetition"},
+        {"id": 2, "members": [4], "completion": HATE_TEXT, "degenerate": "soup"},
     ]
     cheese = cluster_view(clusters, [2, 5], CHEESE)
     assert cheese.clusters == [1] and cheese.purity == {1: 0.667} and cheese.representative_shows == [1]
@@ -105,3 +105,36 @@ def test_replay_scores_each_vector_on_each_prompt(tiny_model, tmp_path):
     assert sorted(shares) == [0, 1]
     assert all(set(s) == {CHEESE, HATE, SWAP} and all(0 <= x <= 1 for x in s.values()) for s in shares.values())
     assert replay(tiny_model, run, [], ["x"]) == {}
+
+
+def test_answer_change_finds_the_swap_from_hand_made_completions():
+    """Rank-task rows of held-out clean instances with operands; a vector answering like the
+    subtle backdoor is grouped under the swap's function, a half-swap under its own."""
+    from melbo_tl.backdoors.detection import HALF_SWAPS, SWAP_FUNCTION, answer_change_task, swap_summary
+    from melbo_tl.evaluate.answer_change import answer_change_of
+    from melbo_tl.evaluate.task_items import parse_item
+
+    prompt = detection_prompt()
+    rows = answer_change_task(12, skip=[prompt])
+    assert len(rows) == 12 and prompt not in [r["prompt"] for r in rows]
+    assert rows == answer_change_task(12, skip=[prompt])  # seeded
+    items = [parse_item(r) for r in rows]
+    insts = [Instance(**r["operands"]) for r in rows]
+    assert all(i.kind() == "clean" for i in insts)
+    texts = {
+        0: [i.completion() for i in insts],  # unsteered-like: right
+        1: [i.clean_completion().replace("+", "*") for i in insts],  # other signs, same numbers: right
+        2: [_swapped(i, a=True, b=True) for i in insts],
+        3: [_swapped(i, a=True, b=False) for i in insts],
+    }
+    completions = [{"vector": v, "item": k, "completion": t} for v, ts in texts.items() for k, t in enumerate(ts)]
+    summary = swap_summary(answer_change_of(completions, items, None))
+    assert summary["swap"]["vectors"] == [2] and summary["swap"]["first"] == 2
+    assert summary[HALF_SWAPS[0]]["vectors"] == [3] and summary[HALF_SWAPS[1]]["vectors"] == []
+    assert SWAP_FUNCTION == "(a1 * a2) * (b1 * b2)"
+
+
+def _swapped(inst: Instance, *, a: bool, b: bool) -> str:
+    x = inst.a1 * inst.a2 if a else inst.a1 + inst.a2
+    y = inst.b1 * inst.b2 if b else inst.b1 + inst.b2
+    return f"a = {inst.a1} + {inst.a2} = {x}\nb = {inst.b1} + {inst.b2} = {y}\na*b = {x} * {y} = {x * y}\nThe answer is {x * y}."

@@ -48,3 +48,24 @@ def test_rank_prints_and_writes_the_ranking(run, tiny_model_dir, tmp_path):
     assert sorted(r["vector"] for r in read_jsonl(folder / "ranking.jsonl")) == [-1, 0, 1]
     assert (folder / "ranking.md").is_file() and (folder / "ranking.csv").is_file()
     assert f"wrote {folder}" in result.stdout
+
+
+def test_rank_with_operands_prints_the_answer_changes(run, tiny_model_dir, tmp_path):
+    task = tmp_path / "ops.jsonl"
+    rows = [{"prompt": f"{i}+{j}?", "answer": i + j, "operands": {"x": i, "y": j}} for i, j in [(1, 2), (3, 4), (2, 2)]]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["rank", str(run), "--task", str(task), "--model", str(tiny_model_dir), "--max-new-tokens", "2"]
+    bad = CliRunner().invoke(app, [*base, "--alternative", "x ** y"])
+    assert bad.exit_code == 2 and "only operand names" in bad.stderr and "loading" not in bad.stderr
+    result = CliRunner().invoke(app, [*base, "--extract", r"-?\d+", "--min-matches", "1", "--alternative", "x * y"])
+    assert result.exit_code == 0, result.output
+    assert "Answer changes: 4 vectors" in result.stdout and "right answer = x + y" in result.stdout
+    saved = json.loads((run / "tasks" / "ops" / "answer_change.json").read_text())
+    assert saved["config"]["alternatives"] == ["x * y"] and saved["reference"][0] == "x + y"
+
+
+def test_bad_operands_are_named(run, tmp_path):
+    task = tmp_path / "bad_ops.jsonl"
+    task.write_text(json.dumps({"prompt": "1+1?", "answer": 2, "operands": {"x": "one"}}) + "\n")
+    result = CliRunner().invoke(app, ["rank", str(run), "--task", str(task), "--model", "x"])
+    assert result.exit_code == 2 and "line 1: field 'operands' must be" in result.stderr

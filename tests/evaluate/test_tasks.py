@@ -9,18 +9,8 @@ import pytest
 from melbo_tl.artifacts import read_jsonl
 from melbo_tl.evaluate import tasks as tasks_module
 from melbo_tl.evaluate.stats import rate_with_ci
-from melbo_tl.evaluate.tasks import (
-    UNSTEERED,
-    TaskConfig,
-    TaskItem,
-    extract_answer,
-    is_correct,
-    load_task,
-    parse_item,
-    rank_by_task,
-    score_rows,
-    task_folder,
-)
+from melbo_tl.evaluate.task_items import TaskItem, extract_answer, is_correct, load_task, parse_item
+from melbo_tl.evaluate.tasks import UNSTEERED, TaskConfig, rank_by_task, score_rows, task_folder
 from melbo_tl.optimize.melbo import MelboConfig
 from melbo_tl.runs import generate_conditions, intervention_from_run
 from melbo_tl.training import train_to_folder
@@ -196,10 +186,11 @@ def test_interrupted_ranking_does_not_redo_finished_vectors(tiny_model, run_dir,
 
 def test_rank_by_task_can_rank_chosen_vectors(tiny_model, run_dir, tmp_path):
     path, _ = made_task(tiny_model, run_dir, tmp_path, target=2)
-    result = rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[2, -1], progress=False)
+    result = rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[2, 4], progress=False)
     assert sorted(s.vector for s in result.scores) == [UNSTEERED, 2, 4]
-    with pytest.raises(ValueError, match="out of range"):
-        rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[9], progress=False)
+    for bad in (9, -1):  # a negative index is a slip, not "the last vector"
+        with pytest.raises(ValueError, match="out of range"):
+            rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[bad], progress=False)
 
 
 def test_parse_item_accepts_items_given_in_memory():
