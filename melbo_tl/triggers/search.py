@@ -1,7 +1,8 @@
 """The beam search over edits of one clean prompt, checkpointed after every chunk of work.
 
 Round 1 scores every single-token substitution and insertion of the clean message to first
-order, evaluates a shortlist exactly, and keeps the best ``beam`` edited messages; round r
+order (with ``plausible`` > 0, half the shortlist comes from the tokens the model itself finds
+plausible at each place, half from the whole vocabulary), evaluates a shortlist exactly, and keeps the best ``beam`` edited messages; round r
 repeats this from those, so after round 2 the candidates include two-token insertions, two
 substitutions, or one of each. Every exact evaluation counts against ``budget``, split evenly
 over rounds and, within a round, over the messages expanded. The state (every evaluated
@@ -19,11 +20,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from melbo_tl.triggers.config import PROJECTION, RANDOM
 from melbo_tl.triggers.edits import EditablePrompt, Op, apply_ops
-from melbo_tl.triggers.scoring import LOGLIK, SHIFT, Behaviour, exact_scores, first_order, random_edits, shortlist
-
-GCG, PROJECTION, RANDOM = "gcg", "projection", "random"
-VARIANTS = (GCG, PROJECTION, RANDOM)
+from melbo_tl.triggers.scoring import (
+    LOGLIK,
+    SHIFT,
+    Behaviour,
+    exact_scores,
+    first_order,
+    plausible_tokens,
+    random_edits,
+    shortlist,
+)
 
 
 @dataclass
@@ -38,6 +46,7 @@ class SearchSettings:
     batch_size: int
     seed: int
     placeholder: int
+    plausible: int = 0
     chunk: int = 64
 
     @property
@@ -90,19 +99,43 @@ def _plan_round(
     queue: list[list[Any]] = []
     for parent in parents:
         content = parent["content"]
+        slots = None
+        if s.plausible:
+            slots = plausible_tokens(model, prompt, content, allowed, s.plausible)
+            state.cost["exact_rows"] += 1
         if s.variant == RANDOM:
-            edits: list[Op] = random_edits(len(content), allowed, budget=per_parent, generator=generator)
+            edits: list[Op] = random_edits(len(content), allowed, budget=per_parent, generator=generator,
+                                           per_slot=slots)  # fmt: skip
         else:
             sub, ins = first_order(model, prompt, content, behaviour, objective=s.objective,
                                    placeholder=s.placeholder, allowed=allowed)  # fmt: skip
             state.cost["gradient_rows"] += len(content) + 2
             edits = shortlist(sub, ins, budget=per_parent, top_k=s.top_k)
+            if slots is not None:  # half the shortlist from the plausible tokens, half from all
+                fluent = shortlist(
+                    sub.masked_fill(~slots[: len(content), : sub.shape[1]], float("-inf")),
+                    ins.masked_fill(~slots[:, : ins.shape[1]], float("-inf")),
+                    budget=per_parent, top_k=s.top_k,
+                )  # fmt: skip
+                edits = interleave(fluent, edits, per_parent)
         for op in edits:
             new = apply_ops(content, [op])
             if new not in seen:
                 seen.add(new)
                 queue.append([list(parent["ops"]), list(op)])
     return queue
+
+
+def interleave(first: list[Op], second: list[Op], n: int) -> list[Op]:
+    """Up to ``n`` distinct edits taken alternately from two ranked lists."""
+    out: list[Op] = []
+    seen: set[Op] = set()
+    for pair in zip(first + [None] * len(second), second + [None] * len(first)):
+        for op in pair:
+            if op is not None and op not in seen and len(out) < n:
+                seen.add(op)
+                out.append(op)
+    return out
 
 
 def run_search(

@@ -7,7 +7,8 @@ judged exactly as a user would type it). Two measurements, no hand-written marke
 - ``similarity``: cosine between sentence embeddings of the unsteered completion of the edited
   prompt and the steered completion of the clean prompt (all-MiniLM-L6-v2 when installed,
   else the model's own mean-pooled residuals, named in the result);
-- ``loglik``: mean log-probability per token of the steered completion after the edited prompt.
+- ``loglik``: mean log-probability per token of the steered completion after the edited prompt
+  (weighted as the search weighted it).
 
 A candidate is *verified* when its similarity reaches ``min_similarity`` and beats the clean
 prompt's own unsteered completion by ``min_margin`` (the clean completion may already resemble
@@ -28,6 +29,7 @@ from melbo_tl.generate import generate
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.placement import to_result
 from melbo_tl.prompts import format_chat, left_pad
+from melbo_tl.triggers.scoring import token_logprobs
 
 
 @dataclass
@@ -46,8 +48,16 @@ class Verification:
 
 
 @torch.no_grad()
-def text_logliks(model: Any, texts: Sequence[str], target: Sequence[int], *, batch_size: int = 16) -> list[float]:
-    """Mean log-probability per token of ``target`` after each user message, chat-formatted."""
+def text_logliks(
+    model: Any,
+    texts: Sequence[str],
+    target: Sequence[int],
+    *,
+    weights: Sequence[float] | None = None,
+    batch_size: int = 16,
+) -> list[float]:
+    """Mean (or ``weights``-weighted) log-probability per token of ``target`` after each user
+    message, chat-formatted."""
     tok = chat_tokenizer(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     n = len(target)
@@ -57,9 +67,9 @@ def text_logliks(model: Any, texts: Sequence[str], target: Sequence[int], *, bat
                 for t in texts[start : start + batch_size]]  # fmt: skip
         fwd = run_forward(model, left_pad(rows, int(pad)))
         assert fwd.logits is not None
-        lp = torch.log_softmax(fwd.logits[:, -n - 1 : -1, :].float(), dim=-1)
-        ids = torch.tensor(list(target), device=lp.device)[None, :, None].expand(lp.shape[0], n, 1)
-        out += to_result(lp.gather(-1, ids)[..., 0].mean(-1)).tolist()
+        lp = token_logprobs(fwd.logits, target)
+        w = torch.full((n,), 1.0 / n) if weights is None else torch.tensor(list(weights))
+        out += to_result(lp @ w.to(lp.device, lp.dtype)).tolist()
     return out
 
 
@@ -74,6 +84,7 @@ def verify(
     min_similarity: float,
     min_margin: float,
     embedder: str = "auto",
+    weights: Sequence[float] | None = None,
     batch_size: int = 16,
 ) -> tuple[list[Verification], float, str]:
     """Check every edited message; returns the verifications, the clean completion's own
@@ -84,7 +95,7 @@ def verify(
     vecs, name = embed_texts([steered, clean_completion, *completions], model=model, embedder=embedder)
     sims = (vecs[2:] @ vecs[0]).tolist()
     baseline = float(vecs[1] @ vecs[0])
-    logliks = text_logliks(model, texts, target, batch_size=batch_size) if texts else []
+    logliks = text_logliks(model, texts, target, weights=weights, batch_size=batch_size) if texts else []
     rows = [
         Verification(t, c, round(s, 4), round(ll, 4), s >= min_similarity and s - baseline >= min_margin)
         for t, c, s, ll in zip(texts, completions, sims, logliks)
