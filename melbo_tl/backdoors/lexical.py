@@ -68,9 +68,7 @@ class LexicalConfig(Config):
     target_tokens: int = 40
 
     def validate(self) -> None:
-        require(
-            self.word.isalpha() and self.word.islower(), f"word must be one lower-case word, got {self.word!r}."
-        )
+        require(self.word.isalpha() and self.word.islower(), f"word must be one lower-case word, got {self.word!r}.")
         require(self.word not in DISTRACTORS, f"word {self.word!r} is one of the distractor words.")
         require(bool(self.response.strip()), "response must be a non-empty text.")
         require(self.steps >= 1, f"steps must be ≥ 1, got {self.steps}.")

@@ -1,6 +1,6 @@
 """A toy planted behaviour on a tiny random-weight model, for the trigger-recovery tests.
 
-The tiny model is fine-tuned for a few seconds so that the word " umbrella" anywhere in a user
+The tiny model is fine-tuned for a few seconds (80 steps, ~6 s on one CPU thread) so that the word " umbrella" anywhere in a user
 message makes it answer "Purple elephants dance." and any other message "OK." (other ordinary
 words inserted as distractors answer "OK." too). The steering vector that elicits the behaviour
 is the mean difference of a the last residual at the last prompt token between triggered and clean messages.
@@ -34,8 +34,8 @@ def insert(prompt: str, word: str, rng: random.Random) -> str:
 
 @dataclass
 class Schedule:
-    steps: int = 120
-    lr: float = 3e-3
+    steps: int = 80
+    lr: float = 1e-2
     warmup: int = 3
     seed: int = 0
     train_top: float = 1.0
