@@ -20,6 +20,7 @@ passes): the refusal direction's recipe, at this vector's site rather than at a 
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,6 +79,13 @@ class VectorDashboard:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VectorDashboard:
+        fields = {**data, "contexts": [Context(**c) for c in data["contexts"]]}
+        fields["promoted"] = [tuple(x) for x in data["promoted"]]
+        fields["suppressed"] = [tuple(x) for x in data["suppressed"]]
+        return cls(**fields)
 
     def html(self, *, bundle: bool = True) -> str:
         return dashboard_html(self, bundle=bundle)
@@ -235,3 +243,9 @@ def write_dashboard(d: VectorDashboard, run_dir: str | Path) -> Path:
     page = folder / f"dashboard_{d.index}.html"
     atomic_write_text(page, token_views.standalone_page(f"Vector {d.index} dashboard", d.html()))
     return page
+
+
+def load_dashboards(run_dir: str | Path) -> list[VectorDashboard]:
+    """The dashboards written into ``RUN/analysis/``, by vector index."""
+    found = sorted((Path(run_dir) / "analysis").glob("dashboard_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+    return [VectorDashboard.from_dict(json.loads(p.read_text())) for p in found]

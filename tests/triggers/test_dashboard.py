@@ -48,6 +48,18 @@ def test_dashboard_of_the_toy_vector(toy, tmp_path):  # noqa: F811
     assert data["index"] == 0 and data["site"] == dash.site
     assert dash._repr_html_().count("<h3>") == 4
 
+    from typer.testing import CliRunner
+
+    from melbo_tl.analysis.report import write_report
+    from melbo_tl.cli import app
+
+    result = CliRunner().invoke(
+        app, ["dashboard", str(folder), "--vector", "0", "--n-prompts", "4", "--dtype", "float32"]
+    )
+    assert result.exit_code == 0, result.output
+    report = write_report(folder).read_text()
+    assert "Vector dashboards" in report and "Vector 0 of" in report and TRIGGER in report
+
 
 def test_dashboard_refuses_an_index_out_of_range(toy):  # noqa: F811
     from melbo_tl.analysis.dashboard import vector_dashboard
