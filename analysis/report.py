@@ -47,6 +47,7 @@ SECTIONS = (
     "attribution",
     "mediation",
     "token-views",
+    "dashboards",
 )
 
 _STYLE = """
