@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, parse_int_list, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, VectorChoice, load, run_model, status
 
 
 @app.command("rank", short_help="Rank a run's vectors by exact-match accuracy on a task file (Wilson CIs).")
@@ -29,9 +29,9 @@ def rank_cmd(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
     vectors: Annotated[
-        Optional[str],
-        typer.Option("--vectors", metavar="I,J,A-B", help="vectors to rank [default: all]", show_default=False),
-    ] = None,
+        str,
+        typer.Option("--vectors", "--vector", metavar="SPEC", help="vectors to rank: all | I,J,A-B | top:N"),
+    ] = "all",
     vectors_per_chunk: Annotated[
         int, typer.Option("--vectors-per-chunk", min=1, metavar="K", help="vectors per batched generate (checkpoint)")
     ] = 4,
@@ -41,7 +41,7 @@ def rank_cmd(
     chat: Annotated[
         bool, typer.Option("--chat/--raw", help="format prompts with the chat template, or use them as raw text")
     ] = True,
-    top: Annotated[int, typer.Option("--top", min=0, metavar="N", help="rows to print (0: all)")] = 10,
+    show: Annotated[int, typer.Option("--show", min=0, metavar="N", help="ranking rows to print (0: all)")] = 10,
     min_matches: Annotated[
         int,
         typer.Option(
@@ -72,18 +72,19 @@ def rank_cmd(
     from melbo_tl.evaluate.answer_change import AnswerChangeConfig
     from melbo_tl.evaluate.tasks import TaskConfig, load_task, rank_by_task
 
+    chosen = VectorChoice(vectors)
     items = load_task(task)  # bad rows and settings fail before the model loads
     changes = AnswerChangeConfig(min_matches=min_matches, alternatives=tuple(alternative or ()))
-    indices = None if vectors is None else parse_int_list(vectors, "--vectors")
+    n = len(load_run(run).vectors)
+    indices = None if vectors == "all" else chosen.resolve(n)
     cfg = TaskConfig(
         extract=extract, max_new_tokens=max_new_tokens, vectors_per_chunk=vectors_per_chunk, batch_size=batch_size,
         scale=scale, system=system, chat=chat, indices=indices,
     )  # fmt: skip
-    spec = model or load_run(run).meta.get("model", {}).get("spec")
-    bridge = load(spec, device=device, dtype=dtype)
+    bridge = load(run_model(run, model), device=device, dtype=dtype)
     status(f"ranking {run} on {len(items)} items of {task}")
     result = rank_by_task(bridge, run, items, cfg, name=task.stem, answer_change=changes)
-    typer.echo(result.markdown(top=None if top == 0 else top), nl=False)
+    typer.echo(result.markdown(top=None if show == 0 else show), nl=False)
     if result.answer_change is not None:
         typer.echo("\n" + result.answer_change.markdown(), nl=False)
     better = result.better_than_baseline()

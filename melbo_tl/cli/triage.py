@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, run_model, status
 
 ThresholdOpt = Annotated[
     float, typer.Option("--threshold", metavar="D", help="clustering: cosine-distance cut between behaviours")
@@ -45,21 +45,26 @@ def triage_cmd(
     """Generate completions for every vector of RUN (batched), score fluency, novelty, refusal and
     degeneracy, cluster the behaviours, and write RUN/triage/ (behaviours, clusters, shortlist,
     atlas); a rerun with the same options resumes."""
-    from analysis.atlas import write_atlas
-    from melbo_tl.artifacts import load_run
+    from melbo_tl.analysis.names import PROJECTIONS
+
+    if projection not in PROJECTIONS:  # every check that needs no model, before loading it
+        raise ValueError(f"--projection {projection!r} is not one of {', '.join(PROJECTIONS)}.")
+    spec = run_model(run, model)
+    from melbo_tl.analysis.atlas import write_atlas
     from melbo_tl.evaluate.triage import TriageConfig, triage_run
 
     cfg = TriageConfig(
         heldout=prompts, n_heldout=n_prompts, samples=samples, temperature=temperature, max_new_tokens=max_new_tokens,
         threshold=threshold, batch_size=batch_size,
     )  # fmt: skip
-    bridge = load(model or load_run(run).meta.get("model", {}).get("spec"), device=device, dtype=dtype)
+    bridge = load(spec, device=device, dtype=dtype)
     result = triage_run(bridge, run, cfg)
     folder = write_atlas(run, projection=projection)
     behaviours = [c for c in result.clusters if not c.degenerate]
     status(
         f"{len(result.behaviours) - 1} vectors → {len(behaviours)} behaviour clusters "
-        f"({sum(c.size for c in result.clusters if c.degenerate)} degenerate vectors kept apart); "
+        f"({sum(c.repetitive for c in behaviours)} of them repetitive; "
+        f"{sum(c.size for c in result.clusters if c.degenerate)} degenerate vectors kept apart); "
         f"generate {result.seconds['generate']:.0f} s, score {result.seconds['score']:.0f} s"
     )
     typer.echo(f"{'cluster':>7} {'size':>4} {'refuse':>6}  label / representative")
@@ -83,7 +88,7 @@ def enumerate_cmd(
 ) -> None:
     """Count, for each run, the distinct behaviour clusters its first 1…N vectors reach, all runs
     clustered together with one threshold so the counts compare (e.g. DCT vs MELBO vs random)."""
-    from analysis.figures import enumeration_figure, write_html
+    from melbo_tl.analysis.figures import enumeration_figure, write_html
     from melbo_tl.artifacts import atomic_write_json
     from melbo_tl.evaluate.enumeration import enumerate_behaviours
 

