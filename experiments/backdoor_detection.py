@@ -70,6 +70,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--melbo-steps", type=int, default=200)
     parser.add_argument("--melbo-lr", type=float, default=1e-3)
     parser.add_argument("--random-vectors", type=int, default=256)
+    parser.add_argument("--random-rank", type=int, default=64, help="random vectors ranked for answer changes")
     parser.add_argument("--generalize", type=int, default=16)
     parser.add_argument("--rank-items", type=int, default=24, help="held-out instances for answer changes")
     parser.add_argument("--min-matches", type=int, default=5, help="answer-change threshold (wrong answers)")
@@ -140,17 +141,22 @@ def main() -> None:
                 f"triage {label}", lambda r=run: triage_run(model, r, TriageConfig(max_new_tokens=args.max_new_tokens))
             )
             detections[label] = stage(f"detect {label}", lambda r=run: detect_run(r, model=model, prompts=others))
-        changes[label] = stage(f"answer changes {label}", lambda r=run: answer_changes(model, r, context, changes_cfg))
+        limit = args.random_rank if label == "random" else None
+        changes[label] = stage(
+            f"answer changes {label}", lambda r=run, n=limit: answer_changes(model, r, context, changes_cfg, n)
+        )
         write_results(context, detections, changes)
     print(report(json.loads((args.results / "results.json").read_text())))
 
 
-def answer_changes(model, run, context, cfg) -> dict:
-    """Rank every vector on the held-out instances once; read the final answer and both sums."""
+def answer_changes(model, run, context, cfg, limit=None) -> dict:
+    """Rank every vector (the first ``limit``) on the held-out instances once; read the final
+    answer and both sums."""
     items = {t: [parse_item(r, f"item {k}") for k, r in enumerate(rows)] for t, rows in context["targets"].items()}
     ranking = rank_by_task(
         model, run, items["answer"], name="answer_change", answer_change=cfg,
         max_new_tokens=context["args"].max_new_tokens, vectors_per_chunk=8, batch_size=64,
+        indices=None if limit is None else list(range(limit)),
     )  # fmt: skip
     out = {}
     for target, target_items in items.items():
