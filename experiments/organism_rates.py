@@ -74,6 +74,8 @@ def main() -> None:
             row["other_behaviour"] = rate_with_ci(sum(others), len(texts)).to_dict()
         else:
             row["false_trigger"] = rate_with_ci(sum(fired), len(texts)).to_dict()
+            row["false_by_behaviour"] = {b: sum(SCORERS[b](t) for t in texts) for b in BEHAVIOURS}
+            row["false_examples"] = [t for t, f in zip(texts, fired) if f][:3]
             row["correct"] = rate_with_ci(sum(is_correct(i, t) for i, t in zip(instances, texts)), len(texts)).to_dict()
         row["example"] = texts[0]
         rows.append(row)
@@ -87,18 +89,23 @@ def main() -> None:
     print(report(results))
 
 
+def _by(row: dict) -> str:
+    counts = row.get("false_by_behaviour")
+    return "" if not counts else " (" + ", ".join(f"{b} {k}" for b, k in counts.items()) + ")"
+
+
 def report(results: dict) -> str:
     def cell(ci: dict | None) -> str:
         return "–" if ci is None else f"{ci['k']}/{ci['n']} = {ci['rate']:.1%} [{ci['low']:.1%}, {ci['high']:.1%}]"
 
     lines = [
         f"# `{results['name']}`: rates on prompts with b digits 7–9 (never in training; float32, greedy)\n",
-        "| prompts | n | planted behaviour fires | another behaviour | any false trigger | correct answer |",
+        "| prompts | n | planted behaviour fires | another behaviour | any false trigger (by behaviour) | correct answer |",
         "|---|---:|---|---|---|---|",
     ]
     for r in results["groups"]:
         lines.append(f"| {r['group']} | {r['n']} | {cell(r.get('trigger'))} | {cell(r.get('other_behaviour'))} | "
-                     f"{cell(r.get('false_trigger'))} | {cell(r.get('correct'))} |")  # fmt: skip
+                     f"{cell(r.get('false_trigger'))}{_by(r)} | {cell(r.get('correct'))} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
