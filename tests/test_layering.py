@@ -1,8 +1,8 @@
 """The import graph stays layered: no module imports from a layer above its own.
 
 Layers, bottom to top: models, placement, config → prompts, steering → forward, segment,
-generate, artifacts, registry, runs, training → optimize, directions, evaluate, export → analysis
-(the top-level folder, imported as ``melbo_tl.analysis``) → cli.
+generate, artifacts, registry, runs, training → optimize, directions, evaluate, export, backdoors, triggers → analysis
+(the top-level folder, imported as ``melbo_tl.analysis``) → cli, api, serve.
 Every ``import`` statement counts, including the ones inside functions. (Built-in methods are
 found by :func:`melbo_tl.registry.get_method` by module name, as a plugin's entry point would be;
 that is no import statement and is tested in ``tests/test_registry.py``.)
@@ -41,9 +41,10 @@ LAYERS = [
         "melbo_tl.distributed",
         "melbo_tl.export",
         "melbo_tl.backdoors",
+        "melbo_tl.triggers",
     ),
     ("melbo_tl.analysis",),
-    ("melbo_tl.cli", "melbo_tl.api"),
+    ("melbo_tl.cli", "melbo_tl.api", "melbo_tl.serve"),
 ]
 
 

@@ -15,8 +15,10 @@ from melbo_tl.cli import (  # noqa: F401  (registers their commands)
     export,
     oneshot,
     rank,
+    serve,
     train,
     triage,
+    triggers,
 )
 from melbo_tl.cli.app import app
 
