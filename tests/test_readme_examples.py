@@ -1,6 +1,7 @@
-"""What the README and docs/ tell a user to type works on the current API: every ``melbo …`` line
-in their shell blocks parses (command and options exist, values convert), and the README's Python
-quick start runs (on a tiny random model with the embedded model's 24 layers, shortened steps)."""
+"""What the README, docs/ and the notebooks' text tell a user to type works on the current API:
+every ``melbo …`` line in their shell blocks parses (command and options exist, values convert),
+and the README's Python quick start runs (on a tiny random model with the embedded model's 24
+layers, shortened steps)."""
 
 from __future__ import annotations
 
@@ -14,23 +15,37 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell|console)\n(.*?)^```", re.M | re.S)
 MELBO_CALL = re.compile(r"^(?:\S*/)?melbo\s+(.*)$")  # melbo …, .venv/bin/melbo …
+
+
+def prose(path: Path) -> str:
+    """A page's text, or a notebook's markdown cells."""
+    if path.suffix != ".ipynb":
+        return path.read_text()
+    import nbformat
+
+    return "\n".join(c.source + "\n" for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
 
 
 def shell_commands() -> list[tuple[str, list[str]]]:
     """(``page: line``, arguments after ``melbo``) for each melbo call in a shell block."""
     found = []
-    for page in PAGES:
-        for block in SHELL_BLOCK.findall(page.read_text()):
+    for page in [*PAGES, *NOTEBOOKS]:
+        for block in SHELL_BLOCK.findall(prose(page)):
             for line in block.replace("\\\n", " ").splitlines():
-                words = shlex.split(line, comments=True)
-                while words and (words[0].startswith("/work/bin/") or "=" in words[0]):
-                    words = words[1:]  # wrappers and VAR=value prefixes
-                match = MELBO_CALL.match(shlex.join(words))
-                if match:
-                    found.append((f"{page.relative_to(ROOT)}: {line.strip()}", shlex.split(match.group(1))))
+                for call in line.split(" && "):
+                    found += melbo_call(page, call)
     return found
+
+
+def melbo_call(page: Path, line: str) -> list[tuple[str, list[str]]]:
+    words = shlex.split(line, comments=True)
+    while words and (words[0].startswith("/work/bin/") or "=" in words[0]):
+        words = words[1:]  # wrappers and VAR=value prefixes
+    match = MELBO_CALL.match(shlex.join(words))
+    return [(f"{page.relative_to(ROOT)}: {line.strip()}", shlex.split(match.group(1)))] if match else []
 
 
 COMMANDS = shell_commands()
