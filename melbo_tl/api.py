@@ -37,17 +37,20 @@ def train(
     out: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    backend: Any = None,
     **settings: Any,
 ) -> Run:
     """Train ``method`` (any registered name: melbo, dct, oneshot, melbo-adapter, refusal-direction,
     …) on ``prompts``; ``settings`` are fields of its config, applied on top of ``cfg``. With
     ``out``, the run is written (and checkpointed) to that folder (``resume`` continues it);
-    either way the run comes back, and steers itself (``run.intervention(i, scale)``)."""
+    either way the run comes back, and steers itself (``run.intervention(i, scale)``). ``backend``:
+    where the method's batched passes run (e.g. DCT on Ray workers, ``dct_on_workers``)."""
     m = get_method(method)
     cfg = m.config.build(cfg, **settings)
     if out is None:
-        return train_in_memory(model, m, prompts, cfg, progress=progress)
-    return load_run(train_to_folder(model, m, prompts, cfg, out, resume=resume, progress=progress), model)
+        return train_in_memory(model, m, prompts, cfg, progress=progress, backend=backend)
+    folder = train_to_folder(model, m, prompts, cfg, out, resume=resume, progress=progress, backend=backend)
+    return load_run(folder, model)
 
 
 def refusal_direction(

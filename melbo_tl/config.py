@@ -103,12 +103,13 @@ class Config(metaclass=_Renames):
         return cfg.replace(**settings) if settings else cfg
 
     def differences(self, other: Config, *, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-        """``{field: (self's value, other's value)}`` for fields that differ."""
+        """``{field: (self's value, other's value)}`` for fields that differ (values compare as
+        objects: two spellings of one site are the same setting)."""
         mine, theirs = self.to_dict(), other.to_dict()
         return {
             k: (mine.get(k), theirs.get(k))
             for k in sorted(set(mine) | set(theirs))
-            if k not in ignore and mine.get(k) != theirs.get(k)
+            if k not in ignore and getattr(self, k, mine.get(k)) != getattr(other, k, theirs.get(k))
         }
 
 

@@ -104,3 +104,12 @@ def test_sites_round_trip_as_hook_names_and_old_names_keep_their_meaning():
     with pytest.raises(ValueError, match="not a residual stream site"):
         OneShotConfig(site="attn_out.3", promote=("a",))
     assert RefusalDirectionConfig(layers=(6, "resid_post.7")).layers == (6, 8)
+
+
+def test_two_spellings_of_one_site_are_no_difference():
+    a = MelboConfig(radius=4, source="resid_post.7", target=16)
+    b = MelboConfig(radius=4, source=8, target="blocks.15.hook_resid_post")
+    assert a.differences(b) == {} and a == b
+    assert MelboConfig(radius=4, source=7, target=16).differences(a) == {
+        "source": ("blocks.7.hook_resid_pre", "blocks.7.hook_resid_post")
+    }

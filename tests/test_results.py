@@ -90,3 +90,13 @@ def test_import_melbo_tl_loads_no_torch_and_the_facade_is_complete():
         assert getattr(mt, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         mt.nope  # noqa: B018
+
+
+def test_the_refusal_direction_from_the_facade_is_the_selected_candidate(tiny_model):
+    sel = mt.refusal_direction(
+        tiny_model, n_train=4, n_val=2, layers=(1, 2), positions=(-1,), kl_threshold=math.inf,
+        induce_threshold=-math.inf, progress=False,
+    )  # fmt: skip
+    assert sel.layer in (1, 2) and sel.pos == -1 and sel.site == Site(sel.layer)
+    assert torch.equal(sel.vectors[0], sel.raw) and sel.ablation().direction is sel.direction
+    assert len(sel.scores) == 2 and "bypass" in sel._repr_html_()

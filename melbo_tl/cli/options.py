@@ -107,7 +107,7 @@ def config_parameters(
 
 def _set_parameter(cls: type, skip: Sequence[str]) -> inspect.Parameter:
     with_option = {f.name for f in cli_fields(cls, skip=skip)}
-    rest = [f.name for f in dataclasses.fields(cls) if f.name not in with_option]
+    rest = [f.name for f in dataclasses.fields(cls) if f.name not in with_option and f.name not in skip]
     which = f"e.g. {SET_OPTION} {rest[0]}=…" if rest else "every setting has its own option here"
     option = typer.Option(
         SET_OPTION,
@@ -120,8 +120,8 @@ def _set_parameter(cls: type, skip: Sequence[str]) -> inspect.Parameter:
 
 
 def parse_set(cls: type, pairs: Sequence[str] | None, *, skip: Sequence[str] = ()) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs as settings of ``cls``; a key with an option of its own, or no
-    setting of that name, is an error naming what is valid."""
+    """``--set KEY=VALUE`` pairs as settings of ``cls``; a key with an option of its own, one the
+    command sets itself (``skip``), or no setting of that name is an error naming what is valid."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     with_option = {f.name for f in cli_fields(cls, skip=skip)}
     out: dict[str, Any] = {}
@@ -134,6 +134,8 @@ def parse_set(cls: type, pairs: Sequence[str] | None, *, skip: Sequence[str] = (
             raise ValueError(f"{SET_OPTION} {pair!r}: {cls.__name__} has no setting {key!r}; valid: {sorted(fields)}.")
         if key in with_option:
             raise ValueError(f"{SET_OPTION} {pair!r}: {key} has its own option, {option_names(fields[key])[0]}.")
+        if key in skip:
+            raise ValueError(f"{SET_OPTION} {pair!r}: this command sets {key} from its own options.")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:

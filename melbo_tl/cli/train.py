@@ -140,8 +140,6 @@ def sweep_cmd(
 ) -> None:
     """Train a few vectors per radius and report diversity and perplexity of their completions."""
     values = parse_floats(radii, "--radii")
-    if "radius" in settings:
-        raise ValueError("sweep trains at every radius of --radii; give the radii there, not --set radius.")
     cfg = MelboConfig(**settings, radius=values[0])
     from melbo_tl.analysis.figures import radius_sweep_figure, write_html
     from melbo_tl.artifacts import atomic_write_json

@@ -32,12 +32,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, load_run, read_jsonl
-from melbo_tl.config import Config, require
 from melbo_tl.evaluate.answer_change import AnswerChangeConfig, AnswerChangeReport, answer_change_of
 from melbo_tl.evaluate.stats import rate_with_ci
+from melbo_tl.evaluate.task_config import TaskConfig  # lives there, without torch
 from melbo_tl.evaluate.task_items import (
     TaskItem,
-    compile_extract,
     is_correct,
     load_task,
     parse_item,
@@ -59,34 +58,6 @@ ANSWER_CHANGE_MD = "answer_change.md"
 UNSTEERED = -1  # the vector index of the unsteered baseline
 # settings that change neither the completions nor which exist: a rerun with new ones resumes
 SCORING_ONLY = ("extract", "indices", "vectors_per_chunk", "batch_size")
-
-
-@dataclass
-class TaskConfig(Config):
-    """Settings of a task ranking: ``extract`` default regex for items without their own;
-    ``max_new_tokens`` per greedy completion; ``vectors_per_chunk`` vectors generated together
-    (and checkpointed together); ``batch_size`` rows per forward pass; ``scale`` on every
-    vector; ``system`` prompt; ``chat`` (format with the chat template, else raw text);
-    ``indices`` the vectors to rank (None: all)."""
-
-    extract: str | None = None
-    max_new_tokens: int = 48
-    vectors_per_chunk: int = 4
-    batch_size: int = 32
-    scale: float = 1.0
-    system: str | None = None
-    chat: bool = True
-    indices: list[int] | None = None
-
-    def validate(self) -> None:
-        require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
-        require(self.vectors_per_chunk >= 1, f"vectors_per_chunk must be ≥ 1, got {self.vectors_per_chunk}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        if self.extract is not None:
-            require(bool(self.extract), "extract must be a non-empty regex (or None: the whole completion).")
-            compile_extract(self.extract, "--extract")
-        if self.indices is not None:
-            require(len(self.indices) > 0, "indices is empty; give at least one vector index (or None: all).")
 
 
 @dataclass

@@ -32,7 +32,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ from melbo_tl.artifacts import (
     read_jsonl,
     save_tensors,
 )
-from melbo_tl.config import Config, require
 from melbo_tl.evaluate.behaviours import cluster_embeddings, distinctive_words, pareto_front, representative
 from melbo_tl.evaluate.datasets import load_prompts
 from melbo_tl.evaluate.degenerate import (
@@ -61,7 +60,8 @@ from melbo_tl.evaluate.degenerate import (
 from melbo_tl.evaluate.embeddings import embed_texts
 from melbo_tl.evaluate.fluency import completion_nll, content_nll, perplexity
 from melbo_tl.evaluate.refusal import is_refusal
-from melbo_tl.evaluate.triage_files import (  # re-exported: they are the triage's vocabulary  # noqa: F401  (re-exported)
+from melbo_tl.evaluate.triage_config import TriageConfig
+from melbo_tl.evaluate.triage_files import (  # noqa: F401  (re-exported: the triage's vocabulary)
     BEHAVIOURS_CSV,
     BEHAVIOURS_FILE,
     CLUSTERS_FILE,
@@ -80,40 +80,6 @@ from melbo_tl.evaluate.triage_files import (  # re-exported: they are the triage
 from melbo_tl.prompts import PromptLike
 from melbo_tl.runs import generate_conditions, intervention_from_run, n_interventions
 from melbo_tl.stage_folder import StageFolder, csv_text
-
-
-@dataclass
-class TriageConfig(Config):
-    """Settings of a triage: ``heldout`` prompt set (built-in name or file; None: the training
-    prompts only) with ``n_heldout`` prompts from its ``heldout_split``; ``samples`` completions per
-    (vector, prompt): 1 = greedy, more = sampled at ``temperature``; ``max_new_tokens``;
-    ``threshold`` the clustering's cosine-distance cut; ``batch_size`` vectors per generate;
-    ``seed``; ``embedder`` (auto | minilm | model); ``max_content_nll`` and ``max_loop_nll`` the
-    degenerate detector's soup thresholds (nats/token by which a completion's content may exceed
-    the unsteered model's baseline; see docs/triage.md: tuned on the embedded models)."""
-
-    heldout: str | None = None
-    n_heldout: int = 8
-    heldout_split: str = "test"
-    samples: int = 1
-    temperature: float = 1.0
-    max_new_tokens: int = 48
-    threshold: float = 0.35
-    batch_size: int = 32
-    seed: int = 0
-    embedder: str = "auto"
-    max_content_nll: float = DEFAULT.max_content_nll
-    max_loop_nll: float = DEFAULT.max_loop_nll
-
-    def validate(self) -> None:
-        require(self.n_heldout >= 1, f"n_heldout must be ≥ 1, got {self.n_heldout}.")
-        require(self.samples >= 1, f"samples must be ≥ 1, got {self.samples}.")
-        require(self.samples == 1 or self.temperature > 0, "samples > 1 needs temperature > 0 (greedy repeats itself).")
-        require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
-        require(0 < self.threshold < 2, f"threshold is a cosine distance in (0, 2), got {self.threshold}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        for name in ("max_content_nll", "max_loop_nll"):
-            require(getattr(self, name) > 0, f"{name} must be > 0 nats/token, got {getattr(self, name)}.")
 
 
 def _prompts(run_meta: dict[str, Any], cfg: TriageConfig) -> tuple[list[PromptLike], list[PromptLike]]:
@@ -354,6 +320,7 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
         "n_behaviours": sum(1 for c in result.clusters if not c.degenerate and not c.unsteered_like),
         "n_degenerate": sum(c.size for c in result.clusters if c.degenerate),
         "n_repetitive": sum(1 for b in result.behaviours if b.repetitive and b.index != UNSTEERED),
+        "content_baseline_nll": rows[0]["degeneracy"].baseline,  # the unsteered model's NLL of plain answers
         "shortlist": result.shortlist,
         "seconds": result.seconds,
         "completion_rows": [

@@ -38,6 +38,18 @@ def _chat() -> Any:
     return setting(True, CHAT_HELP, flag="--chat/--raw")
 
 
+def _p() -> Any:
+    return setting(2.0, "exponent of the per-token norm of the change", metavar="P")
+
+
+def _q() -> Any:
+    return setting(1.0, "root taken of each prompt's sum", metavar="Q")
+
+
+def _objective_positions() -> Any:
+    return setting("all", "tokens the objective reads: all | prompt | last:K | i,j | a:b", metavar="SPEC")
+
+
 @dataclass
 class MelboConfig(LayerPairSettings, Config):
     """Settings of a MELBO run (``run.json["config"]``); every field's help is the command line's.
@@ -49,9 +61,9 @@ class MelboConfig(LayerPairSettings, Config):
     )  # fmt: skip
     source: Site | None = _source()
     target: Site | None = _target()
-    p: float = setting(2.0, "exponent of the per-token norm of the change", metavar="P")
-    q: float = setting(1.0, "root taken of each prompt's sum", metavar="Q")
-    positions: str = setting("all", "tokens the objective reads: all | prompt | last:K | i,j | a:b", metavar="SPEC")
+    p: float = _p()
+    q: float = _q()
+    positions: str = _objective_positions()
     n_vectors: int = setting(8, "how many vectors", metavar="N", short="-n")
     steps: int = setting(300, "optimizer steps per vector (0: random vectors of norm R, the baseline)", metavar="K")
     lr: float = setting(1e-3, "learning rate (Riemannian AdamW)", metavar="LR")
@@ -95,9 +107,9 @@ class AdapterConfig(LayerPairSettings, Config):
     rank: int = setting(8, "adapter rank r", metavar="r")
     source: Site | None = _source("the output of the block whose MLP is adapted (resid_post.L)")
     target: Site | None = _target()
-    p: float = setting(2.0, "exponent of the per-token norm of the change", metavar="P")
-    q: float = setting(1.0, "root taken of each prompt's sum", metavar="Q")
-    positions: str = setting("all", "tokens the objective reads: all | prompt | last:K | i,j | a:b", metavar="SPEC")
+    p: float = _p()
+    q: float = _q()
+    positions: str = _objective_positions()
     n_adapters: int = setting(4, "how many adapters", metavar="N", short="-n")
     steps: int = setting(300, "optimizer steps per batch of adapters", metavar="K")
     lr: float = setting(1e-3, "learning rate", metavar="LR")

@@ -16,6 +16,7 @@ import typer.main
 from melbo_tl.cli import app
 from melbo_tl.cli.common import VectorChoice
 from melbo_tl.cli.options import cli_fields, option_names, parse_set
+from melbo_tl.evaluate.task_config import TaskConfig
 from melbo_tl.optimize.configs import DCTConfig, MelboConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ def _generated() -> list[tuple[str, click.Command, type, dict]]:
 
 def test_the_commands_with_many_settings_take_their_options_from_configs():
     names = {name for name, *_ in _generated()}
-    assert {"train", "sweep", "dct", "oneshot", "refusal-direction"} <= names
+    assert {"train", "sweep", "dct", "oneshot", "refusal-direction", "triage", "rank"} <= names
 
 
 @pytest.mark.parametrize("name", [n for n, *_ in _generated()])
@@ -63,11 +64,10 @@ def test_every_generated_command_takes_set():
 
 
 def test_set_reaches_settings_without_an_option_and_names_what_is_valid():
-    assert parse_set(DCTConfig, ["tolerance=1e-4"], skip=("tolerance",)) == {"tolerance": 1e-4}
-    assert parse_set(MelboConfig, ['positions="last:2"', "mode=independent"], skip=("positions", "mode")) == {
-        "positions": "last:2",
-        "mode": "independent",
-    }
+    assert parse_set(TaskConfig, ["indices=[1, 2]"]) == {"indices": [1, 2]}  # no option of its own
+    assert parse_set(TaskConfig, []) == {}
+    with pytest.raises(ValueError, match="this command sets radius from its own options"):
+        parse_set(MelboConfig, ["radius=3"], skip=("radius",))  # sweep: the radii come from --radii
     with pytest.raises(ValueError, match=r"has no setting 'tol'; valid: \["):
         parse_set(DCTConfig, ["tol=1"])
     with pytest.raises(ValueError, match="tolerance has its own option, --tolerance"):
@@ -100,6 +100,7 @@ BAD_INPUTS = [
     (["oneshot", "-p", "hi", "--out", "{tmp}/o", "--site", "attn_out.3", "--promote", "x"], "not a residual"),
     (["refusal-direction", "--out", "{tmp}/o", "--layers", "3-1"], "runs backwards"),
     (["triage", "{run}", "--projection", "umap"], "--projection 'umap' is not one of tsne, pca"),
+    (["triage", "{run}", "--samples", "3", "--temperature", "0"], "samples > 1 needs temperature > 0"),
     (["analyze", "{run}", "--vectors", "1,x"], "expected integers"),
     (["export", "{run}", "--out", "{tmp}/v.gguf", "--vector", "-1"], "negative ones are refused"),
     (["generate", "-p", "hi", "--run", "{run}", "--vectors", "0,1"], "applies one vector"),

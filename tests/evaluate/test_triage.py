@@ -142,8 +142,9 @@ def test_repetitive_vectors_keep_their_own_cluster_on_the_shortlist(tiny_model, 
 
     scripted.done = []
     monkeypatch.setattr(triage_module, "generate_conditions", scripted)
-    # The tiny model's random weights find every text unlikely: lift the soup cut above its NLLs.
-    result = triage_run(tiny_model, copy, CFG.replace(max_new_tokens=6, max_content_nll=1e3), progress=False)
+    # Random weights find every text about equally unlikely: measured against the model's own
+    # baseline, nothing is soup, with the default cuts.
+    result = triage_run(tiny_model, copy, CFG.replace(max_new_tokens=6), progress=False)
     by_index = {b.index: b for b in result.behaviours}
     assert by_index[0].repetitive and by_index[1].repetitive and not by_index[0].degenerate
     assert by_index[2].degenerate == "empty" and by_index[2].shortlist is None
@@ -151,5 +152,5 @@ def test_repetitive_vectors_keep_their_own_cluster_on_the_shortlist(tiny_model, 
     assert hate.repetitive and hate.label.startswith("repetitive: ") and 1 in hate.members
     assert hate.representative in result.shortlist
     summary = load_triage(copy).summary
-    assert summary["n_repetitive"] == 2
+    assert summary["n_repetitive"] == 2 and summary["content_baseline_nll"] > 5  # random weights
     assert {r["vector"]: r["repetitive"] for r in summary["completion_rows"]}[0] is True
