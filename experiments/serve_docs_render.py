@@ -27,8 +27,7 @@ def curl_block(body: dict, response: dict, *, stream_head: list[str] | None = No
         f"  -d '{json.dumps(shown, ensure_ascii=False)}'"
     )
     if stream_head:
-        shown_events = [e if len(e) < 200 else e[:200] + " …" for e in stream_head]
-        return "```bash\n" + command + "\n```\n\n```text\n" + "\n".join(shown_events) + "\n```"
+        return "```bash\n" + command + "\n```\n\n```text\n" + "\n".join(stream_head) + "\n```"
     return "```bash\n" + command + "\n```\n\n```json\n" + json.dumps(response, indent=2, ensure_ascii=False) + "\n```"
 
 
@@ -43,7 +42,7 @@ def sections(examples: dict, bench: dict | None) -> dict[str, str]:
         body = {**steered["request"], "stream": True}
         out["examples:stream"] = (
             f'Streamed (`"stream": true`), the same answer arrives as {clients["steered"]["curl_stream_events"]} '
-            "server-sent events, one per token, then `[DONE]`:\n\n"
+            "server-sent `data:` lines: the role, one per token, the finish reason, then `[DONE]`:\n\n"
             + curl_block(body, {}, stream_head=clients["steered"]["curl_stream_head"])
         )
     ablated = ok.get("refusal direction ablated")
