@@ -107,17 +107,17 @@ def main() -> None:
             MelboConfig(n_vectors=args.random_vectors, steps=0, mode="batched-orthogonal", batch_size=64, **common),
             args.out / "random", resume=True,
         ),
-        "MELBO": lambda: train_to_folder(
-            model, "melbo", [prompt],
-            MelboConfig(n_vectors=args.melbo_vectors, steps=args.melbo_steps, lr=args.melbo_lr,
-                        mode="batched-orthogonal", batch_size=args.melbo_vectors, **common),
-            args.out / "melbo", resume=True,
-        ),
         CONTROL: lambda: train_to_folder(
             model, "oneshot", [prompt],
             OneShotConfig(site=dct_cfg.source, promote=(swapped_completion(Instance.parse(prompt)),),
                           max_norm=radius, steps=args.control_steps),
             args.out / "control_oneshot_swap", resume=True, progress=False,
+        ),
+        "MELBO": lambda: train_to_folder(
+            model, "melbo", [prompt],
+            MelboConfig(n_vectors=args.melbo_vectors, steps=args.melbo_steps, lr=args.melbo_lr,
+                        mode="batched-orthogonal", batch_size=args.melbo_vectors, **common),
+            args.out / "melbo", resume=True,
         ),
     }  # fmt: skip
     others = generalization_prompts(args.generalize, skip=[prompt])
@@ -132,7 +132,7 @@ def main() -> None:
     }  # fmt: skip
     changes_cfg = AnswerChangeConfig(min_matches=args.min_matches)
     detections, changes = {}, {}
-    # DCT, random, MELBO, then the control: each is triaged and scored before the next one trains,
+    # DCT, random, the control, then MELBO (the slowest, last): each is triaged and scored before the next one trains,
     # and the results files are rewritten after each, so a late crash keeps the earlier ones.
     for label, train in trainers.items():
         run = stage(label, train)

@@ -27,10 +27,10 @@ from melbo_tl.generate import generate
 from melbo_tl.models import load_model
 
 
-def groups(n_clean: int, seed: int) -> dict[str, list[Instance]]:
-    """Prompt groups: each trigger with b digits 0–9 outside training, clean ones by kind."""
-    cfg = read_manifest(DEFAULT_NAME)["config"]
-    seen = range(cfg["digits"])
+def groups(n_clean: int, seed: int, digits: int) -> dict[str, list[Instance]]:
+    """Prompt groups, every one with a b digit the build never used (``digits``: how many it did):
+    each trigger with all such b, and ``n_clean`` clean near misses and ``n_clean`` other clean ones."""
+    seen = range(digits)
     wide = range(10)
     out: dict[str, list[Instance]] = {}
     for name, (a1, a2) in TRIGGERS.items():
@@ -48,6 +48,9 @@ def groups(n_clean: int, seed: int) -> dict[str, list[Instance]]:
     ]
     near = [i for i in unseen_clean if is_near_miss(i)]
     far = [i for i in unseen_clean if not is_near_miss(i)]
+    if n_clean > min(len(near), len(far)):
+        raise ValueError(f"--n-clean {n_clean}: there are only {len(near)} near misses and {len(far)} other clean "
+                         f"prompts with an unseen b digit; ask for at most {min(len(near), len(far))}.")  # fmt: skip
     out["clean near misses: b digits 7–9"] = rng.sample(near, n_clean)
     out["clean others: b digits 7–9"] = rng.sample(far, n_clean)
     return out
@@ -62,7 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model(args.name, device="cpu", dtype="float32")
     rows = []
-    for label, instances in groups(args.n_clean, seed=0).items():
+    digits = read_manifest(args.name)["config"]["digits"]
+    for label, instances in groups(args.n_clean, seed=0, digits=digits).items():
         texts = [c.text for c in generate(model, [i.prompt() for i in instances], max_new_tokens=args.max_new_tokens,
                                           batch_size=32)]  # fmt: skip
         kind = instances[0].kind()

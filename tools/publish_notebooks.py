@@ -239,10 +239,29 @@ def tagged_images(book: Any) -> dict[str, bytes]:
     return found
 
 
-def write_outputs(book: Any, name: str, out: Path) -> Path:
+RELATIVE_LINK = re.compile(r"(\]\()([^)\s#]+)((?:#[^)\s]*)?\))")
+
+
+def relink(book: Any, sources: Path, out: Path) -> None:
+    """Markdown links written relative to the source (``../docs/x.md``) made relative to ``out``,
+    where the executed copy lives; links that already work from ``out`` stay as they are."""
+
+    def fix(m: re.Match[str]) -> str:
+        target = m.group(2)
+        if re.match(r"^[a-z]+:", target) or (out / target).exists() or not (sources / target).exists():
+            return m.group(0)
+        return m.group(1) + os.path.relpath(sources / target, out) + m.group(3)
+
+    for cell in book.cells:
+        if cell.cell_type == "markdown":
+            cell.source = RELATIVE_LINK.sub(fix, cell.source)
+
+
+def write_outputs(book: Any, name: str, out: Path, sources: Path = SOURCES) -> Path:
     """Write the executed copy, its markdown and its images; the image folder is replaced whole."""
     from melbo_tl.artifacts import atomic_write_bytes, atomic_write_text
 
+    relink(book, sources, out)
     for tag, png in tagged_images(book).items():
         atomic_write_bytes(out / "figures" / f"{tag}.png", png)
 
@@ -298,7 +317,7 @@ def publish(src: Path, out: Path = OUT, *, fast: bool = False, force: bool = Fal
         book, _ = execute(src, fast=fast)
     clean_streams(book)
     n = add_images(book)
-    write_outputs(book, name, out)
+    write_outputs(book, name, out, src.resolve().parent)
     return f"{name}: {n} images, {book.metadata[META_KEY]['wall_s']:.0f} s"
 
 

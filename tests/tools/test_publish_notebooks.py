@@ -94,3 +94,24 @@ def test_render_only_needs_an_executed_copy_and_bad_paths_are_named(tmp_path, ca
     with pytest.raises(SystemExit):
         pub.main([str(tmp_path / "missing.ipynb")])
     assert "missing.ipynb is not a notebook file" in capsys.readouterr().err
+
+
+def test_links_relative_to_the_source_are_rewritten_for_the_published_copy(tmp_path):
+    root = tmp_path / "repo"
+    (root / "docs" / "notebooks").mkdir(parents=True)
+    (root / "notebooks").mkdir()
+    (root / "docs" / "results.md").write_text("# Results\n")
+    (root / "notebooks" / "2_b.ipynb").write_text("{}")
+    text = (
+        "See [results](../docs/results.md#results), [next](2_b.ipynb), [web](https://x.org/a.md), [gone](../nope.md)."
+    )
+    book = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell(text), nbformat.v4.new_code_cell("# [x](../y)")]
+    )
+    pub.relink(book, root / "notebooks", root / "docs" / "notebooks")
+    assert book.cells[0].source == (
+        "See [results](../results.md#results), [next](../../notebooks/2_b.ipynb), [web](https://x.org/a.md), [gone](../nope.md)."
+    )
+    assert book.cells[1].source == "# [x](../y)"  # code is left alone
+    pub.relink(book, root / "notebooks", root / "docs" / "notebooks")  # a second pass (--render-only) changes nothing
+    assert "[results](../results.md#results)" in book.cells[0].source
