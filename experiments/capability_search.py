@@ -22,9 +22,12 @@ ELICITS = 0.5  # a vector elicits step-by-step text if at least this share of it
 
 
 def _rank(setup: Setup, run: Path, items: list[Any], name: str, indices: list[int] | None) -> TaskRanking:
+    """The ranking of ``indices`` (None: all) on ``items``; the screen at ``--screen-tokens``, the
+    validation and test splits at ``--tokens``."""
     a = setup.args
+    tokens = a.screen_tokens if name == "screen" else a.tokens
     return rank_by_task(
-        setup.model(), run, items, name=name, max_new_tokens=a.tokens, vectors_per_chunk=4,
+        setup.model(), run, items, name=name, max_new_tokens=tokens, vectors_per_chunk=4,
         batch_size=a.batch_size, indices=indices, progress=False,
     )  # fmt: skip
 

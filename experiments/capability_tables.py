@@ -100,7 +100,8 @@ def capability_table(r: dict[str, Any]) -> list[str]:
         ]
     lines += [
         "",
-        "Vectors eliciting step-by-step text (≥ 50 % of their screen completions show work), per configuration:",
+        "Vectors eliciting step-by-step text (≥ 50 % of their screen completions show work; screen split, "
+        f"{settings.get('screen_tokens', settings['tokens_allowed'])} new tokens), per configuration:",
         "",
         "| vectors | R | source → target | n | eliciting (indices) | their screen accuracy | unsteered screen |",
         "|---|---:|---|---:|---|---|---|",
