@@ -14,7 +14,7 @@ the best lifted held-out accuracy from 11 % to 63 %). Stages, each resumable (fi
 3. **dct** — DCT vectors fitted on the ONE training instance's direct prompt, for every layer pair
    of ``--layers`` and radius R = calibrated × each ``--radius-multiples``.
 4. **screen** — every vector on the screen split (``--screen-tokens``); the ``--top-k`` most
-   accurate (ties: more work shown) go on to
+   accurate (ties: more work shown) and every vector eliciting step-by-step text go on to
 5. **val** — the validation split, where the best vector (and so its R and layers) is chosen.
 6. **random** — ``--random-vectors`` random directions at the best vector's R and sites, screened
    and validated the same way (the best random vector is chosen on validation too).
