@@ -7,24 +7,29 @@ V [F, d] and output directions U [F, d] (unit rows) by alternating updates, all 
 as rows of one batched segment:
 
 1. R: fixed, or calibrated where the response stops being linear (ρ(R) = 0.5);
-2. start: U random, V_l = normalize(∇_θ⟨u_l, Δ(θ)⟩ at 0) = normalize(Jᵀu_l);
-3. iterate: U_l ← normalize(Δ(R·v_l)); V_l ← normalize(∇_θ⟨u_l, Δ(θ)⟩ at R·v_l); then
-   orthogonalize V, until V moves less than ``tolerance`` or after ``iterations``;
-4. rank: causal importance b_l = ⟨u_l, Δ(R·v_l)⟩; weights α = K⁻¹b with
-   K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1) (solved, with its condition number reported); or a target
-   direction read through the rest of the model (``rank_by="Sure:I'm sorry"``: the mean of
-   logit("Sure") − logit("I'm sorry") at the last position with R·v_l added).
+2. start (``start``): ``jacobian``: U random, v_l = normalize(Jᵀu_l); ``jacobian-svd``: the top
+   right singular vectors of Pᵀ J for ``d_proj`` random unit outputs P, u_l = normalize(Δ(R·v_l));
+   ``random``: both random;
+3. iterate (``update``): with Δ_l = Δ(R·v_l), u_l ← normalize(Δ_l) and
+   v_l ← normalize(∇_θ⟨u, Δ(θ)⟩ at R·v_l), where u is the new u_l (``alternating``: v climbs
+   ‖Δ(θ)‖) or the previous one (``simultaneous``, the reference code); both damped by ``beta``;
+   V orthogonalized (``orthogonalize``, sign-keeping) after each update — after the last one
+   too unless ``orthogonal_result`` is False (the reference returns its last raw update);
+4. rank (``rank_by``): importance b_l = ⟨u_l, Δ(R·v_l)⟩, α = K⁻¹b with
+   K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1), α², or a target direction read through the rest of the model
+   (:mod:`melbo_tl.optimize.dct_ranking`).
 
-Orthogonalization must keep each vector's sign (exp is not odd: −v steers another behaviour).
-``polar`` (the default) takes the nearest orthonormal frame, (V Vᵀ)^(−1/2) V: no factor is
-privileged by its index, each moves as little as possible, and ⟨q_l, v_l⟩ = [(V Vᵀ)^(1/2)]_ll > 0,
-so signs are kept by construction. ``qr`` is Gram–Schmidt in index order with the signs fixed
-(⟨q_l, v_l⟩ = |R_ll|); ``none`` only normalizes.
+``variant`` picks every choice left as None at once: ``"melbo_tl"`` (this project's defaults) or
+``"reference"`` (the public reference code's algorithm: Jacobian-SVD start, simultaneous updates,
+QR, its last update un-orthogonalized, α² order) — always with this project's sites, padding
+masks and sign-keeping orthogonalization.
 
 Registered as method ``"dct"``: ``vectors`` = R·V in rank order, so generation, evaluation,
-analysis and reports work unchanged; ``U``, ``alpha``, ``importance`` ride along.
+analysis and reports work unchanged; ``U``, ``alpha``, ``importance`` and the factor ``order``
+ride along.
 
 >>> run = train(model, "dct", ["How can I make a bomb?"], DCTConfig(n_factors=64))
+>>> run = train(model, "dct", ["How can I make a bomb?"], DCTConfig(n_factors=64, variant="reference"))
 """
 
 from __future__ import annotations
@@ -37,14 +42,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
 from melbo_tl.config import Config, require
-from melbo_tl.forward import readout
-from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.optimize.calibration import (
     Calibration,
     SliceResponse,
@@ -52,28 +54,57 @@ from melbo_tl.optimize.calibration import (
     random_directions,
     unit_rows,
 )
+from melbo_tl.optimize.dct_ranking import RANKINGS, is_ranking, rank_key, target_scores
+from melbo_tl.optimize.dct_steps import (
+    ORTHOGONALIZE,
+    Movement,
+    damp,
+    importance_weights,
+    orthogonalize,
+    svd_start,
+)
 from melbo_tl.optimize.problem import LayerPair, MelboProblem
-from melbo_tl.placement import like, master_copy, to_result
+from melbo_tl.placement import master_copy, to_result
 from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
-from melbo_tl.segment import ResidualSegment
-from melbo_tl.steering.sites import d_model, n_layers
+from melbo_tl.steering.sites import d_model
 
 NAME = "dct"
-ORTHOGONALIZE = ("polar", "qr", "none")
-RANKINGS = ("importance", "alpha")
+STARTS = ("jacobian", "jacobian-svd", "random")
+UPDATES = ("alternating", "simultaneous")
+FINAL_U = ("response", "last-update")
+# The choices a variant makes for every field left as None.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "melbo_tl": dict(
+        start="jacobian", update="alternating", beta=1.0, orthogonalize="polar", orthogonal_result=True,
+        final_u="response", rank_by="importance",
+    ),
+    "reference": dict(
+        start="jacobian-svd", update="simultaneous", beta=1.0, orthogonalize="qr", orthogonal_result=False,
+        final_u="last-update", rank_by="alpha2",
+    ),
+}  # fmt: skip
 
 
 @dataclass
 class DCTConfig(LayerPair, Config):
-    """Settings of a DCT run: ``n_factors`` F; ``source_layer``/``target_layer`` (None: 7 and
-    n_layers − 8, as MELBO); ``positions`` the target positions averaged (default the last 3 prompt
-    tokens); ``radius`` R or ``"auto"`` (calibrated with ``calibration_target`` ρ over
-    ``calibration_directions`` random directions); ``iterations`` at most, stopping early when
-    every v_l moved less than ``tolerance`` (1 − cos); ``orthogonalize`` polar | qr | none;
-    ``rank_by`` importance | alpha | "A:B" (logit of A's first token minus B's); ``chunk_size``
-    rows per forward pass; ``seed``; ``chat`` formatting."""
+    """Settings of a DCT run.
+
+    ``n_factors`` F; ``source_layer``/``target_layer`` (None: 7 and n_layers − 8, as MELBO);
+    ``positions`` the target positions averaged (default the last 3 prompt tokens); ``radius`` R
+    or ``"auto"`` (calibrated with ``calibration_target`` ρ over ``calibration_directions``
+    random directions); ``iterations`` at most, stopping early once every v_l moved less than
+    ``tolerance`` (1 − cos); ``chunk_size`` rows per forward pass; ``seed``; ``chat`` formatting.
+
+    ``variant`` ("melbo_tl" | "reference") fills every algorithm choice below left as None:
+    ``start`` jacobian | jacobian-svd | random, with ``d_proj`` random outputs for jacobian-svd;
+    ``update`` alternating | simultaneous (which u the v-update pulls back: the new or the
+    previous); ``beta`` damping in (0, 1] (1: none); ``orthogonalize`` polar | qr | none
+    (sign-keeping); ``orthogonal_result`` whether the returned V is orthogonalized after the last
+    update; ``final_u`` response (u_l = Δ(R·v_l)/‖·‖ of the returned v_l) | last-update (the U of
+    the last update, one step behind V, as the reference); ``rank_by`` importance | alpha |
+    alpha2 | "A:B" (logit of A's first token minus B's, read through the rest of the model)."""
 
     n_factors: int = 256
     source_layer: int | None = None
@@ -84,13 +115,24 @@ class DCTConfig(LayerPair, Config):
     calibration_directions: int = 30
     iterations: int = 10
     tolerance: float = 1e-3
-    orthogonalize: str = "polar"
-    rank_by: str = "importance"
     chunk_size: int = 64
     seed: int = 0
     chat: bool = True
+    variant: str = "melbo_tl"
+    start: str | None = None
+    d_proj: int = 32
+    update: str | None = None
+    beta: float | None = None
+    orthogonalize: str | None = None
+    orthogonal_result: bool | None = None
+    final_u: str | None = None
+    rank_by: str | None = None
 
     def validate(self) -> None:
+        require(self.variant in VARIANTS, f"variant {self.variant!r} is not one of {', '.join(VARIANTS)}.")
+        for name, value in VARIANTS[self.variant].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.positions = str(Positions.parse(self.positions))
         require(self.n_factors >= 1, f"n_factors (F) must be ≥ 1, got {self.n_factors}.")
         if self.radius != "auto":
@@ -105,15 +147,24 @@ class DCTConfig(LayerPair, Config):
         )
         require(self.iterations >= 0, f"iterations must be ≥ 0, got {self.iterations}.")
         require(self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}.")
+        require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
+        require(self.start in STARTS, f"start {self.start!r} is not one of {', '.join(STARTS)}.")
+        require(self.d_proj >= 1, f"d_proj must be ≥ 1, got {self.d_proj}.")
+        require(self.update in UPDATES, f"update {self.update!r} is not one of {', '.join(UPDATES)}.")
+        require(0 < float(self.beta) <= 1, f"beta must be in (0, 1] (1: no damping), got {self.beta}.")  # type: ignore[arg-type]
+        self.beta = float(self.beta)  # type: ignore[arg-type]
         require(
             self.orthogonalize in ORTHOGONALIZE,
             f"orthogonalize {self.orthogonalize!r} is not one of {', '.join(ORTHOGONALIZE)}.",
         )
         require(
-            self.rank_by in RANKINGS or (self.rank_by.count(":") == 1 and all(self.rank_by.split(":"))),
-            f"rank_by {self.rank_by!r}: use importance, alpha, or 'A:B' (e.g. \"Sure:I'm sorry\").",
+            isinstance(self.orthogonal_result, bool), f"orthogonal_result must be True or False, got {self.orthogonal_result!r}."
         )
-        require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
+        require(self.final_u in FINAL_U, f"final_u {self.final_u!r} is not one of {', '.join(FINAL_U)}.")
+        require(
+            is_ranking(str(self.rank_by)),
+            f"rank_by {self.rank_by!r}: use {', '.join(RANKINGS)}, or 'A:B' (e.g. \"Sure:I'm sorry\").",
+        )
 
     def check_model(self, model: Any) -> None:
         super().check_model(model)
@@ -124,71 +175,18 @@ class DCTConfig(LayerPair, Config):
         )
 
 
-def orthogonalize(v: Float[Tensor, "f d"], how: str) -> Float[Tensor, "f d"]:
-    """Unit rows made orthonormal without flipping any row (see the module docstring)."""
-    if how == "none":
-        return unit_rows(v)
-    if how == "polar":
-        u, _, vh = torch.linalg.svd(v.double(), full_matrices=False)
-        return (u @ vh).to(v.dtype)
-    if how == "qr":
-        q, r = torch.linalg.qr(v.double().T)
-        signs = torch.sign(torch.diagonal(r))
-        signs[signs == 0] = 1
-        return (q * signs).T.to(v.dtype)
-    raise ValueError(f"orthogonalize {how!r} is not one of {', '.join(ORTHOGONALIZE)}.")
-
-
-def importance_weights(
-    u: Float[Tensor, "f d"], v: Float[Tensor, "f d"], b: Float[Tensor, " f"]
-) -> tuple[Float[Tensor, " f"], float]:
-    """α solving K α = b with K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1), and K's condition number."""
-    u64, v64 = u.double(), v.double()
-    k = (u64 @ u64.T) * torch.expm1(v64 @ v64.T)
-    return torch.linalg.solve(k, b.double()).float(), float(torch.linalg.cond(k))
-
-
-def phrase_token(tokenizer: Any, phrase: str) -> int:
-    ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"rank_by phrase {phrase!r} encodes to no token.")
-    return int(ids[0])
-
-
-@torch.no_grad()
-def target_scores(
-    model: Any, problem: MelboProblem, vectors: Float[Tensor, "f d"], rank_by: str, *, chunk: int = 64
-) -> Float[Tensor, " f"]:
-    """Mean over prompts of logit(A) − logit(B) at the last position with each vector added at the
-    source (``rank_by`` = "A:B"), reading through every block after the source."""
-    tok = chat_tokenizer(model)
-    a, b = (phrase_token(tok, phrase) for phrase in rank_by.split(":"))
-    segment = ResidualSegment.capture(model, problem.batch, start=problem.source + 1, stop=n_layers(model))
-    real = problem.real[..., None].to(segment.residual.dtype)
-    scores = []
-    for i in range(0, len(vectors), chunk):
-        rows = vectors[i : i + chunk]
-        k = len(rows)
-        base = segment.residual.repeat(k, 1, 1)
-        steer = like(rows, base).repeat_interleave(problem.n_prompts, dim=0)[:, None, :]
-        final = segment.run(base + steer * real.repeat(k, 1, 1))
-        logits = readout(model, final[:, -1, :]).float()
-        scores.append((logits[:, a] - logits[:, b]).view(k, problem.n_prompts).mean(1))
-    return to_result(torch.cat(scores))
-
-
 @dataclass
 class DCTState:
     """Where a fit stands: ``radius``, its ``calibration`` (None for a fixed R), the current ``U``
-    and ``V`` [F, d] (None before the start), ``iteration`` (updates done) and ``movement`` per
-    iteration (max over factors of 1 − cos between successive v_l)."""
+    and ``V`` [F, d] (None before the start), ``iteration`` (updates done), ``movement`` per
+    iteration (:class:`~melbo_tl.optimize.dct_steps.Movement` as dicts) and ``seconds``."""
 
     radius: float
     calibration: Calibration | None = None
     U: Tensor | None = None
     V: Tensor | None = None
     iteration: int = 0
-    movement: list[float] = field(default_factory=list)
+    movement: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -197,13 +195,14 @@ class DCTResult:
     """Fields: ``vectors`` [F, d] = R·v_l in rank order (added at ``hook``); ``U`` [F, d] output
     directions; ``importance`` b_l; ``alpha`` α_l; ``target_score`` (with ``rank_by="A:B"``) per
     vector; ``order`` the factor index of each rank; ``radius``; ``calibration``; ``condition``
-    number of K; ``iterations`` run; ``converged``; ``movement`` per iteration; ``seconds``
-    (calibration, fit, ranking); ``config`` (layers filled in); ``texts`` formatted prompts."""
+    number of K; ``iterations`` run; ``converged``; ``movement`` per iteration (median, p90,
+    max, converged share); ``seconds`` (calibration, fit, ranking); ``config`` (layers and
+    variant choices filled in); ``texts`` formatted prompts."""
 
-    vectors: Float[Tensor, "f d_model"]
-    U: Float[Tensor, "f d_model"]
-    importance: Float[Tensor, " f"]
-    alpha: Float[Tensor, " f"]
+    vectors: Tensor
+    U: Tensor
+    importance: Tensor
+    alpha: Tensor
     target_score: Tensor | None
     order: list[int]
     radius: float
@@ -211,7 +210,7 @@ class DCTResult:
     condition: float
     iterations: int
     converged: bool
-    movement: list[float]
+    movement: list[dict[str, float]]
     seconds: dict[str, float]
     config: DCTConfig
     texts: list[str]
@@ -236,6 +235,22 @@ def response_wrapper(wrap: Callable[[SliceResponse], Any]) -> Iterator[None]:
         _RESPONSE.reset(token)
 
 
+def start_factors(response: Any, cfg: DCTConfig, radius: float, model: Any) -> tuple[Tensor, Tensor]:
+    """(U, V) before the first update, on the model's device (see ``start`` in the module docstring)."""
+    d, f = response.d_model, cfg.n_factors
+    if cfg.start == "random":
+        u = random_directions(f, d, cfg.seed + 1, model)
+        return u, orthogonalize(random_directions(f, d, cfg.seed + 2, model), cfg.orthogonalize)
+    if cfg.start == "jacobian":
+        u = random_directions(f, d, cfg.seed + 1, model)
+        _, grad = response.pullback(torch.zeros_like(u), u)
+        return u, orthogonalize(unit_rows(grad), cfg.orthogonalize)
+    p = random_directions(cfg.d_proj, d, cfg.seed + 1, model)
+    _, projected = response.pullback(torch.zeros_like(p), p)  # rows Jᵀ p_k: Pᵀ J
+    v = orthogonalize(svd_start(projected, f), cfg.orthogonalize)
+    return unit_rows(response(radius * v)), v
+
+
 def fit_dct(
     model: Any,
     prompts: Sequence[PromptLike],
@@ -246,8 +261,9 @@ def fit_dct(
     progress: bool = True,
     **settings: Any,
 ) -> DCTResult:
-    """Fit a DCT on ``prompts`` (module docstring). ``state`` continues an interrupted fit;
-    ``on_checkpoint(state)`` is called after calibration and after every iteration."""
+    """Fit a DCT on ``prompts`` (module docstring). ``state`` continues an interrupted fit (or
+    starts from given ``U``/``V`` at iteration 0); ``on_checkpoint(state)`` is called after
+    calibration, after the start and after every iteration."""
     cfg = DCTConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
     assert cfg.source_layer is not None and cfg.target_layer is not None
@@ -274,39 +290,58 @@ def fit_dct(
     radius = state.radius
     started = time.perf_counter()
     if state.V is None:
-        u0 = random_directions(cfg.n_factors, d_model(model), cfg.seed + 1, model)
-        _, grad = response.pullback(torch.zeros_like(u0), u0)
-        state.U, state.V = to_result(u0), to_result(orthogonalize(unit_rows(grad), cfg.orthogonalize))
+        state.U, state.V = (to_result(x) for x in start_factors(response, cfg, radius, model))
         save(state)
-    v = master_copy(state.V, model)
-    bar = tqdm(range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress)
-    for _ in bar:
-        delta, grad = response.pullback(radius * v, unit_rows)
-        new = orthogonalize(unit_rows(grad), cfg.orthogonalize)
-        moved = float((1 - (new * v).sum(-1)).max())
-        v = new
-        state.U, state.V = to_result(unit_rows(delta)), to_result(v)
-        state.iteration += 1
-        state.movement.append(moved)
-        bar.set_postfix(moved=f"{moved:.2e}")
-        save(state)
-        if moved < cfg.tolerance:
-            break
+    _iterate(response, cfg, state, save, progress)
     state.seconds["fit"] = state.seconds.get("fit", 0.0) + time.perf_counter() - started
+    return _ranked(model, problem, response, cfg, state)
+
+
+def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCTState], None], progress: bool) -> None:
+    """The alternating updates, from ``state.iteration`` to ``cfg.iterations`` or convergence."""
+    assert state.U is not None and state.V is not None
+    model = response.problem.segment.model
+    u, v = master_copy(state.U, model), master_copy(state.V, model)
+    bar = tqdm(
+        range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress,
+        postfix="moved median/p90/max, still",
+    )  # fmt: skip
+    for k in bar:
+        outputs = unit_rows if cfg.update == "alternating" else u
+        delta, grad = response.pullback(state.radius * v, outputs)
+        last = k == cfg.iterations - 1
+        new_v = damp(grad, v, cfg.beta)
+        if cfg.orthogonal_result or not last:
+            new_v = orthogonalize(new_v, cfg.orthogonalize)
+        moved = Movement.between(new_v, v, cfg.tolerance)
+        u, v = damp(delta, u, cfg.beta), new_v
+        state.U, state.V = to_result(u), to_result(v)
+        state.iteration += 1
+        state.movement.append(moved.to_dict())
+        bar.set_postfix_str(f"moved {moved.short()}")
+        save(state)
+        if moved.max < cfg.tolerance:
+            break
+
+
+def _ranked(model: Any, problem: MelboProblem, response: Any, cfg: DCTConfig, state: DCTState) -> DCTResult:
+    """Rank the fitted factors (``rank_by``) and package the result."""
+    assert state.U is not None and state.V is not None
     started = time.perf_counter()
+    radius = state.radius
+    v = master_copy(state.V, model)
     delta = response(radius * v)
-    u = unit_rows(delta)
+    u = unit_rows(delta) if cfg.final_u == "response" else master_copy(state.U, model)
     importance = (u * delta).sum(-1)
     alpha, condition = importance_weights(u, v, importance)
     scores = None
-    if cfg.rank_by in RANKINGS:
-        key = importance if cfg.rank_by == "importance" else alpha
-    else:
-        scores = target_scores(model, problem, radius * v, cfg.rank_by, chunk=cfg.chunk_size)
-        key = scores
-    order = torch.argsort(to_result(key), descending=True, stable=True)
+    if cfg.rank_by not in RANKINGS:
+        scores = target_scores(model, problem, radius * v, str(cfg.rank_by), chunk=cfg.chunk_size)
+    key = rank_key(str(cfg.rank_by), to_result(importance), to_result(alpha), scores)
+    order = torch.argsort(key, descending=True, stable=True)
     state.seconds["ranking"] = time.perf_counter() - started
     pick = lambda x: to_result(x)[order]  # noqa: E731
+    last = state.movement[-1] if state.movement else None
     return DCTResult(
         vectors=pick(radius * v),
         U=pick(u),
@@ -318,7 +353,7 @@ def fit_dct(
         calibration=state.calibration,
         condition=condition,
         iterations=state.iteration,
-        converged=bool(state.movement) and state.movement[-1] < cfg.tolerance,
+        converged=last is not None and last["max"] < cfg.tolerance,
         movement=list(state.movement),
         seconds=dict(state.seconds),
         config=cfg,
@@ -361,7 +396,7 @@ def _state_of(run: Run | None) -> DCTState | None:
         U=t.get("U"),
         V=t.get("V"),
         iteration=int(meta.get("iteration", 0)),
-        movement=list(meta.get("movement", [])),
+        movement=[m for m in meta.get("movement", []) if isinstance(m, dict)],
         seconds=dict(meta.get("seconds", {})),
     )
 
@@ -400,6 +435,7 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         "movement": result.movement,
         "condition_number": result.condition,
         "rank_by": cfg.rank_by,
+        "variant": cfg.variant,
         "order": result.order,
         "seconds": result.seconds,
         "texts": result.texts,
