@@ -59,7 +59,7 @@ class ClusterView:
     Fields: ``clusters`` ids of clusters holding an eliciting vector; ``purity`` share of each
     such cluster's members that elicit it; ``representative_shows`` ids of clusters whose
     representative completion shows it (an auditor reading one completion per cluster sees it);
-    ``degenerate`` ids of those clusters that triage set aside as degenerate (repetition,
+    ``degenerate`` ids of those clusters that triage set aside as degenerate (token soup,
     echo, empty); ``own_cluster`` whether some non-degenerate cluster with a showing
     representative is mostly (≥ half) eliciting vectors.
     """

