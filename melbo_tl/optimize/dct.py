@@ -54,7 +54,8 @@ from melbo_tl.optimize.calibration import (
     random_directions,
     unit_rows,
 )
-from melbo_tl.optimize.dct_ranking import RANKINGS, is_ranking, rank_key, target_scores
+from melbo_tl.optimize.dct_ranking import BEHAVIOURS, RANKINGS, is_ranking, rank_key, target_scores
+from melbo_tl.optimize.dct_screen import Screen, screen_factors
 from melbo_tl.optimize.dct_steps import (
     ORTHOGONALIZE,
     Movement,
@@ -104,7 +105,9 @@ class DCTConfig(LayerPair, Config):
     (sign-keeping); ``orthogonal_result`` whether the returned V is orthogonalized after the last
     update; ``final_u`` response (u_l = Δ(R·v_l)/‖·‖ of the returned v_l) | last-update (the U of
     the last update, one step behind V, as the reference); ``rank_by`` importance | alpha |
-    alpha2 | "A:B" (logit of A's first token minus B's, read through the rest of the model)."""
+    alpha2 | behaviours (coherent, distinct behaviours first: a ``screen_tokens`` greedy completion
+    of each vector, :mod:`melbo_tl.optimize.dct_screen`) | "A:B" (logit of A's first token minus
+    B's, read through the rest of the model)."""
 
     n_factors: int = 256
     source_layer: int | None = None
@@ -127,6 +130,7 @@ class DCTConfig(LayerPair, Config):
     orthogonal_result: bool | None = None
     final_u: str | None = None
     rank_by: str | None = None
+    screen_tokens: int = 24
 
     def validate(self) -> None:
         require(self.variant in VARIANTS, f"variant {self.variant!r} is not one of {', '.join(VARIANTS)}.")
@@ -149,6 +153,7 @@ class DCTConfig(LayerPair, Config):
         require(self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}.")
         require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
         require(self.start in STARTS, f"start {self.start!r} is not one of {', '.join(STARTS)}.")
+        require(self.screen_tokens >= 1, f"screen_tokens must be ≥ 1, got {self.screen_tokens}.")
         require(self.d_proj >= 1, f"d_proj must be ≥ 1, got {self.d_proj}.")
         require(self.update in UPDATES, f"update {self.update!r} is not one of {', '.join(UPDATES)}.")
         require(0 < float(self.beta) <= 1, f"beta must be in (0, 1] (1: no damping), got {self.beta}.")  # type: ignore[arg-type]
@@ -158,7 +163,8 @@ class DCTConfig(LayerPair, Config):
             f"orthogonalize {self.orthogonalize!r} is not one of {', '.join(ORTHOGONALIZE)}.",
         )
         require(
-            isinstance(self.orthogonal_result, bool), f"orthogonal_result must be True or False, got {self.orthogonal_result!r}."
+            isinstance(self.orthogonal_result, bool),
+            f"orthogonal_result must be True or False, got {self.orthogonal_result!r}.",
         )
         require(self.final_u in FINAL_U, f"final_u {self.final_u!r} is not one of {', '.join(FINAL_U)}.")
         require(
@@ -197,7 +203,8 @@ class DCTResult:
     vector; ``order`` the factor index of each rank; ``radius``; ``calibration``; ``condition``
     number of K; ``iterations`` run; ``converged``; ``movement`` per iteration (median, p90,
     max, converged share); ``seconds`` (calibration, fit, ranking); ``config`` (layers and
-    variant choices filled in); ``texts`` formatted prompts."""
+    variant choices filled in); ``texts`` formatted prompts; ``screen`` (``rank_by="behaviours"``)
+    each factor's short completion, verdict and group, in factor order."""
 
     vectors: Tensor
     U: Tensor
@@ -215,6 +222,7 @@ class DCTResult:
     config: DCTConfig
     texts: list[str]
     hook: str = ""
+    screen: Screen | None = None
 
 
 # How fit_dct evaluates Δ: the local SliceResponse, or what a wrapper makes of it (e.g. the same
@@ -294,7 +302,7 @@ def fit_dct(
         save(state)
     _iterate(response, cfg, state, save, progress)
     state.seconds["fit"] = state.seconds.get("fit", 0.0) + time.perf_counter() - started
-    return _ranked(model, problem, response, cfg, state)
+    return _ranked(model, prompts, problem, response, cfg, state)
 
 
 def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCTState], None], progress: bool) -> None:
@@ -324,7 +332,9 @@ def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCT
             break
 
 
-def _ranked(model: Any, problem: MelboProblem, response: Any, cfg: DCTConfig, state: DCTState) -> DCTResult:
+def _ranked(
+    model: Any, prompts: Sequence[PromptLike], problem: MelboProblem, response: Any, cfg: DCTConfig, state: DCTState
+) -> DCTResult:
     """Rank the fitted factors (``rank_by``) and package the result."""
     assert state.U is not None and state.V is not None
     started = time.perf_counter()
@@ -334,11 +344,18 @@ def _ranked(model: Any, problem: MelboProblem, response: Any, cfg: DCTConfig, st
     u = unit_rows(delta) if cfg.final_u == "response" else master_copy(state.U, model)
     importance = (u * delta).sum(-1)
     alpha, condition = importance_weights(u, v, importance)
-    scores = None
+    scores, screen = None, None
     if cfg.rank_by not in RANKINGS:
         scores = target_scores(model, problem, radius * v, str(cfg.rank_by), chunk=cfg.chunk_size)
-    key = rank_key(str(cfg.rank_by), to_result(importance), to_result(alpha), scores)
-    order = torch.argsort(key, descending=True, stable=True)
+    if cfg.rank_by == BEHAVIOURS:
+        base = torch.argsort(to_result(importance), descending=True, stable=True).tolist()
+        screen = screen_factors(
+            model, prompts, to_result(radius * v), problem.hook, base, chat=cfg.chat, max_new_tokens=cfg.screen_tokens
+        )
+        order = torch.tensor(screen.order)
+    else:
+        key = rank_key(str(cfg.rank_by), to_result(importance), to_result(alpha), scores)
+        order = torch.argsort(key, descending=True, stable=True)
     state.seconds["ranking"] = time.perf_counter() - started
     pick = lambda x: to_result(x)[order]  # noqa: E731
     last = state.movement[-1] if state.movement else None
@@ -359,6 +376,7 @@ def _ranked(model: Any, problem: MelboProblem, response: Any, cfg: DCTConfig, st
         config=cfg,
         texts=problem.texts,
         hook=problem.hook,
+        screen=screen,
     )
 
 
@@ -411,6 +429,7 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         model, prompts, cfg, state=_state_of(previous), on_checkpoint=lambda s: ckpt.save(_running(cfg, s, d)),
         progress=ckpt.progress,
     )  # fmt: skip
+    screen = result.screen
     per_vector = [
         {
             "rank": i,
@@ -418,11 +437,12 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
             "importance": float(result.importance[i]),
             "alpha": float(result.alpha[i]),
             **({} if result.target_score is None else {"target_score": float(result.target_score[i])}),
+            **({} if screen is None else _screened(screen, result.order[i])),
         }
         for i in range(len(result.order))
     ]
     tensors = {"vectors": result.vectors, "U": result.U, "alpha": result.alpha, "importance": result.importance}
-    meta = {
+    meta: dict[str, Any] = {
         "hooks": [result.hook] * len(result.order),
         "steer_positions": "all",
         "source_layer": cfg.source_layer,
@@ -441,7 +461,18 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         "texts": result.texts,
         "per_vector": per_vector,
     }
+    if screen is not None:
+        meta["screen"] = {
+            "unsteered": screen.unsteered,
+            "embedder": screen.embedder,
+            "max_new_tokens": screen.max_new_tokens,
+        }
     return Run(tensors, meta)
+
+
+def _screened(screen: Screen, factor: int) -> dict[str, Any]:
+    """A factor's screen verdict for run.json's ``per_vector``."""
+    return {"group": screen.group[factor], "cluster": screen.cluster[factor], "screen": screen.completion[factor]}
 
 
 METHOD = register_method(

@@ -5,6 +5,8 @@
 - ``alpha`` / ``alpha2``: the weights α = K⁻¹b of the exponential model
   (:func:`~melbo_tl.optimize.dct_steps.importance_weights`), by α or by α² (the reference code's
   order: a large negative weight ranks high too);
+- ``behaviours``: coherent, changed, distinct behaviours first, by a short greedy completion of
+  each vector (:mod:`melbo_tl.optimize.dct_screen`), importance breaking ties;
 - ``"A:B"``: a target direction read through the rest of the model, the mean of
   logit(A) − logit(B) at the last position with R·v_l added (e.g. ``"Sure:I'm sorry"``).
 """
@@ -24,7 +26,8 @@ from melbo_tl.placement import like, to_result
 from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering.sites import n_layers
 
-RANKINGS = ("importance", "alpha", "alpha2")
+RANKINGS = ("importance", "alpha", "alpha2", "behaviours")
+BEHAVIOURS = "behaviours"  # screened: see melbo_tl.optimize.dct_screen
 
 
 def is_ranking(rank_by: str) -> bool:
@@ -61,9 +64,7 @@ def target_scores(
     return to_result(torch.cat(scores))
 
 
-def rank_key(
-    rank_by: str, importance: Tensor, alpha: Tensor, scores: Tensor | None = None
-) -> Float[Tensor, " f"]:
+def rank_key(rank_by: str, importance: Tensor, alpha: Tensor, scores: Tensor | None = None) -> Float[Tensor, " f"]:
     """The key sorted descending for ``rank_by`` (``scores``: the "A:B" target scores)."""
     if rank_by == "importance":
         return importance

@@ -173,7 +173,9 @@ def test_svd_start_completes_beyond_the_projection_and_checks_its_size():
     ],
 )
 def test_every_option_fits_unit_vectors_and_records_movement(tiny_model, settings):
-    result = fit_dct(tiny_model, PROMPTS, n_factors=6, radius=R, iterations=2, tolerance=0.0, progress=False, **LAYERS, **settings)
+    result = fit_dct(
+        tiny_model, PROMPTS, n_factors=6, radius=R, iterations=2, tolerance=0.0, progress=False, **LAYERS, **settings
+    )
     torch.testing.assert_close(result.vectors.norm(dim=-1), torch.full((6,), R), atol=1e-4, rtol=0)
     assert len(result.movement) == 2 and set(result.movement[0]) == {"median", "p90", "max", "converged"}
     assert sorted(result.order) == list(range(6))
@@ -188,3 +190,31 @@ def test_orthogonalize_polar_is_the_nearest_frame():
     for _ in range(20):  # no random orthonormal frame is closer
         other = orthogonalize(v + 0.05 * torch.randn_like(v), "polar")
         assert (q - v).norm() <= (other - v).norm() + 1e-12
+
+
+def test_screen_order_puts_distinct_coherent_changes_first():
+    from melbo_tl.optimize.dct_screen import screen_order
+
+    base = [0, 1, 2, 3, 4, 5]  # e.g. by importance
+    degenerate = [True, False, False, False, False, False]
+    cluster = [-1, 7, 7, 3, 9, 8]  # 3 is the unsteered completion's cluster
+    order, group = screen_order(base, degenerate, cluster, unchanged=3)
+    assert order == [1, 4, 5, 2, 3, 0]
+    assert group == ["degenerate", "distinct", "more of the same", "unchanged", "distinct", "distinct"]
+
+
+def test_rank_by_behaviours_screens_every_factor_and_records_it(tiny_model, tmp_path):
+    from melbo_tl.artifacts import load_run
+    from melbo_tl.training import train_to_folder
+
+    cfg = DCTConfig(n_factors=6, radius=R, iterations=1, rank_by="behaviours", screen_tokens=3, **LAYERS)
+    result = fit_dct(tiny_model, PROMPTS, cfg, progress=False)
+    assert result.screen is not None and sorted(result.order) == list(range(6))
+    assert result.order == result.screen.order
+    groups = [result.screen.group[f] for f in result.order]
+    rank = {"distinct": 0, "more of the same": 1, "unchanged": 2, "degenerate": 3}
+    assert [rank[g] for g in groups] == sorted(rank[g] for g in groups)
+    run = load_run(train_to_folder(tiny_model, "dct", PROMPTS, cfg, tmp_path / "run", progress=False))
+    rows = run.meta["per_vector"]
+    assert {"group", "cluster", "screen", "factor", "importance"} <= set(rows[0])
+    assert run.meta["screen"]["max_new_tokens"] == 3
