@@ -63,15 +63,39 @@ def dct_cmd(
     iterations: Annotated[
         int, typer.Option("--iterations", min=0, metavar="N", help="alternating updates at most")
     ] = 10,
-    orthogonalize: Annotated[
-        str, typer.Option("--orthogonalize", metavar="HOW", help="polar | qr | none (sign-keeping)")
-    ] = "polar",
-    rank_by: Annotated[
+    variant: Annotated[
         str,
+        typer.Option("--variant", metavar="NAME", help="melbo_tl | reference: the algorithm choices left unset below"),
+    ] = "melbo_tl",
+    start: Annotated[
+        Optional[str],
+        typer.Option("--start", metavar="HOW", help="jacobian | jacobian-svd | random", show_default=False),
+    ] = None,
+    update: Annotated[
+        Optional[str],
         typer.Option(
-            "--rank-by", metavar="KEY", help='importance | alpha | "A:B" (logit A − logit B at the last position)'
+            "--update",
+            metavar="HOW",
+            help="alternating | simultaneous (u of the v-update: new or previous)",
+            show_default=False,
         ),
-    ] = "importance",
+    ] = None,
+    beta: Annotated[
+        Optional[float], typer.Option("--beta", metavar="B", help="damping in (0, 1]; 1: none", show_default=False)
+    ] = None,
+    orthogonalize: Annotated[
+        Optional[str],
+        typer.Option("--orthogonalize", metavar="HOW", help="polar | qr | none (sign-keeping)", show_default=False),
+    ] = None,
+    rank_by: Annotated[
+        Optional[str],
+        typer.Option(
+            "--rank-by",
+            metavar="KEY",
+            help='behaviours | importance | alpha | alpha2 | "A:B" (logit A − logit B at the last position)',
+            show_default=False,
+        ),
+    ] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, metavar="N", help="factors per forward pass")] = 64,
     seed: SeedOpt = 0,
     top: Annotated[
@@ -86,8 +110,9 @@ def dct_cmd(
     ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """Fit F steering vectors at once by deep causal transcoding (Mack & Turner) and write a run folder
-    with the vectors in rank order (R·v_l), their output directions U, α and importance, and the ρ(R)
-    calibration curve; then greedy completions of the top vectors into generations.jsonl. With --ray,
+    with the vectors in rank order (R·v_l; --rank-by behaviours: coherent, distinct behaviours
+    first), their output directions U, α, importance and factor order, and the ρ(R) calibration
+    curve; then greedy completions of the top vectors into generations.jsonl. With --ray,
     the forward and backward passes over the factors run as chunks (--chunk-size rows) on Ray workers."""
     from melbo_tl.artifacts import load_run
     from melbo_tl.optimize.dct import DCTConfig
@@ -95,8 +120,8 @@ def dct_cmd(
 
     cfg = DCTConfig(
         n_factors=factors, source_layer=source, target_layer=target, positions=positions, radius=radius,
-        calibration_target=rho, iterations=iterations, orthogonalize=orthogonalize, rank_by=rank_by,
-        chunk_size=chunk_size, seed=seed,
+        calibration_target=rho, iterations=iterations, variant=variant, start=start, update=update, beta=beta,
+        orthogonalize=orthogonalize, rank_by=rank_by, chunk_size=chunk_size, seed=seed,
     )  # fmt: skip
     on_ray = ray_setup(
         ray, ray_workers, ray_cpus, ray_gpus, model=model, device=device, dtype=dtype, device_map=device_map
@@ -114,9 +139,17 @@ def dct_cmd(
     if cal:
         curve = ", ".join(f"{r:.3g}:{p:.2f}" for r, p in zip(cal["radii"], cal["rho"]))
         status(f"calibrated R = {meta['radius']:.3f} (ρ = {cal['target']:g}; R:ρ {curve}) in {cal['seconds']:.1f} s")
+    moved = meta["movement"][-1] if meta["movement"] else None
+    how_far = (
+        f"; last movement (1 − cos) median {moved['median']:.2g}, max {moved['max']:.2g}, "
+        f"{moved['converged']:.0%} of factors under {cfg.tolerance:g}"
+        if moved
+        else ""
+    )
     status(
-        f"{meta['iteration']} iterations ({'converged' if meta['converged'] else 'not converged'}), fit "
-        f"{meta['seconds'].get('fit', 0):.1f} s; K condition number {meta['condition_number']:.3g}"
+        f"{meta['iteration']} iterations ({'converged' if meta['converged'] else 'not converged'}{how_far}), fit "
+        f"{meta['seconds'].get('fit', 0):.1f} s; K condition number {meta['condition_number']:.3g}; "
+        f"order: {meta['rank_by']}"
     )
     n = len(meta["per_vector"])
     indices = list(range(n if top == 0 else min(top, n)))
