@@ -44,19 +44,21 @@ OLD = dict(start="jacobian", update="alternating", beta=1.0, orthogonalize="pola
 VARIANTS: dict[str, dict[str, Any]] = {
     "old-default": OLD,
     "reference": {"variant": "reference"},
-    "alternating-qr": {**OLD, "orthogonalize": "qr"},
+    "old-default-3it": {**OLD, "iterations": 3},
     "alternating-polar-beta0.5": {**OLD, "beta": 0.5},
-    "simultaneous-polar": {**OLD, "update": "simultaneous"},
+    "alternating-qr": {**OLD, "orthogonalize": "qr"},
     "reference-beta0.5": {"variant": "reference", "beta": 0.5},
+    "simultaneous-polar": {**OLD, "update": "simultaneous"},
     "svd-start-alternating-polar": {**OLD, "start": "jacobian-svd"},
 }
+CONTINUED = ("old-default", "alternating-polar-beta0.5")  # fits continued to --more iterations (movement only)
 
 
 def run_variant(model: Any, name: str, radius: float, args: Any, val_prompts: list[str]) -> dict[str, Any]:
     settings = dict(n_factors=args.factors, source_layer=args.source, target_layer=args.target, radius=radius, tolerance=args.tolerance,
                     rank_by="importance", seed=args.seed)  # fmt: skip
     states: list[DCTState] = []
-    cfg = DCTConfig(iterations=args.iterations, **settings, **VARIANTS[name])
+    cfg = DCTConfig(**{"iterations": args.iterations, **settings, **VARIANTS[name]})
     started = time.perf_counter()
     fit = fit_dct(model, [PROMPT], cfg, on_checkpoint=states.append, progress=False)
     seconds = time.perf_counter() - started
@@ -67,10 +69,10 @@ def run_variant(model: Any, name: str, radius: float, args: Any, val_prompts: li
     base = torch.argsort(importance, descending=True, stable=True).tolist()
     screen = screen_factors(model, [PROMPT], vectors, fit.hook, base, max_new_tokens=args.screen_tokens)
     more: list[dict[str, float]] = []
-    if args.more > args.iterations and fit.iterations == args.iterations:
+    if name in CONTINUED and args.more > cfg.iterations and fit.iterations == cfg.iterations:
         state = states[-1]
         cont = fit_dct(model, [PROMPT], cfg.replace(iterations=args.more), state=state, progress=False)
-        more = cont.movement[args.iterations :]
+        more = cont.movement[cfg.iterations :]
     return {
         "name": name, "config": cfg.to_dict(), "fit_seconds": seconds, "iterations": fit.iterations,
         "movement": fit.movement, "movement_more": more, "importance": importance.tolist(), "alpha": alpha.tolist(),

@@ -312,7 +312,7 @@ def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCT
     u, v = master_copy(state.U, model), master_copy(state.V, model)
     bar = tqdm(
         range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress,
-        postfix="moved median/p90/max, still",
+        postfix="moved (1 − cos) median/p90/max, share still, median |Δ|",
     )  # fmt: skip
     for k in bar:
         outputs = unit_rows if cfg.update == "alternating" else u
@@ -321,7 +321,7 @@ def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCT
         new_v = damp(grad, v, cfg.beta)
         if cfg.orthogonal_result or not last:
             new_v = orthogonalize(new_v, cfg.orthogonalize)
-        moved = Movement.between(new_v, v, cfg.tolerance)
+        moved = Movement.between(new_v, v, cfg.tolerance, delta)
         u, v = damp(delta, u, cfg.beta), new_v
         state.U, state.V = to_result(u), to_result(v)
         state.iteration += 1

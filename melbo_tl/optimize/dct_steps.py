@@ -67,25 +67,31 @@ def damp(new: Float[Tensor, "f d"], old: Float[Tensor, "f d"], beta: float) -> F
 class Movement:
     """How far the factors moved in one iteration: per factor m_l = 1 − cos(v_l new, v_l old)
     (0: still; 1: turned a right angle; 2: flipped to the opposite side), summarized as
-    ``median``, ``p90``, ``max`` and ``converged`` (the share with m_l < tolerance)."""
+    ``median``, ``p90``, ``max`` and ``converged`` (the share with m_l < tolerance); and
+    ``response`` the median ‖Δ(R·v_l)‖ where the update was taken (rising: the factors climb
+    towards larger, more explosive effects)."""
 
     median: float
     p90: float
     max: float
     converged: float
+    response: float = float("nan")
 
     @classmethod
-    def between(cls, new: Float[Tensor, "f d"], old: Float[Tensor, "f d"], tolerance: float) -> Movement:
+    def between(
+        cls, new: Float[Tensor, "f d"], old: Float[Tensor, "f d"], tolerance: float, delta: Tensor | None = None
+    ) -> Movement:
         m = (1 - (unit_rows(new) * unit_rows(old)).sum(-1)).double().cpu()
         q = torch.quantile(m, torch.tensor([0.5, 0.9], dtype=m.dtype))
-        return cls(float(q[0]), float(q[1]), float(m.max()), float((m < tolerance).double().mean()))
+        response = float("nan") if delta is None else float(delta.norm(dim=-1).median())
+        return cls(float(q[0]), float(q[1]), float(m.max()), float((m < tolerance).double().mean()), response)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     def short(self) -> str:
-        """For a progress bar: ``median/p90/max`` and the converged share."""
-        return f"{self.median:.1e}/{self.p90:.1e}/{self.max:.1e} {self.converged:.0%}"
+        """For a progress bar: ``median/p90/max``, the converged share and the median ‖Δ‖."""
+        return f"{self.median:.1e}/{self.p90:.1e}/{self.max:.1e} {self.converged:.0%} |Δ| {self.response:.3g}"
 
 
 def importance_weights(

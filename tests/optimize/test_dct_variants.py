@@ -177,7 +177,7 @@ def test_every_option_fits_unit_vectors_and_records_movement(tiny_model, setting
         tiny_model, PROMPTS, n_factors=6, radius=R, iterations=2, tolerance=0.0, progress=False, **LAYERS, **settings
     )
     torch.testing.assert_close(result.vectors.norm(dim=-1), torch.full((6,), R), atol=1e-4, rtol=0)
-    assert len(result.movement) == 2 and set(result.movement[0]) == {"median", "p90", "max", "converged"}
+    assert len(result.movement) == 2 and set(result.movement[0]) == {"median", "p90", "max", "converged", "response"}
     assert sorted(result.order) == list(range(6))
     if settings.get("orthogonal_result", True):
         v = unit_rows(result.vectors)
