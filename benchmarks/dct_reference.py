@@ -32,7 +32,7 @@ from unittest import mock
 
 import torch
 from common import add_model_options, load
-from dct_quality import enumerate_first, held_out_quality, refused_prompts
+from dct_quality import COHERENT_SHARE, enumerate_first, held_out_quality, refused_prompts
 from reference_dct import ReferenceDCT, import_reference
 
 from melbo_tl.optimize.calibration import SliceResponse, calibrate_radius, unit_rows
@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--enumeration-tokens", type=int, default=48)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--radius", type=float, default=None, help="fixed R for both (skips both calibrations)")
     parser.add_argument("--bf16", action="store_true", help="also time melbo_tl's default in bfloat16")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -139,22 +140,25 @@ def main() -> None:
     }
 
     # 1. times, side by side
-    ref_radius, ref_cal = reference.calibrate(args.seed)
+    ref_radius, ref_cal = (args.radius, 0.0) if args.radius else reference.calibrate(args.seed)
     print(f"reference: R = {ref_radius:.3f}, calibration {ref_cal:.1f} s")
     ref = reference.fit(ref_radius, args.factors, args.iterations, args.seed)
     print(
         f"reference: fit {ref['seconds']['fit']:.1f} s, ranking {ref['seconds']['ranking']:.1f} s; QR flips per iteration {ref['flips']}"
     )
     t = time.perf_counter()
-    cal = calibrate_radius(SliceResponse(problem, chunk=args.factors), seed=args.seed, progress=False)
-    our_cal = time.perf_counter() - t
-    print(f"melbo_tl: R = {cal.radius:.3f}, calibration {our_cal:.1f} s ({len(cal.radii)} evaluations of ρ)")
+    if args.radius:
+        our_radius, our_cal, evaluations = args.radius, 0.0, 0
+    else:
+        cal = calibrate_radius(SliceResponse(problem, chunk=args.factors), seed=args.seed, progress=False)
+        our_radius, our_cal, evaluations = cal.radius, time.perf_counter() - t, len(cal.radii)
+    print(f"melbo_tl: R = {our_radius:.3f}, calibration {our_cal:.1f} s ({evaluations} evaluations of ρ)")
     fits: dict[str, Any] = {}
     for name in rows:
         cfg = DCTConfig(
             n_factors=args.factors,
             iterations=args.iterations,
-            radius=cal.radius,
+            radius=our_radius,
             seed=args.seed,
             chunk_size=args.factors,
             **sites,
@@ -209,7 +213,7 @@ def main() -> None:
     ordered = {"reference": ref_radius * unit_rows(ref["V"])[torch.tensor(ref["order"])]}
     for name, fit in fits.items():
         table[name] = {
-            "calibration_s": our_cal, "R": cal.radius, "fit_s": fit.seconds["fit"], "ranking_s": fit.seconds["ranking"],
+            "calibration_s": our_cal, "R": our_radius, "fit_s": fit.seconds["fit"], "ranking_s": fit.seconds["ranking"],
             "iterations": fit.iterations, "movement": last_movement(fit.movement), "movement_per_iteration": fit.movement,
             "config": fit.config.to_dict(),
         }  # fmt: skip
@@ -223,10 +227,23 @@ def main() -> None:
         prompts = refused_prompts(bridge, args.split, max_new_tokens=args.max_new_tokens)
         print(f"quality on {len(prompts)} {args.split}-split harmful prompts the unsteered model refuses")
         hook = problem.hook
+        # every distinct vector is scored once (rows that differ only in their order share vectors)
+        distinct: dict[bytes, torch.Tensor] = {}
+        for vectors in ordered.values():
+            for vec in vectors[: args.top]:
+                distinct.setdefault(vec.numpy().tobytes(), vec)
+        keys = list(distinct)
+        scored = held_out_quality(
+            bridge, torch.stack([distinct[k] for k in keys]), hook, prompts, max_new_tokens=args.max_new_tokens
+        )
+        per_vector = dict(zip(keys, scored["vectors"]))
         for name, vectors in ordered.items():
-            q = held_out_quality(bridge, vectors[: args.top], hook, prompts, max_new_tokens=args.max_new_tokens)
+            rows_q = [per_vector[vec.numpy().tobytes()] for vec in vectors[: args.top]]
+            q = {"n_prompts": len(prompts), "n_asr90": sum(r["asr"] >= 0.9 for r in rows_q),
+                 "n_coherent": sum(r["coherent"] >= COHERENT_SHARE for r in rows_q), "vectors": rows_q}  # fmt: skip
             table[name]["quality"] = q
             print(f"{name}: {q['n_coherent']} coherent anti-refusal, {q['n_asr90']} with ASR ≥ 0.9 (top {args.top})")
+        results["quality_prompts"] = prompts
         first = {name: vectors[: args.top] for name, vectors in ordered.items()}
         enum = enumerate_first(bridge, first, hook, args.prompt, max_new_tokens=args.enumeration_tokens)
         results["enumeration"] = enum

@@ -82,6 +82,56 @@ def run_variant(model: Any, name: str, radius: float, args: Any, val_prompts: li
     }  # fmt: skip
 
 
+def orders(r: dict[str, Any]) -> dict[str, list[int]]:
+    """Every ordering rule scored here, as factor lists (best first)."""
+    from melbo_tl.optimize.dct_screen import screen_order
+
+    imp, alpha = torch.tensor(r["importance"]), torch.tensor(r["alpha"])
+    sc = r["screen"]
+    unchanged = _unsteered_cluster(sc)
+    out = {
+        "importance": torch.argsort(imp, descending=True, stable=True).tolist(),
+        "alpha": torch.argsort(alpha, descending=True, stable=True).tolist(),
+        "alpha2": torch.argsort(alpha.pow(2), descending=True, stable=True).tolist(),
+        "factor index": list(range(len(imp))),
+    }
+    for base in ("importance", "alpha", "alpha2"):
+        out[f"behaviours ({base})"] = screen_order(out[base], sc["degenerate"], sc["cluster"], unchanged)[0]
+    return out
+
+
+def _unsteered_cluster(screen: dict[str, Any]) -> int:
+    """The unsteered completion's cluster: the cluster of the factors grouped "unchanged" (-2: none)."""
+    return next((c for c, g in zip(screen["cluster"], screen["group"]) if g == "unchanged"), -2)
+
+
+def report(out: Path, top: int = 16) -> str:
+    """The table of every variant × ordering rule: coherent anti-refusal vectors among the first
+    ``top`` (validation prompts), ASR ≥ 0.9 among them, behaviours they reach (the screen's clusters)."""
+    lines = [
+        f"| fit | order | coherent ≥ 0.5 (of {top}) | ASR ≥ 0.9 | behaviours | last movement median / max | median ‖Δ‖ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(out.glob("*.json")):
+        if path.name == "common.json":
+            continue
+        r = json.loads(path.read_text())
+        last = (
+            r["movement"][-1]
+            if r["movement"]
+            else {"median": float("nan"), "max": float("nan"), "response": float("nan")}
+        )
+        pool = sum(c >= 0.5 for c in r["coherent"])
+        for name, order in orders(r).items():
+            first = order[:top]
+            coherent = sum(r["coherent"][f] >= 0.5 for f in first)
+            asr = sum(r["asr"][f] >= 0.9 for f in first)
+            behaviours = len({r["screen"]["cluster"][f] for f in first} - {-1, _unsteered_cluster(r["screen"])})
+            lines.append(f"| {r['name']} (pool {pool}/{len(order)}) | {name} | {coherent} | {asr} | {behaviours} | "
+                         f"{last['median']:.2g} / {last['max']:.2g} | {last.get('response', float('nan')):.3g} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("runs/dct_tuning"))
@@ -100,7 +150,11 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--source", type=int, default=7)
     parser.add_argument("--target", type=int, default=16)
+    parser.add_argument("--report", action="store_true", help="only print the table of what is done")
     args = parser.parse_args()
+    if args.report:
+        print(report(args.out))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model, dtype="float32")
     common = args.out / "common.json"
@@ -131,6 +185,7 @@ def main() -> None:
             f"median {last['median']:.2g} max {last['max']:.2g}; coherent ≥ 0.5: {sum(c >= 0.5 for c in result['coherent'])}/64",
             flush=True,
         )
+    print(report(args.out))
 
 
 if __name__ == "__main__":
