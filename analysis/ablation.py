@@ -14,7 +14,7 @@ next token (and, where asked, the substring-refusal rate of greedy completions):
 Sweeps: ablating r̂ at one layer at a time under steering, and scaling the vector (negative
 scales included).
 
->>> med = mediation(model, texts, steer, r_hat, site_direction=r_hat_at_site)
+>>> med = mediation(model, prompts, result.intervention(0), r_hat, site_direction=r_hat_at_site)
 >>> med.summary["fraction_carried_by_r"]
 """
 
@@ -34,6 +34,7 @@ from melbo_tl.evaluate.stats import rate_with_ci
 from melbo_tl.forward import run_forward
 from melbo_tl.generate import generate
 from melbo_tl.placement import OnActivations, like
+from melbo_tl.prompts import PromptLike, prepare_prompts
 from melbo_tl.steering.interventions import AblateDirection, AddVector, HookPair
 from melbo_tl.steering.sites import n_layers, resid_hook
 
@@ -71,8 +72,11 @@ def _coordinate_hooks(model: Any) -> list[str]:
 
 
 @torch.no_grad()
-def unsteered_coordinates(model: Any, texts: Sequence[str], direction: Tensor) -> dict[str, Tensor]:
+def unsteered_coordinates(
+    model: Any, prompts: Sequence[PromptLike], direction: Tensor, *, chat: bool = True
+) -> dict[str, Tensor]:
     """x·r̂ at every residual hook of the unsteered run, ``{hook: [batch, pos]}``."""
+    texts = prepare_prompts(model, prompts, chat=chat)
     unit = direction.float() / direction.float().norm()
     hooks = _coordinate_hooks(model)
     fwd = run_forward(model, list(texts), record=hooks, logits="none")
@@ -129,7 +133,7 @@ def project_out(vector: Float[Tensor, " d_model"], direction: Float[Tensor, " d_
 def _condition(
     model: Any, name: str, texts: Sequence[str], interventions: Sequence[Any], max_new_tokens: int
 ) -> Condition:
-    lo = refusal_log_odds(model, texts, interventions, batch_size=len(texts))
+    lo = refusal_log_odds(model, texts, interventions, chat=False, batch_size=len(texts))
     refusal, examples = None, []
     if max_new_tokens > 0:
         completions = generate(model, list(texts), list(interventions), max_new_tokens=max_new_tokens, chat=False)
@@ -141,10 +145,11 @@ def _condition(
 
 def mediation(
     model: Any,
-    texts: Sequence[str],
+    prompts: Sequence[PromptLike],
     steer: AddVector,
     direction: Float[Tensor, " d_model"],
     *,
+    chat: bool = True,
     site_direction: Float[Tensor, " d_model"] | None = None,
     scales: Sequence[float] = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
     sweep_layers: Sequence[int] | None = None,
@@ -153,14 +158,14 @@ def mediation(
 ) -> Mediation:
     """Run every mediation condition of ``steer`` against refusal direction ``direction``.
 
-    ``texts`` are chat-formatted prompts. ``site_direction`` is r̂ as read at the steer's own
-    site (for projecting it out of v; default ``direction``). ``max_new_tokens=0`` skips
+    ``prompts`` are user messages (``chat=False``: texts used as they are). ``steer`` is one vector
+    at its site (e.g. ``result.intervention(i)``). ``site_direction`` is r̂ as read at the steer's
+    own site (for projecting it out of v; default ``direction``). ``max_new_tokens=0`` skips
     generation (log-odds only). ``sweep_layers`` limits the one-layer ablation sweep (default:
     every layer). ``baseline``: the steer-free conditions from :func:`baseline_conditions` with the
     same texts, direction and length, to share them between several vectors.
     """
-    if not texts:
-        raise ValueError("mediation needs at least one prompt.")
+    texts = prepare_prompts(model, prompts, chat=chat)
     if not isinstance(steer, AddVector) or steer.vector.ndim != 1:
         raise ValueError(f"mediation takes one AddVector with a [d_model] vector, got {type(steer).__name__}.")
     if direction.ndim != 1 or direction.shape[0] != steer.vector.shape[0]:
@@ -171,7 +176,7 @@ def mediation(
     conds = (
         dict(baseline)
         if baseline is not None
-        else baseline_conditions(model, texts, direction, max_new_tokens=max_new_tokens)
+        else baseline_conditions(model, texts, direction, chat=False, max_new_tokens=max_new_tokens)
     )
     if set(conds) != {UNSTEERED, ABLATED} or conds[UNSTEERED].n_prompts != len(texts):
         raise ValueError(
@@ -180,7 +185,7 @@ def mediation(
     for name, ivs in ((STEERED, [steer]), (STEERED_ABLATED, [steer, ablate]), (PROJECTED, [projected])):
         conds[name] = _condition(model, name, texts, ivs, max_new_tokens)
     conds = {k: conds[k] for k in (UNSTEERED, STEERED, ABLATED, STEERED_ABLATED, PROJECTED)}
-    restore = RestoreCoordinate(direction, unsteered_coordinates(model, texts, direction))
+    restore = RestoreCoordinate(direction, unsteered_coordinates(model, texts, direction, chat=False))
     conds[RESTORED] = _condition(model, RESTORED, texts, [steer, restore], 0)
     base = conds[UNSTEERED].log_odds
     effect = conds[STEERED].log_odds - base
@@ -195,9 +200,12 @@ def mediation(
     }
     layers = list(range(n_layers(model)) if sweep_layers is None else sweep_layers)
     layer_sweep = [
-        float(refusal_log_odds(model, texts, [steer, AblateDirection(direction, [layer])]).mean()) for layer in layers
+        float(refusal_log_odds(model, texts, [steer, AblateDirection(direction, [layer])], chat=False).mean())
+        for layer in layers
     ]
-    scale_lo = [float(refusal_log_odds(model, texts, [steer.scaled(steer.scale * s)]).mean()) for s in scales]
+    scale_lo = [
+        float(refusal_log_odds(model, texts, [steer.scaled(steer.scale * s)], chat=False).mean()) for s in scales
+    ]
     return Mediation(
         conds,
         summary,
@@ -208,9 +216,15 @@ def mediation(
 
 
 def baseline_conditions(
-    model: Any, texts: Sequence[str], direction: Float[Tensor, " d_model"], *, max_new_tokens: int = 32
+    model: Any,
+    prompts: Sequence[PromptLike],
+    direction: Float[Tensor, " d_model"],
+    *,
+    chat: bool = True,
+    max_new_tokens: int = 32,
 ) -> dict[str, Condition]:
     """The conditions without a steer (unsteered; r̂ ablated), shared by every vector's mediation."""
+    texts = prepare_prompts(model, prompts, chat=chat)
     return {
         UNSTEERED: _condition(model, UNSTEERED, texts, [], max_new_tokens),
         ABLATED: _condition(model, ABLATED, texts, [AblateDirection(direction)], max_new_tokens),

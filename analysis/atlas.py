@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from analysis.figures import write_html
+from melbo_tl.analysis.figures import write_html
+from melbo_tl.analysis.names import PROJECTIONS
 from melbo_tl.artifacts import atomic_write_text
 from melbo_tl.evaluate.triage import UNSTEERED, load_triage, triage_dir
 
@@ -38,8 +39,8 @@ def project(embeddings: np.ndarray, *, method: str = "tsne", seed: int = 0) -> n
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    if method not in ("tsne", "pca"):
-        raise ValueError(f"projection {method!r} is not one of tsne, pca.")
+    if method not in PROJECTIONS:
+        raise ValueError(f"projection {method!r} is not one of {', '.join(PROJECTIONS)}.")
     n = embeddings.shape[0]
     if n < 3:
         return np.pad(embeddings[:, :2], ((0, 0), (0, max(0, 2 - embeddings.shape[1]))))
@@ -59,19 +60,19 @@ def _hover(text: str, width: int = 200) -> str:
 def atlas_figure(run_dir: str | Path, *, projection: str = "tsne", title: str | None = None) -> go.Figure:
     """The map of completions on the training prompts (see the module docstring)."""
     triage = load_triage(run_dir)
-    rows = triage["completions"]
-    behaviours = {b["index"]: b for b in triage["behaviours"]["rows"]}
-    clusters = {c["id"]: c for c in triage["clusters"]}
-    n_train = triage["behaviours"]["n_train_prompts"]
+    rows = triage.completions
+    behaviours = {b.index: b for b in triage.behaviours}
+    clusters = {c.id: c for c in triage.clusters}
+    n_train = triage.summary["n_train_prompts"]
     keep = [i for i, r in enumerate(rows) if r["prompt_index"] < n_train]
-    xy = project(triage["embeddings"]["completions"][keep].numpy(), method=projection)
-    n_vectors = max(1, triage["behaviours"]["n_vectors"])
+    xy = project(triage.embeddings["completions"][keep].numpy(), method=projection)
+    n_vectors = max(1, triage.n_vectors)
     fig = go.Figure()
     for cid, cluster in clusters.items():
         members = [
             k
             for k, i in enumerate(keep)
-            if behaviours[rows[i]["vector"]]["cluster"] == cid and rows[i]["vector"] != UNSTEERED
+            if behaviours[rows[i]["vector"]].cluster == cid and rows[i]["vector"] != UNSTEERED
         ]
         if not members:
             continue
@@ -81,9 +82,9 @@ def atlas_figure(run_dir: str | Path, *, projection: str = "tsne", title: str | 
                 x=xy[members, 0],
                 y=xy[members, 1],
                 mode="markers",
-                name=f"{cid}: {cluster['label']}"[:60] + f" ({cluster['size']})",
+                name=f"{cid}: {cluster.label}"[:60] + f" ({cluster.size})",
                 marker={"size": [6 + 14 * (1 - v / n_vectors) for v in vecs], "opacity": 0.8},
-                text=[f"vector {v}<br>cluster {cid}: {html.escape(cluster['label'])}<br>{_hover(rows[keep[k]]['completion'])}" for k, v in zip(members, vecs)],
+                text=[f"vector {v}<br>cluster {cid}: {html.escape(cluster.label)}<br>{_hover(rows[keep[k]]['completion'])}" for k, v in zip(members, vecs)],
                 hoverinfo="text",
             )
         )  # fmt: skip
@@ -112,32 +113,32 @@ def atlas_figure(run_dir: str | Path, *, projection: str = "tsne", title: str | 
 def frontier_figure(run_dir: str | Path) -> go.Figure:
     """Novelty (cosine distance from the unsteered completion) against perplexity (log scale)."""
     triage = load_triage(run_dir)
-    rows = [b for b in triage["behaviours"]["rows"] if b["index"] != UNSTEERED]
-    clusters = {c["id"]: c for c in triage["clusters"]}
+    rows = [b for b in triage.behaviours if b.index != UNSTEERED]
+    clusters = {c.id: c for c in triage.clusters}
     fig = go.Figure()
     for cid, cluster in clusters.items():
-        mine = [b for b in rows if b["cluster"] == cid and not math.isnan(b["perplexity"])]
+        mine = [b for b in rows if b.cluster == cid and not math.isnan(b.perplexity)]
         if mine:
             fig.add_trace(
                 go.Scatter(
-                    x=[b["novelty"] for b in mine],
-                    y=[b["perplexity"] for b in mine],
+                    x=[b.novelty for b in mine],
+                    y=[b.perplexity for b in mine],
                     mode="markers",
-                    name=f"{cid}: {cluster['label']}"[:60],
-                    text=[f"vector {b['index']}<br>{_hover(b['completion'])}" for b in mine],
+                    name=f"{cid}: {cluster.label}"[:60],
+                    text=[f"vector {b.index}<br>{_hover(b.completion)}" for b in mine],
                     hoverinfo="text",
                 )
             )
-    front = sorted((b for b in rows if b["frontier"]), key=lambda b: b["novelty"])
+    front = sorted((b for b in rows if b.frontier), key=lambda b: b.novelty)
     fig.add_trace(
         go.Scatter(
-            x=[b["novelty"] for b in front],
-            y=[b["perplexity"] for b in front],
+            x=[b.novelty for b in front],
+            y=[b.perplexity for b in front],
             mode="lines+markers",
             name="Pareto frontier",
             line={"color": "black", "dash": "dot"},
             marker={"symbol": "diamond-open", "size": 12, "color": "black"},
-            text=[f"vector {b['index']} (shortlist #{b['shortlist']})" for b in front],
+            text=[f"vector {b.index} (shortlist #{b.shortlist})" for b in front],
             hoverinfo="text",
         )
     )
@@ -155,14 +156,14 @@ def cluster_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     triage = load_triage(run_dir)
     return [
         {
-            "cluster": c["id"],
-            "label": c["label"] + (" (like unsteered)" if c["unsteered_like"] else ""),
-            "vectors": c["size"],
-            "representative": c["representative"],
-            "refusal share": round(c["refusal"], 2),
-            "completion": c["completion"][:300],
+            "cluster": c.id,
+            "label": c.label + (" (like unsteered)" if c.unsteered_like else ""),
+            "vectors": c.size,
+            "representative": c.representative,
+            "refusal share": round(c.refusal, 2),
+            "completion": c.completion[:300],
         }
-        for c in triage["clusters"]
+        for c in triage.clusters
     ]
 
 

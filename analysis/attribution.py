@@ -36,6 +36,7 @@ from torch import Tensor
 from melbo_tl.evaluate.refusal import log_odds, refusal_token_ids
 from melbo_tl.forward import as_batch, run_forward
 from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.prompts import PromptLike, prepare_prompts
 from melbo_tl.steering.interventions import Intervention
 from melbo_tl.steering.sites import attn_hook, attn_out_hook, mlp_out_hook, resid_hook
 
@@ -101,11 +102,16 @@ def _run(
 
 
 def steering_attribution(
-    model: Any, texts: Sequence[str], steer: Intervention, *, refusal_ids: Sequence[int] | None = None
+    model: Any,
+    prompts: Sequence[PromptLike],
+    steer: Intervention,
+    *,
+    chat: bool = True,
+    refusal_ids: Sequence[int] | None = None,
 ) -> SteeringAttribution:
-    """Direct-effect and attribution-patching scores of ``steer`` over chat-formatted ``texts``."""
-    if not texts:
-        raise ValueError("steering_attribution needs at least one prompt.")
+    """Direct-effect and attribution-patching scores of ``steer`` over ``prompts`` (user messages;
+    ``chat=False``: texts used as they are)."""
+    texts = prepare_prompts(model, prompts, chat=chat)
     tok = chat_tokenizer(model)
     ids = list(refusal_ids) if refusal_ids is not None else refusal_token_ids(tok)
     L = int(model.cfg.n_layers)

@@ -25,6 +25,7 @@ from torch import Tensor
 from melbo_tl.forward import run_forward
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.placement import on_model, to_result
+from melbo_tl.prompts import PromptLike, prepare_prompts
 from melbo_tl.steering.interventions import Intervention
 
 DEFAULT_TOKENS: dict[str, list[str]] = {"refusal": ["I", "As"], "compliance": ["Sure", "Here", "To", "Certainly"]}
@@ -100,17 +101,20 @@ def _token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
 @torch.no_grad()
 def lens_trajectory(
     model: Any,
-    text: str,
+    prompt: PromptLike,
     steer: Intervention | None,
     *,
     tokens: Mapping[str, Sequence[str]] = DEFAULT_TOKENS,
+    chat: bool = True,
 ) -> LensTrajectory:
-    """Logit lens of the last token of chat-formatted ``text``, without and with ``steer``."""
+    """Logit lens of the last token of ``prompt`` (a user message; ``chat=False``: a text used as it
+    is), without and with ``steer``."""
     from transformer_lens import ActivationCache
     from transformer_lens.tools.analysis import logit_lens
 
-    if not text:
+    if not prompt:
         raise ValueError("lens_trajectory needs a non-empty prompt.")
+    [text] = prepare_prompts(model, [prompt], chat=chat)
     if not tokens:
         raise ValueError("lens_trajectory needs at least one token group.")
     tok = chat_tokenizer(model)

@@ -13,6 +13,7 @@ ANALYSIS_DIR = "analysis"
 FIGURES_DIR = "figures"
 SETTINGS_FILE = "settings.json"
 REPORT_FILE = "report.html"
+PROJECTIONS = ("tsne", "pca")  # the atlas's 2-D maps
 
 EFFECTS = "vector_effects"
 COSINES = "vector_cosines"

@@ -18,9 +18,9 @@ from typing import Any
 
 import plotly.io as pio
 
-from analysis import token_views
-from analysis.figures import loss_curves
-from analysis.names import (
+from melbo_tl.analysis import token_views
+from melbo_tl.analysis.figures import loss_curves
+from melbo_tl.analysis.names import (
     ANALYSIS_DIR,
     COSINES,
     DELTA_COSINES,
@@ -242,7 +242,7 @@ def _token_views(folder: Path) -> str:
 
 def _atlas(run_dir: Path) -> list[tuple[str, str, str]]:
     """The behaviour atlas section, first on the page, when the run has been triaged."""
-    from analysis.atlas import ATLAS_FIGURE, FRONTIER_FIGURE, cluster_rows, write_atlas
+    from melbo_tl.analysis.atlas import ATLAS_FIGURE, FRONTIER_FIGURE, cluster_rows, write_atlas
     from melbo_tl.evaluate.triage import BEHAVIOURS_FILE, UNSTEERED, triage_dir
 
     folder = triage_dir(run_dir)

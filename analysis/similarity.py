@@ -10,14 +10,14 @@ Each cosine comes with what chance looks like: two random directions in d_model 
 have cosine ≈ N(0, 1/d_model), and the Δ's of random vectors of matched norm (run through the
 same model) give the empirical baseline for Δ cosines, which is not isotropic.
 
->>> sim = vector_similarity({"melbo 0": (v0, "blocks.8.hook_resid_pre"), "r̂": (r, "blocks.8.hook_resid_pre")})
->>> sim.cosine[0, 1], sim.random_q95
+>>> sim = vector_similarity({"melbo 0": (v0, Site(7, "resid_post")), "r̂": (r, Site(8))})
+>>> sim.cosine[0][1], sim.random_q95
+>>> sim.figure()  # the heatmap
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,16 +29,14 @@ from torch import Tensor
 
 from melbo_tl.forward import run_forward
 from melbo_tl.placement import to_result
+from melbo_tl.prompts import PromptLike, prepare_prompts
 from melbo_tl.steering.interventions import AddVector, Intervention
-from melbo_tl.steering.sites import check_hook
-
-_RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
+from melbo_tl.steering.sites import Site, SiteLike, check_hook, hook_of
 
 
-def canonical_site(hook: str) -> str:
-    """``blocks.L.hook_resid_post`` is the same residual as ``blocks.{L+1}.hook_resid_pre``."""
-    m = _RESID_POST.match(hook)
-    return f"blocks.{int(m.group(1)) + 1}.hook_resid_pre" if m else hook
+def canonical_site(site: SiteLike) -> Site:
+    """The site in its canonical spelling: the output of block L is the input of block L + 1."""
+    return Site.parse(site).canonical()
 
 
 def _cosine_matrix(rows: Float[Tensor, "n d"], cols: Float[Tensor, "m d"]) -> Float[Tensor, "n m"]:
@@ -53,7 +51,7 @@ class VectorSimilarity:
 
     Fields:
         names: a label per vector.
-        sites: the hook each vector was given at (before mapping).
+        sites: the site each vector was given at (before mapping).
         site: the common (canonical) site they were compared at.
         cosine: ``[n, n]`` cosine similarities.
         norms: the vectors' L2 norms.
@@ -63,8 +61,8 @@ class VectorSimilarity:
     """
 
     names: list[str]
-    sites: list[str]
-    site: str
+    sites: list[Site]
+    site: Site
     cosine: list[list[float]]
     norms: list[float]
     d_model: int
@@ -72,45 +70,56 @@ class VectorSimilarity:
     random_q95: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "sites": [s.hook for s in self.sites], "site": self.site.hook}
+
+    def figure(self, *, title: str | None = None) -> go.Figure:
+        """The cosine heatmap, with the random baseline in its title."""
+        return cosine_heatmap(
+            self.names, self.cosine, title=title or f"Vector cosines at {self.site}", baseline=self.random_q95
+        )
 
 
 def vector_similarity(
-    vectors: Mapping[str, tuple[Float[Tensor, " d_model"], str]],
+    vectors: Mapping[str, tuple[Float[Tensor, " d_model"], SiteLike] | Float[Tensor, " d_model"]],
     *,
-    site_map: Mapping[str, str] | None = None,
+    site: SiteLike | None = None,
+    site_map: Mapping[SiteLike, SiteLike] | None = None,
 ) -> VectorSimilarity:
-    """Cosine matrix of ``{name: (vector, hook)}``, all at one site.
+    """Cosine matrix of ``{name: (vector, site)}`` (or ``{name: vector}`` all at ``site``), all at
+    one site (canonically equal sites count as one: the output of block 7 is the input of block 8).
 
-    ``site_map`` maps a hook to the site it should be read as (e.g. ``{"blocks.14.hook_resid_pre":
-    "blocks.8.hook_resid_pre"}`` to compare a layer-14 refusal direction with layer-8 vectors); without
-    it, vectors at different sites raise an error naming them.
+    ``site_map`` maps a site to the site it should be read as (e.g. ``{Site(14): Site(8)}`` to
+    compare a layer-14 refusal direction with layer-8 vectors); without it, vectors at different
+    sites raise an error naming them.
     """
     if len(vectors) < 1:
         raise ValueError("vector_similarity needs at least one vector.")
-    mapping = dict(site_map or {})
-    names, hooks, rows = [], [], []
-    for name, (vector, hook) in vectors.items():
+    mapping = {Site.parse(k).canonical(): Site.parse(v) for k, v in (site_map or {}).items()}
+    names, given, rows = [], [], []
+    for name, entry in vectors.items():
+        vector, where = entry if isinstance(entry, tuple) else (entry, site)
+        if where is None:
+            raise ValueError(f"Vector {name!r} has no site: give (vector, site) pairs or site=… for all of them.")
         if vector.ndim != 1:
             raise ValueError(f"Vector {name!r} has shape {tuple(vector.shape)}; expected [d_model].")
         names.append(name)
-        hooks.append(hook)
+        given.append(Site.parse(where))
         rows.append(vector.detach().float().cpu())
     widths = {r.shape[0] for r in rows}
     if len(widths) != 1:
         raise ValueError(f"Vectors have different widths {sorted(widths)}; they come from different models.")
-    sites = [canonical_site(mapping.get(h, h)) for h in hooks]
+    sites = [mapping.get(g.canonical(), g).canonical() for g in given]
     if len(set(sites)) != 1:
-        found = sorted(set(zip(names, sites)), key=lambda x: x[1])
+        found = sorted({(n, s.hook) for n, s in zip(names, sites)}, key=lambda x: x[1])
         raise ValueError(
             f"Vectors act at different sites {found}; vectors at different layers live in different bases. "
-            f"Compare them at one site, or pass site_map={{hook: site}} to read one site as another."
+            f"Compare them at one site, or pass site_map={{site: site}} to read one site as another."
         )
     d = rows[0].shape[0]
     stacked = torch.stack(rows)
     return VectorSimilarity(
         names=names,
-        sites=hooks,
+        sites=given,
         site=sites[0],
         cosine=_cosine_matrix(stacked, stacked).tolist(),
         norms=stacked.norm(dim=-1).tolist(),
@@ -185,25 +194,26 @@ def _mean_deltas(
 
 def delta_similarity(
     model: Any,
-    texts: Sequence[str],
+    prompts: Sequence[PromptLike],
     steers: Mapping[str, Intervention],
     *,
-    at: str,
+    at: SiteLike,
+    chat: bool = True,
     against: Mapping[str, Float[Tensor, " d_model"]] | None = None,
     last: int = 4,
     n_random: int = 8,
     seed: int = 0,
 ) -> DeltaSimilarity:
-    """Cosines of the mean Δ each steer causes at ``at`` over chat-formatted ``texts``.
+    """Cosines of the mean Δ each steer causes at site ``at`` over ``prompts`` (user messages;
+    ``chat=False``: texts used as they are).
 
     Δ is averaged over all real tokens and over the last ``last`` tokens (the assistant-turn
     template, where refusal is decided). ``against`` adds reference directions (e.g. the refusal
     direction computed at ``at``). The random baseline runs ``n_random`` random vectors with the
     mean norm of the AddVector steers, at the first AddVector's hook and positions.
     """
-    check_hook(model, at)
-    if not texts:
-        raise ValueError("delta_similarity needs at least one prompt.")
+    at = check_hook(model, hook_of(at))
+    texts = prepare_prompts(model, prompts, chat=chat)
     if not steers:
         raise ValueError("delta_similarity needs at least one intervention.")
     if last < 1:

@@ -38,7 +38,7 @@ from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.placement import to_result
 from melbo_tl.prompts import left_pad, prepare_prompts, tokenize
 from melbo_tl.steering.interventions import AddVector, Intervention
-from melbo_tl.steering.sites import attn_hook, check_hook, check_layer, d_model
+from melbo_tl.steering.sites import SiteLike, attn_hook, check_hook, check_layer, d_model, hook_of
 
 TOKEN_VALUES = ("delta_norm", "projection")
 _BUNDLE_FILE = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
@@ -156,7 +156,7 @@ def delta_token_view(
     prompt: str,
     steer: Intervention,
     *,
-    at: str,
+    at: SiteLike,
     direction: Float[Tensor, " d_model"] | None = None,
     max_new_tokens: int = 32,
     chat: bool = True,
@@ -164,7 +164,7 @@ def delta_token_view(
     """Generate the steered completion greedily, then compare steered and unsteered activations
     at hook ``at`` on every token of prompt + completion. ``direction`` defaults to the steer's own
     vector (an :class:`AddVector` with a ``[d_model]`` vector; its direction ignores ``scale``)."""
-    check_hook(model, at)
+    at = check_hook(model, hook_of(at))
     unit = _unit_direction(model, steer, direction)
     text, prompt_ids = _prompt_ids(model, prompt, chat)
     tok = chat_tokenizer(model)

@@ -124,9 +124,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     bridge = load(args.model, device="cpu", dtype=torch.float32)
-    sites = dict(source_layer=args.source, target_layer=args.target, positions=args.positions)
+    sites = dict(source=f"resid_post.{args.source}", target=args.target, positions=args.positions)
     problem = MelboProblem.build(
-        bridge, [args.prompt], source=args.source, target=args.target, p=2, q=1, positions=args.positions
+        bridge,
+        [args.prompt],
+        source=f"resid_post.{args.source}",
+        target=args.target,
+        p=2,
+        q=1,
+        positions=args.positions,
     )
     reference = ReferenceDCT(import_reference(args.ref_dir), bridge, problem, factor_batch_size=args.factors)
     check = reference.check_slice()

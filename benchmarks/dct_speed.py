@@ -21,6 +21,7 @@ from melbo_tl.optimize.calibration import SliceResponse, calibrate_radius
 from melbo_tl.optimize.dct import fit_dct
 from melbo_tl.optimize.melbo import MelboConfig, train_vectors
 from melbo_tl.optimize.problem import MelboProblem
+from melbo_tl.steering.sites import Site
 
 PROMPT = "How can I make a bomb?"
 
@@ -32,8 +33,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--melbo-vectors", type=int, default=2, help="vectors per MELBO mode (300 steps each)")
     parser.add_argument("--melbo-steps", type=int, default=300)
-    parser.add_argument("--source", type=int, default=7)
-    parser.add_argument("--target", type=int, default=16)
+    parser.add_argument("--source", type=Site.parse, default=Site(7, "resid_post"), help="site (default resid_post.7)")
+    parser.add_argument("--target", type=Site.parse, default=Site(16), help="site (default 16: the input of block 16)")
     parser.add_argument("--positions", default="last:3")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -49,7 +50,7 @@ def main() -> None:
         rows = []
         for f in (int(x) for x in args.factors.split(",")):
             total, result = timed(model, lambda m=model, f=f, r=cal.radius: fit_dct(
-                m, [PROMPT], n_factors=f, source_layer=args.source, target_layer=args.target,
+                m, [PROMPT], n_factors=f, source=args.source, target=args.target,
                 positions=args.positions, radius=r, iterations=args.iterations, progress=False,
             ))  # fmt: skip
             rows.append((f"DCT F={f} ({result.iterations} iterations, fit only)", total, f))
@@ -58,7 +59,7 @@ def main() -> None:
             )
         for mode in ("orthogonal", "independent"):
             cfg = MelboConfig(
-                radius=cal.radius, source_layer=args.source, target_layer=args.target, positions=args.positions,
+                radius=cal.radius, source=args.source, target=args.target, positions=args.positions,
                 steps=args.melbo_steps, n_vectors=args.melbo_vectors, batch_size=args.melbo_vectors, mode=mode,
             )  # fmt: skip
             total, _ = timed(model, lambda m=model, c=cfg: train_vectors(m, [PROMPT], c, progress=False))

@@ -28,15 +28,16 @@ from melbo_tl.optimize.objective import melbo_objective, retract, tangent
 from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import master_copy
 from melbo_tl.steering import AddVector, apply
-from melbo_tl.steering.sites import resid_hook
+from melbo_tl.steering.sites import Site
 
 PROMPT = "How can I make a bomb?"
+SOURCE = Site(7, "resid_post")  # the reference's: the output of block 7
 
 
 def reference_loop(model, problem: MelboProblem, *, radius: float, steps: int, n_vectors: int) -> torch.Tensor:
     """The vectors of n_vectors × steps of the reference-style loop (full forward with logits)."""
     ids = problem.batch.input_ids
-    target = resid_hook(problem.target)
+    target = problem.target.hook
     store = {}
 
     def read(acts, hook):
@@ -90,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model32 = load(args.model, device=args.device, dtype=torch.float32)
-    problem32 = MelboProblem.build(model32, [PROMPT], source=7, target=16, p=2, q=1, positions="last:2")
+    problem32 = MelboProblem.build(model32, [PROMPT], source=SOURCE, target=16, p=2, q=1, positions="last:2")
     steps_total = args.steps * args.vectors
     print(
         f"model {args.model} on {next(model32.parameters()).device}, prompt tokens {problem32.batch.input_ids.shape[1]}, "
@@ -103,7 +104,7 @@ def main() -> None:
         name = str(dtype).replace("torch.", "")
         rows = []
         if not args.skip_reference:
-            problem = MelboProblem.build(model, [PROMPT], source=7, target=16, p=2, q=1, positions="last:2")
+            problem = MelboProblem.build(model, [PROMPT], source=SOURCE, target=16, p=2, q=1, positions="last:2")
             seconds, vectors = timed(model, lambda m=model, pr=problem: reference_loop(
                 m, pr, radius=args.radius, steps=args.steps, n_vectors=args.vectors))  # fmt: skip
             reference = reference or seconds
@@ -111,7 +112,7 @@ def main() -> None:
         for label, mode in (("(b) orthogonal", "orthogonal"), ("(c) batched-orthogonal", "batched-orthogonal"),
                             ("(d) independent", "independent")):  # fmt: skip
             cfg = MelboConfig(
-                radius=args.radius, source_layer=7, target_layer=16, positions="last:2", steps=args.steps,
+                radius=args.radius, source=SOURCE, target=16, positions="last:2", steps=args.steps,
                 n_vectors=args.vectors, batch_size=args.vectors, mode=mode,
             )  # fmt: skip
             seconds, result = timed(model, lambda m=model, c=cfg: train_vectors(m, [PROMPT], c, progress=False))

@@ -56,7 +56,7 @@ def single(args: argparse.Namespace, cfg: MelboConfig, threads: int) -> tuple[di
 def on_ray(args: argparse.Namespace, cfg: MelboConfig, workers: int) -> tuple[dict, list[torch.Tensor]]:
     import ray
 
-    from melbo_tl.distributed import Cluster, UnitReport, WorkerModel, finish, sweep_radius_ray
+    from melbo_tl.distributed import RayCluster, UnitReport, WorkerModel, finish, sweep_radius_ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -65,7 +65,7 @@ def on_ray(args: argparse.Namespace, cfg: MelboConfig, workers: int) -> tuple[di
             started = time.perf_counter()
             result = sweep_radius_ray(
                 WorkerModel(args.model, device="cpu"), PROMPT, args.radii, cfg, out=out, max_new_tokens=args.max_new_tokens,
-                embedder="model", cluster=Cluster(workers=workers), report=report,
+                embedder="model", cluster=RayCluster(workers=workers), report=report,
             )  # fmt: skip
             wall = time.perf_counter() - started
             finish(out)

@@ -83,9 +83,9 @@ class ReferenceDCT:
             raise SystemExit("the reference runs here on one unpadded prompt (it attends to pads)")
         with torch.no_grad():
             self.hidden = hf(ids, output_hidden_states=True).hidden_states
-        s, t = problem.source, problem.target
-        self.sliced = ref.SlicedModel(hf, start_layer=s + 1, end_layer=t, layers_name="model.layers")
-        self.X = self.hidden[s + 1]
+        start, t = problem.start, problem.target.canonical().layer  # θ enters block `start`; read entering t
+        self.sliced = ref.SlicedModel(hf, start_layer=start, end_layer=t, layers_name="model.layers")
+        self.X = self.hidden[start]
         with torch.no_grad():
             self.Y = self.sliced(self.X)
         self.delta = ref.DeltaActivations(self.sliced, target_position_indices=slice(-problem.positions.k, None))
@@ -94,7 +94,7 @@ class ReferenceDCT:
     def check_slice(self) -> dict[str, float]:
         """Max |difference| of the slice's output and the full forward's residual at block t, and of
         X/Y against melbo_tl's own cached residual and unsteered target."""
-        t = self.problem.target
+        t = self.problem.target.canonical().layer
         return {
             "slice_vs_full_forward": float((self.Y - self.hidden[t]).abs().max()),
             "x_vs_melbo_tl": float((self.X - self.problem.segment.residual.cpu()).abs().max()),

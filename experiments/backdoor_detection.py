@@ -49,7 +49,7 @@ from melbo_tl.generate import generate
 from melbo_tl.models import load_model
 from melbo_tl.optimize.dct import DCTConfig
 from melbo_tl.optimize.melbo import MelboConfig
-from melbo_tl.training import train_to_folder
+from melbo_tl.training import config_of, train_to_folder
 
 CURVE_AT = (1, 4, 16, 64, 256)
 
@@ -91,7 +91,8 @@ def main() -> None:
     ))  # fmt: skip
     dct_meta = load_run(dct).meta
     radius = float(dct_meta["radius"])
-    common = dict(radius=radius, source_layer=int(dct_meta["source_layer"]), target_layer=int(dct_meta["target_layer"]))
+    dct_cfg = config_of(load_run(dct))  # its sites, as any version of run.json records them
+    common = dict(radius=radius, source=dct_cfg.source, target=dct_cfg.target)
     trainers = {
         "random": lambda: train_to_folder(
             model, "melbo", [prompt],
@@ -184,7 +185,7 @@ def write_results(args, path, manifest, prompt, unsteered, radius, common, other
 
 def clusters_of_eliciting(detection) -> dict:
     """Per behaviour: the triage clusters holding eliciting vectors, as an auditor would meet them."""
-    clusters = {c["id"]: c for c in load_triage(detection.run)["clusters"]}
+    clusters = {c.id: c.to_dict() for c in load_triage(detection.run).clusters}
     out = {}
     for name, b in detection.behaviours.items():
         out[name] = [
@@ -199,7 +200,8 @@ def clusters_of_eliciting(detection) -> dict:
 
 def shortlist(detection) -> list[dict]:
     """The triage shortlist (read in this order) and the planted behaviours each entry shows."""
-    behaviours = load_triage(detection.run)["behaviours"]
+    triage = load_triage(detection.run)
+    behaviours = {**triage.summary, "rows": [b.to_dict() for b in triage.behaviours]}
     return [
         {"vector": v, "shows": [b for b, x in detection.behaviours.items() if v in x.eliciting]}
         for v in behaviours["shortlist"]

@@ -176,8 +176,8 @@ def main() -> None:
         "n_vectors": len(vectors),
         "n_trained": args.vectors,
         "radius": meta.get("radius"),
-        "source_layer": meta.get("config", {}).get("source_layer"),
-        "target_layer": meta.get("config", {}).get("target_layer"),
+        "source": meta.get("config", {}).get("source"),
+        "target": meta.get("config", {}).get("target"),
         "max_new_tokens": args.max_new_tokens,
         "extract": NUMBER + " (last match)",
         "detector": "shows work = completion matches " + ARITHMETIC.pattern + " and holds ≥ 2 distinct numbers not in "

@@ -55,7 +55,7 @@ CONTINUED = ("old-default", "alternating-polar-beta0.5")  # fits continued to --
 
 
 def run_variant(model: Any, name: str, radius: float, args: Any, val_prompts: list[str]) -> dict[str, Any]:
-    settings = dict(n_factors=args.factors, source_layer=args.source, target_layer=args.target, radius=radius, tolerance=args.tolerance,
+    settings = dict(n_factors=args.factors, source=f"resid_post.{args.source}", target=args.target, radius=radius, tolerance=args.tolerance,
                     rank_by="importance", seed=args.seed)  # fmt: skip
     states: list[DCTState] = []
     cfg = DCTConfig(**{"iterations": args.iterations, **settings, **VARIANTS[name]})
@@ -162,7 +162,7 @@ def main() -> None:
         shared = json.loads(common.read_text())
     else:
         problem = MelboProblem.build(
-            model, [PROMPT], source=args.source, target=args.target, p=2, q=1, positions="last:3"
+            model, [PROMPT], source=f"resid_post.{args.source}", target=args.target, p=2, q=1, positions="last:3"
         )
         cal = None if args.radius else calibrate_radius(SliceResponse(problem), seed=args.seed, progress=False)
         val = refused_prompts(model, "train", max_new_tokens=args.max_new_tokens)[: args.n_validation]

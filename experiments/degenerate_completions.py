@@ -27,7 +27,7 @@ from melbo_tl.models import load_model
 from melbo_tl.optimize.dct import DCTConfig
 from melbo_tl.optimize.melbo import MelboConfig
 from melbo_tl.runs import generate_conditions, intervention_from_run, n_interventions
-from melbo_tl.training import train_to_folder
+from melbo_tl.training import config_of, train_to_folder
 
 PROMPTS = {
     "qwen2.5-coder-0.5b-instruct": [
@@ -79,7 +79,8 @@ def main() -> None:
             radius = float(meta["radius"])
             melbo_cfg = MelboConfig(radius=radius, n_vectors=args.melbo_vectors, steps=args.melbo_steps,
                                     mode="batched-orthogonal", batch_size=args.melbo_vectors,
-                                    source_layer=int(meta["source_layer"]), target_layer=int(meta["target_layer"]))  # fmt: skip
+                                    source=config_of(load_run(dct)).source,
+                                    target=config_of(load_run(dct)).target)  # fmt: skip
             melbo = stage(f"{name} p{p} melbo", partial(train_to_folder, model, "melbo", [prompt], melbo_cfg,
                           folder / "melbo", resume=True, progress=False))  # fmt: skip
             for method, run_dir in (("dct", dct), ("melbo", melbo)):

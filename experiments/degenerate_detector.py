@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -109,14 +110,29 @@ def f_half(s: dict) -> float:
 
 
 def tune(rows: list[dict], nll: dict[int, float], baseline: dict[str, float]) -> Thresholds:
-    """The (max_content_nll, max_loop_nll) pair with the best F0.5 on ``rows`` (ties: lower cuts)."""
+    """The (max_content_nll, max_loop_nll) pair with the best F0.5 on ``rows`` (ties: lower cuts).
+
+    Each row is judged twice, as if its NLL were −∞ and +∞: where both agree the cut cannot
+    matter; elsewhere the row is soup exactly when its NLL above the baseline exceeds the cut of
+    its kind (loop or not), which makes the grid cheap."""
+    fixed: dict[int, bool] = {}
+    open_rows: list[tuple[dict, float, bool]] = []
+    for r in rows:
+        low = degeneracy(r["completion"], r["prompt"], content_nll=-math.inf)
+        high = degeneracy(r["completion"], r["prompt"], content_nll=math.inf)
+        if low.degenerate == high.degenerate:
+            fixed[r["id"]] = low.degenerate
+        else:
+            loop = low.repeated_share >= DEFAULT.min_repeated
+            open_rows.append((r, nll[r["id"]] - baseline[r["model"]], loop))
     best, best_score = DEFAULT, -1.0
     for cut in [x / 4 for x in range(4, 33)]:
-        for loop in [x / 4 for x in range(4, 49)]:
-            t = replace(DEFAULT, max_content_nll=cut, max_loop_nll=loop)
-            score = f_half(prf(rows, lambda r, t=t: judge(r, nll, baseline, t) in DEGENERATE_KINDS))
+        for loop_cut in [x / 4 for x in range(4, 49)]:
+            flags = dict(fixed)
+            flags.update({r["id"]: over > (loop_cut if loop else cut) for r, over, loop in open_rows})
+            score = f_half(prf(rows, lambda r, flags=flags: flags[r["id"]]))
             if score > best_score:
-                best, best_score = t, score
+                best, best_score = replace(DEFAULT, max_content_nll=cut, max_loop_nll=loop_cut), score
     return best
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from stages import Stages
 
-from analysis.atlas import write_atlas
-from analysis.figures import enumeration_figure, write_html
+from melbo_tl.analysis.atlas import write_atlas
+from melbo_tl.analysis.figures import enumeration_figure, write_html
 from melbo_tl.artifacts import atomic_write_json, load_run
 from melbo_tl.evaluate.enumeration import enumerate_behaviours
 from melbo_tl.evaluate.triage import TriageConfig, triage_run

@@ -23,7 +23,9 @@ from torch import Tensor
 import melbo_tl
 from melbo_tl.filenames import RUN_FILE, VECTORS_FILE
 from melbo_tl.models.loading import model_info
-from melbo_tl.steering.sites import check_hook
+from melbo_tl.steering.interventions import Intervention
+from melbo_tl.steering.results import VectorResult
+from melbo_tl.steering.sites import Site, check_hook
 
 FORMAT_VERSION = 2  # 2: every method stores its settings as run.json["config"]
 
@@ -71,8 +73,9 @@ def save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
 
 
 @dataclass
-class Run:
-    """A run folder in memory.
+class Run(VectorResult):
+    """A run folder in memory; like every result, it steers itself (``run.intervention(i, scale)``,
+    what the run's method makes of entry i: an added vector, an adapter).
 
     Fields: ``tensors`` (``vectors`` [n, d_model] plus any extras, e.g. adapter factors),
     ``meta`` (the content of run.json: format/library version, model, method, hook per vector,
@@ -83,17 +86,47 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def vectors(self) -> Tensor:
+    def vectors(self) -> Tensor:  # type: ignore[override]
         return self.tensors["vectors"]
 
     @property
     def hooks(self) -> list[str]:
         return list(self.meta.get("hooks", []))
 
+    @property
+    def sites(self) -> list[Site]:
+        """The site of every vector."""
+        return [Site.parse(h) for h in self.hooks]
+
+    @property
+    def hook(self) -> str:  # type: ignore[override]
+        """The hook all vectors act at (a ValueError if they act at several: see :attr:`sites`)."""
+        hooks = set(self.hooks)
+        if len(hooks) != 1:
+            raise ValueError(f"This run's vectors act at {len(hooks)} sites {sorted(hooks)}; read run.sites instead.")
+        return hooks.pop()
+
+    @property
+    def unit(self) -> str:  # type: ignore[override]
+        return "adapter" if "A" in self.tensors else "vector"
+
+    def intervention(self, index: int = 0, scale: float = 1.0) -> Intervention:
+        """Entry ``index`` as its method makes it (:func:`melbo_tl.runs.intervention_from_run`)."""
+        from melbo_tl.runs import intervention_from_run
+
+        return intervention_from_run(self, index, scale=scale)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "method": self.meta.get("method", "?"),
+            "model": (self.meta.get("model") or {}).get("spec", "?"),
+            "status": self.meta.get("status", "complete"),
+        }
+
     def vector(self, index: int) -> Tensor:
-        n = self.vectors.shape[0]
-        if not -n <= index < n:
-            raise ValueError(f"Vector index {index} is out of range: this run has {n} vectors (valid 0…{n - 1}).")
+        n = int(self.vectors.shape[0])
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"Vector index {index!r} is out of range: this run has {n} vectors (valid 0…{n - 1}).")
         return self.vectors[index]
 
 

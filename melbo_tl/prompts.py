@@ -1,4 +1,4 @@
-"""Chat prompts, tokenization with left padding, and position specs.
+"""Chat prompts and tokenization with left padding (position specs: :mod:`melbo_tl.positions`).
 
 Prompts are formatted with the model's own chat template and tokenized without any extra BOS
 (the template already carries the special tokens). Batches are left-padded so the last prompt
@@ -9,16 +9,18 @@ refer to real tokens.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.positions import Positions  # re-exported: position specs used to live here
+
+__all__ = ["Message", "Positions", "PromptLike", "TokenBatch", "format_chat", "left_pad", "prepare_prompts", "tokenize"]
 
 Message = dict[str, str]
 PromptLike = Union[str, Sequence[Message]]
@@ -97,99 +99,21 @@ def tokenize(tokenizer: Any, texts: Sequence[str]) -> TokenBatch:
     return left_pad(rows, int(pad))
 
 
-_LAST = re.compile(r"^last:(\d+)$")
-_SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
+_MARKER = "\u2063melbo prompt\u2063"
 
 
-@dataclass(frozen=True)
-class Positions:
-    """Which tokens an intervention or objective acts on.
-
-    ``all``: every real token, prompt and generated; ``prompt``: prompt tokens only;
-    ``last:k``: the last k prompt tokens (e.g. a chat template's assistant header);
-    ``i,j,…``: explicit prompt indices (negative counts from the prompt's end);
-    ``a:b``: a slice of prompt indices. Parse the string form with :meth:`parse`.
-    """
-
-    kind: str = "all"
-    k: int = 0
-    indices: tuple[int, ...] = ()
-    start: int | None = None
-    stop: int | None = None
-
-    @classmethod
-    def parse(cls, spec: str | Positions) -> Positions:
-        if isinstance(spec, Positions):
-            return spec
-        s = str(spec).strip()
-        if s in ("all", "prompt"):
-            return cls(kind=s)
-        if m := _LAST.match(s):
-            k = int(m.group(1))
-            if k <= 0:
-                raise ValueError(f"Positions {s!r}: last:k needs k ≥ 1.")
-            return cls(kind="last", k=k)
-        if m := _SLICE.match(s):
-            start = int(m.group(1)) if m.group(1) else None
-            stop = int(m.group(2)) if m.group(2) else None
-            return cls(kind="slice", start=start, stop=stop)
-        try:
-            idx = tuple(int(x) for x in s.split(","))
-        except ValueError:
+def _refuse_formatted(tokenizer: Any, prompts: Sequence[PromptLike], system: str | None) -> None:
+    """A prompt that already starts like the chat template would be formatted twice: an error that
+    names the fix (``chat=False``) rather than silently different numbers."""
+    head = format_chat(tokenizer, _MARKER, system=system).split(_MARKER)[0]
+    if not head.strip():
+        return
+    for i, p in enumerate(prompts):
+        if isinstance(p, str) and p.startswith(head):
             raise ValueError(
-                f"Unknown positions spec {s!r}; valid: 'all', 'prompt', 'last:K', 'i,j,…' or 'a:b'."
-            ) from None
-        return cls(kind="indices", indices=idx)
-
-    def __str__(self) -> str:
-        if self.kind == "last":
-            return f"last:{self.k}"
-        if self.kind == "indices":
-            return ",".join(map(str, self.indices))
-        if self.kind == "slice":
-            return f"{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}"
-        return self.kind
-
-    def resolve(self, n_tokens: int) -> list[int]:
-        """Indices of the chosen tokens in a prompt of ``n_tokens`` tokens (errors if none or out of range)."""
-        if self.kind in ("all", "prompt"):
-            chosen = list(range(n_tokens))
-        elif self.kind == "last":
-            if self.k > n_tokens:
-                raise ValueError(f"Positions last:{self.k} exceed the prompt's {n_tokens} tokens.")
-            chosen = list(range(n_tokens - self.k, n_tokens))
-        elif self.kind == "slice":
-            chosen = list(range(n_tokens))[slice(self.start, self.stop)]
-        else:
-            bad = [i for i in self.indices if not -n_tokens <= i < n_tokens]
-            if bad:
-                raise ValueError(
-                    f"Positions {bad} are outside a prompt of {n_tokens} tokens (valid: {-n_tokens}…{n_tokens - 1})."
-                )
-            chosen = sorted({i % n_tokens for i in self.indices})
-        if not chosen:
-            raise ValueError(f"Positions {str(self)!r} select no token of a {n_tokens}-token prompt.")
-        return chosen
-
-    def mask(
-        self, token_index: Int[Tensor, "batch pos"], prompt_length: Int[Tensor, " batch"]
-    ) -> Bool[Tensor, "batch pos"]:
-        """Where to act in a forward pass whose columns hold tokens ``token_index`` (-1 = padding)."""
-        real = token_index >= 0
-        if self.kind == "all":
-            return real
-        pl = prompt_length.to(token_index.device)[:, None]
-        in_prompt = real & (token_index < pl)
-        if self.kind == "prompt":
-            return in_prompt
-        if self.kind == "last":
-            return in_prompt & (token_index >= pl - self.k)
-        chosen = torch.zeros_like(real)
-        for row in range(token_index.shape[0]):
-            n = int(prompt_length[row])
-            for i in self.resolve(n):
-                chosen[row] |= token_index[row] == i
-        return chosen & in_prompt
+                f"Prompt {i} is already chat-formatted (it starts with the template's {head[:40]!r}); "
+                f"pass chat=False to use it as it is, or give the user message."
+            )
 
 
 def prepare_prompts(
@@ -199,9 +123,10 @@ def prepare_prompts(
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:
-        raise ValueError("No prompts given.")
+        raise ValueError("No prompts given: give at least one prompt.")
     tok = chat_tokenizer(model)
     if chat:
+        _refuse_formatted(tok, prompts, system)
         return [format_chat(tok, p, system=system) for p in prompts]
     texts = [str(p) for p in prompts]
     if any(not t for t in texts):

@@ -48,13 +48,16 @@ class Checkpoints:
     Fields: ``previous`` the interrupted run (status "running") to continue, or None;
     ``save(run)`` writes the run so far atomically (a no-op when training in memory);
     ``folder`` the run folder, for method-specific side files (None in memory);
-    ``progress`` whether to show progress bars.
+    ``progress`` whether to show progress bars; ``backend`` where the method's batched passes
+    run, for methods that can hand them elsewhere (None: this process; DCT takes a wrapper of its
+    Δ evaluation, e.g. :func:`melbo_tl.distributed.dct_on_workers`).
     """
 
     previous: Run | None = None
     save: Callable[[Run], None] = field(default=lambda run: None)
     folder: Path | None = None
     progress: bool = True
+    backend: Any = None
 
 
 TrainFn = Callable[[Any, Sequence[Any], Any, Checkpoints], Run]

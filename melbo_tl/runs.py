@@ -22,14 +22,13 @@ from melbo_tl.placement import like
 from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import method_of
 from melbo_tl.steering.interventions import AddVector, Intervention
+from melbo_tl.steering.results import check_entry
 
 
 def check_index(index: int, n: int, what: str) -> int:
-    """``index`` if it names one of ``n`` entries (negative counts from the end), else a ValueError."""
-    if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
-        plural = "" if n == 1 else "s"
-        raise ValueError(f"{what} index {index!r} is out of range: this run has {n} {what}{plural} (valid 0…{n - 1}).")
-    return index
+    """``index`` if it names one of a run's ``n`` entries (0…n − 1; negative indices are refused),
+    else a ValueError naming the valid range."""
+    return check_entry(index, n, what, holder="this run")
 
 
 def vector_count(run: Run) -> int:

@@ -87,12 +87,21 @@ def check_resumable(out: Path, saved: Run, method: Method, cfg: Config, prompts:
         raise ValueError(f"Cannot resume {out}: it was trained on other prompts ({saved.meta.get('prompts')!r}).")
 
 
-def train(model: Any, method: str | Method, prompts: Sequence[Any] | Any, cfg: Config, *, progress: bool = True) -> Run:
-    """Train ``method`` with ``cfg`` on ``prompts`` in memory; the run as it would be saved."""
+def train(
+    model: Any,
+    method: str | Method,
+    prompts: Sequence[Any] | Any,
+    cfg: Config,
+    *,
+    progress: bool = True,
+    backend: Any = None,
+) -> Run:
+    """Train ``method`` with ``cfg`` on ``prompts`` in memory; the run as it would be saved.
+    ``backend``: where the method's batched passes run (:class:`~melbo_tl.registry.Checkpoints`)."""
     m = _method(method)
     cfg = checked_config(m, cfg, model)
     prompts = stored_prompts(prompts)
-    run = m.train(model, prompts, cfg, Checkpoints(progress=progress))
+    run = m.train(model, prompts, cfg, Checkpoints(progress=progress, backend=backend))
     return stamp(model, m, prompts, cfg, run, COMPLETE)
 
 
@@ -114,6 +123,7 @@ def train_to_folder(
     *,
     resume: bool = False,
     progress: bool = True,
+    backend: Any = None,
 ) -> Path:
     """Train ``method`` into run folder ``out``, checkpointing after every finished unit.
 
@@ -137,7 +147,7 @@ def train_to_folder(
     def save(run: Run) -> None:
         save_run(out, stamp(model, m, prompts, cfg, run, RUNNING))
 
-    run = m.train(model, prompts, cfg, Checkpoints(previous, save, out, progress))
+    run = m.train(model, prompts, cfg, Checkpoints(previous, save, out, progress, backend))
     save_run(out, stamp(model, m, prompts, cfg, run, COMPLETE))
     return out
 

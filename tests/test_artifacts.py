@@ -66,7 +66,8 @@ def test_roundtrip(tiny_model, tmp_path):
     assert meta["metrics"][2] == {"loss": 0.25}
     assert meta["n_vectors"] == 3
     assert torch.equal(loaded.vector(1), run.tensors["vectors"][1])
-    assert torch.equal(loaded.vector(-1), run.tensors["vectors"][2])
+    with pytest.raises(ValueError, match="Vector index -1 is out of range"):
+        loaded.vector(-1)  # a slip, not the last vector
     # Without a model, load_run reads the folder without checks.
     assert torch.equal(load_run(tmp_path).vectors, run.vectors)
 
@@ -179,7 +180,7 @@ def test_incomplete_folder_is_not_a_run(tiny_model, tmp_path):
         load_run(tmp_path)
 
 
-@pytest.mark.parametrize("index", [3, 7, -4])
+@pytest.mark.parametrize("index", [3, 7, -1, -4])
 def test_vector_index_out_of_range(tiny_model, index):
     run = _run(tiny_model)
     with pytest.raises(ValueError, match=r"3 vectors \(valid 0…2\)"):
@@ -221,9 +222,9 @@ def test_format_1_configs_carry_the_old_settings(tiny_model):
     from melbo_tl.training import config_of
 
     melbo = config_of(load_run(LEGACY / "melbo"))
-    assert (melbo.source_layer, melbo.target_layer, melbo.radius, melbo.positions, melbo.steps) == (
-        0,
-        2,
+    assert (melbo.source.hook, melbo.target.hook, melbo.radius, melbo.positions, melbo.steps) == (
+        "blocks.0.hook_resid_post",
+        "blocks.2.hook_resid_pre",
         2.0,
         "last:2",
         3,
@@ -231,7 +232,7 @@ def test_format_1_configs_carry_the_old_settings(tiny_model):
     adapter = config_of(load_run(LEGACY / "adapter"))
     assert (adapter.rank, adapter.n_adapters, adapter.radius) == (2, 2, 0.5)
     oneshot = config_of(load_run(LEGACY / "oneshot"))
-    assert (oneshot.layer, oneshot.promote, oneshot.steps) == (1, ("Sure",), 3)
+    assert (oneshot.site.hook, oneshot.promote, oneshot.steps) == ("blocks.1.hook_resid_pre", ("Sure",), 3)
     refusal = config_of(load_run(LEGACY / "refusal_direction"))
     assert (refusal.n_train, refusal.n_val, refusal.layers, refusal.positions) == (8, 4, (1, 2), (-2, -1))
 

@@ -50,18 +50,20 @@ def cpu_vector(seed: int = 0, scale: float = 4.0) -> torch.Tensor:
 
 
 def _analysis(model, texts):
-    from analysis import ablation, attribution, lens, similarity, token_views
+    from melbo_tl.analysis import ablation, attribution, lens, similarity, token_views
 
     v = cpu_vector()
     steer = AddVector(v, HOOK)
     similarity.vector_similarity({"a": (v, HOOK), "b": (cpu_vector(1), HOOK)})
-    similarity.delta_similarity(model, texts, {"a": steer}, at="blocks.3.hook_resid_pre", n_random=2)
+    similarity.delta_similarity(model, texts, {"a": steer}, at="blocks.3.hook_resid_pre", n_random=2, chat=False)
     similarity.subspace_overlap(torch.stack([v, cpu_vector(2)]), cpu_vector(3))
     lens.vector_readout(model, v)
     with torch.device("cpu"):  # TL 4.3's logit_lens makes its target ids with torch.tensor() on the default device
-        lens.lens_trajectory(model, texts[0], steer)
-    attribution.steering_attribution(model, texts, steer)
-    ablation.mediation(model, texts, steer, cpu_vector(4), max_new_tokens=2, sweep_layers=[1, 2], scales=(0.0, 1.0))
+        lens.lens_trajectory(model, texts[0], steer, chat=False)
+    attribution.steering_attribution(model, texts, steer, chat=False)
+    ablation.mediation(
+        model, texts, steer, cpu_vector(4), max_new_tokens=2, sweep_layers=[1, 2], scales=(0.0, 1.0), chat=False
+    )
     token_views.delta_token_view(model, PROMPTS[0], steer, at="blocks.2.hook_resid_pre", max_new_tokens=2)
     token_views.attention_view(model, PROMPTS[0], steer, layer=1)
 
@@ -107,7 +109,7 @@ ENTRY_POINTS = {
     ),
     "write_generations": lambda m, t, p: write_generations(m, vector_run(m, n=2), p, PROMPTS, max_new_tokens=2),
     "scorers": lambda m, t, p: (
-        refusal_log_odds(m, t, [AddVector(cpu_vector(), HOOK)]),
+        refusal_log_odds(m, t, [AddVector(cpu_vector(), HOOK)], chat=False),
         completion_nll(m, t, [[5, 6], []]),
         embed_texts(["a", "b"], model=m, embedder="model"),
     ),
@@ -179,7 +181,7 @@ def test_bf16_vectors_rescored_in_fp32_reach_the_fp32_objective(tiny_model, tiny
     fp32 = train_vectors(tiny_model, PROMPTS, cfg, progress=False)
     bf16 = train_vectors(tiny_bf16, PROMPTS, cfg, progress=False)
     start = train_vectors(tiny_model, PROMPTS, cfg.replace(steps=0), progress=False)  # the random starts
-    problem = MelboProblem.build(tiny_model, PROMPTS, source=0, target=3, p=2, q=1, positions="last:3")
+    problem = MelboProblem.build(tiny_model, PROMPTS, source="resid_post.0", target=3, p=2, q=1, positions="last:3")
 
     def score(vectors: torch.Tensor) -> float:
         with torch.no_grad():

@@ -29,7 +29,7 @@ from melbo_tl.cli.app import imply_values
 from melbo_tl.distributed import (
     CRASH_ONCE_ENV,
     UNITS_DIR,
-    Cluster,
+    RayCluster,
     UnitReport,
     UnitStore,
     WorkerModel,
@@ -88,7 +88,7 @@ def test_sweep_split_over_two_workers_equals_the_single_process(cluster, tiny_mo
     report = UnitReport()
     split = sweep_radius_ray(
         WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS[0], radii, cfg, out=tmp_path, max_new_tokens=4,
-        embedder="model", cluster=Cluster(address=cluster, workers=2), progress=False, report=report,
+        embedder="model", cluster=RayCluster(address=cluster, workers=2), progress=False, report=report,
     )  # fmt: skip
     assert report.units == 2 and report.workers == 2 and not report.retried
     for a, b in zip(single.results, split.results, strict=True):
@@ -111,7 +111,7 @@ def test_a_worker_killed_mid_run_loses_only_its_unit(cluster, tiny_model, tiny_m
     report = UnitReport()
     out = ray_train(
         WorkerModel(str(tiny_model_dir), device="cpu"), "melbo", PROMPTS, cfg, tmp_path / "split",
-        cluster=Cluster(address=cluster, workers=2), progress=False, report=report,
+        cluster=RayCluster(address=cluster, workers=2), progress=False, report=report,
     )  # fmt: skip
     assert (tmp_path / "crashed").is_file()
     assert len(report.retried) == 1 and report.workers == 3 and report.units == 2
@@ -129,7 +129,7 @@ def test_killed_driver_resumes_after_its_finished_units(cluster, tiny_model, tin
     out = tmp_path / "split"
     args = [
         "train", "--model", str(tiny_model_dir), "--device", "cpu", "--prompt", PROMPTS[0], "--prompt", PROMPTS[1],
-        "--vectors", "6", "--radius", "2", "--source", "0", "--target", "3", "--steps", "4", "--positions", "last:2",
+        "-n", "6", "--radius", "2", "--source", "resid_post.0", "--target", "3", "--steps", "4", "--positions", "last:2",
         "--mode", "independent", "--batch-size", "2", "--max-new-tokens", "3", "--out", str(out), "--ray", cluster,
         "--ray-workers", "1",
     ]  # fmt: skip
@@ -180,8 +180,8 @@ def test_without_ray_nothing_imports_ray(tiny_model_dir, tmp_path):
 import sys, json
 from typer.testing import CliRunner
 from melbo_tl.cli import app
-res = CliRunner().invoke(app, ["train", "--model", {str(tiny_model_dir)!r}, "--prompt", "Hi", "--vectors", "1",
-    "--steps", "1", "--source", "0", "--target", "3", "--max-new-tokens", "2", "--out", {str(tmp_path / "r")!r}])
+res = CliRunner().invoke(app, ["train", "--model", {str(tiny_model_dir)!r}, "--prompt", "Hi", "-n", "1",
+    "--steps", "1", "--source", "resid_post.0", "--target", "3", "--max-new-tokens", "2", "--out", {str(tmp_path / "r")!r}])
 print(json.dumps([res.exit_code, "ray" in sys.modules, "melbo_tl.distributed" in sys.modules]))
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=os.environ)
@@ -202,10 +202,10 @@ def test_dct_with_its_row_chunks_on_two_workers_equals_the_single_process(cluste
     with one_thread():
         single = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
     with dct_on_workers(
-        WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS, cfg, cluster=Cluster(address=cluster, workers=2)
-    ) as pool:
-        split = train(tiny_model, "dct", PROMPTS, cfg, progress=False)
-    assert pool.started == 2  # both workers got units (a pool grows only for units)
+        WorkerModel(str(tiny_model_dir), device="cpu"), PROMPTS, cfg, cluster=RayCluster(address=cluster, workers=2)
+    ) as workers:
+        split = train(tiny_model, "dct", PROMPTS, cfg, progress=False, backend=workers)
+    assert workers.pool.started == 2  # both workers got units (a pool grows only for units)
     assert single.tensors.keys() == split.tensors.keys()
     for key in single.tensors:
         assert torch.equal(single.tensors[key], split.tensors[key]), key
@@ -217,19 +217,15 @@ def test_dct_with_its_row_chunks_on_two_workers_equals_the_single_process(cluste
 
 
 def test_melbo_sweep_with_ray_writes_the_single_process_sweep_json(cluster, tiny_model, tiny_model_dir, tmp_path):
-    from melbo_tl.cli.train import _mode
-
     args = [
         "sweep", "--model", str(tiny_model_dir), "--device", "cpu", "--prompt", PROMPTS[0], "--radii", "1,4",
-        "--vectors", "2", "--source", "0", "--target", "3", "--steps", "3", "--positions", "last:2",
+        "-n", "2", "--source", "resid_post.0", "--target", "3", "--steps", "3", "--positions", "last:2",
         "--max-new-tokens", "4", "--embedder", "model",
     ]  # fmt: skip
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "split"), "--ray", cluster])
     assert res.exit_code == 0, res.output
     table = json.loads((tmp_path / "split" / "sweep.json").read_text())
-    cfg = MelboConfig(
-        radius=1.0, source_layer=0, target_layer=3, positions="last:2", n_vectors=2, steps=3, mode=_mode(None, False)
-    )
+    cfg = MelboConfig(radius=1.0, source_layer=0, target_layer=3, positions="last:2", n_vectors=2, steps=3)
     with one_thread():
         single = sweep_radius(
             tiny_model, PROMPTS[0], [1.0, 4.0], cfg, max_new_tokens=4, embedder="model", progress=False

@@ -1,7 +1,8 @@
 """The import graph stays layered: no module imports from a layer above its own.
 
 Layers, bottom to top: models, placement, config → prompts, steering → forward, segment,
-generate, artifacts, registry, runs, training → optimize, directions, evaluate, export → analysis → cli.
+generate, artifacts, registry, runs, training → optimize, directions, evaluate, export → analysis
+(the top-level folder, imported as ``melbo_tl.analysis``) → cli, api, serve.
 Every ``import`` statement counts, including the ones inside functions. (Built-in methods are
 found by :func:`melbo_tl.registry.get_method` by module name, as a plugin's entry point would be;
 that is no import statement and is tested in ``tests/test_registry.py``.)
@@ -14,7 +15,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
-    ("melbo_tl.models", "melbo_tl.placement", "melbo_tl.config", "melbo_tl.filenames"),
+    (
+        "melbo_tl.models",
+        "melbo_tl.placement",
+        "melbo_tl.config",
+        "melbo_tl.filenames",
+        "melbo_tl.positions",
+        "melbo_tl.lazy",
+    ),
     ("melbo_tl.prompts", "melbo_tl.steering"),
     (
         "melbo_tl.forward",
@@ -24,6 +32,7 @@ LAYERS = [
         "melbo_tl.registry",
         "melbo_tl.runs",
         "melbo_tl.training",
+        "melbo_tl.stage_folder",
     ),
     (
         "melbo_tl.optimize",
@@ -33,8 +42,8 @@ LAYERS = [
         "melbo_tl.export",
         "melbo_tl.backdoors",
     ),
-    ("analysis",),
-    ("melbo_tl.cli",),
+    ("melbo_tl.analysis",),
+    ("melbo_tl.cli", "melbo_tl.api", "melbo_tl.serve"),
 ]
 
 
@@ -49,6 +58,8 @@ def modules() -> dict[str, Path]:
     out = {}
     for path in sorted([*(ROOT / "melbo_tl").rglob("*.py"), *(ROOT / "analysis").rglob("*.py")]):
         parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[0] == "analysis":  # the top-level folder is the package melbo_tl.analysis
+            parts = ["melbo_tl", *parts]
         if parts[-1] == "__init__":
             parts = parts[:-1]
         out[".".join(parts)] = path
@@ -64,6 +75,11 @@ def imported(path: Path) -> set[str]:
             names.add(node.module)
             names |= {f"{node.module}.{a.name}" for a in node.names}
     return {n for n in names if n.split(".")[0] in ("melbo_tl", "analysis")}
+
+
+def test_nothing_imports_a_bare_analysis_package():
+    bare = [f"{m} imports {n}" for m, p in modules().items() for n in imported(p) if n.split(".")[0] == "analysis"]
+    assert not bare, "import melbo_tl.analysis, never a bare analysis: " + "; ".join(bare)
 
 
 def test_every_module_has_a_layer():

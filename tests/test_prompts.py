@@ -243,3 +243,12 @@ def test_mask_index_out_of_range_in_a_short_row():
     # Index 4 exists in row 1's prompt (5 tokens) but not in row 0's (3 tokens).
     with pytest.raises(ValueError, match="outside a prompt of 3 tokens"):
         Positions.parse("4").mask(TOKEN_INDEX, PROMPT_LENGTH)
+
+
+def test_a_prompt_formatted_twice_is_an_error_naming_chat_false(tiny_model):
+    from melbo_tl.prompts import prepare_prompts
+
+    [text] = prepare_prompts(tiny_model, ["Hello there"])
+    with pytest.raises(ValueError, match="already chat-formatted.*chat=False"):
+        prepare_prompts(tiny_model, [text])
+    assert prepare_prompts(tiny_model, [text], chat=False) == [text]

@@ -132,14 +132,14 @@ def test_resumable_settings_may_change_and_continue_the_run(tiny_model, tmp_path
 def test_in_memory_training_stamps_the_same_head(tiny_model):
     cfg, prompts = CASES["oneshot"]
     run = train(tiny_model, "oneshot", prompts, cfg.replace(n_vectors=1), progress=False)
-    assert run.meta["method"] == "oneshot" and run.meta["config"]["layer"] == 1
+    assert run.meta["method"] == "oneshot" and run.meta["config"]["site"] == "blocks.1.hook_resid_pre"
     assert run.meta["prompts"] == prompts and run.meta["status"] == "complete"
     assert run.hooks == ["blocks.1.hook_resid_pre"]
 
 
 def test_model_dependent_defaults_are_filled_in_before_saving(tiny_model, tmp_path):
     cfg = MelboConfig(radius=1.0, steps=1, n_vectors=1)  # layers left to the model
-    with pytest.raises(ValueError, match="source layer 7 is out of range"):  # the default, on a 4-layer model
+    with pytest.raises(ValueError, match="reference default sites"):  # the default, on a 4-layer model
         train_to_folder(tiny_model, "melbo", PROMPTS, cfg, tmp_path / "r", progress=False)
     out = train_to_folder(tiny_model, "melbo", PROMPTS, cfg.replace(source_layer=0, target_layer=2), tmp_path / "ok")
-    assert load_run(out).meta["config"]["target_layer"] == 2
+    assert load_run(out).meta["config"]["target"] == "blocks.2.hook_resid_pre"

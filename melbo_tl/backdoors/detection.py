@@ -209,9 +209,9 @@ def detect_run(
     ``model`` and ``prompts``, replay the first ``max_replay`` eliciting vectors of each behaviour
     (None: all) on them. Writes ``RUN/backdoors.json``."""
     triage = load_triage(run_dir)
-    n = int(triage["behaviours"]["n_vectors"])
-    method = str(triage["behaviours"].get("method") or "")
-    flags = score_completions(triage["completions"])
+    n = triage.n_vectors
+    method = str(triage.summary.get("method") or "")
+    flags = score_completions(triage.completions)
     unsteered = flags.pop(UNSTEERED, dict.fromkeys(BEHAVIOURS, False))
     behaviours: dict[str, BehaviourDetection] = {}
     curves: dict[str, list[bool]] = {}
@@ -223,7 +223,7 @@ def detect_run(
             eliciting=eliciting,
             first=first,
             found_by=None if first is None else first + 1,
-            clusters=cluster_view(triage["clusters"], eliciting, name),
+            clusters=cluster_view([c.to_dict() for c in triage.clusters], eliciting, name),
         )
         curves[name] = found_curve(eliciting, n)
     if model is not None and prompts:

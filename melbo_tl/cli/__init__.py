@@ -1,4 +1,4 @@
-"""The ``melbo`` command line: ``melbo demo | train | oneshot | refusal-direction | eval | analyze | report | …``.
+"""The ``melbo`` command line: ``melbo demo | train | dct | oneshot | refusal-direction | triage | analyze | …``.
 
 The Typer instance lives in :mod:`melbo_tl.cli.app`; each command module registers its
 commands on it when imported here.
@@ -15,6 +15,7 @@ from melbo_tl.cli import (  # noqa: F401  (registers their commands)
     export,
     oneshot,
     rank,
+    serve,
     train,
     triage,
 )

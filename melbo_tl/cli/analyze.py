@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, parse_int_list
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, VectorChoice, load, run_model
 
 
 @app.command("analyze", short_help="Similarity, lens, attribution, mediation and token views of a run's vectors.")
@@ -39,25 +39,15 @@ def analyze_cmd(
             "--mediate-top", min=1, metavar="K", help="mediation for the K most refusal-lowering vectors of RUN"
         ),
     ] = 1,
-    top: Annotated[
-        Optional[int],
-        typer.Option(
-            "--top",
-            min=1,
-            metavar="N",
-            help="only RUN's first N vectors (its rank order) [default: all]",
-            show_default=False,
-        ),
-    ] = None,
     vectors: Annotated[
-        Optional[str],
+        str,
         typer.Option(
             "--vectors",
-            metavar="I,J,…",
-            help="only these of RUN's vectors, e.g. a triage shortlist (wins over --top)",
-            show_default=False,
+            "--vector",
+            metavar="SPEC",
+            help="which of RUN's vectors: all | I,J,A-B (e.g. a triage shortlist) | top:N (the first N, rank order)",
         ),
-    ] = None,
+    ] = "all",
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
@@ -66,21 +56,22 @@ def analyze_cmd(
 
     Finished steps are kept: rerunning with the same options resumes an interrupted analysis.
     """
-    from analysis.run_analysis import AnalysisSettings, analyze_run
-    from melbo_tl.artifacts import load_run
+    chosen = VectorChoice(vectors)  # every check that needs no model, before loading it
+    spec = run_model(run, model)
+    for folder in [*(compare or [])] + ([against] if against else []):
+        run_model(folder, None)
+    from melbo_tl.analysis.run_analysis import AnalysisSettings, analyze_run
 
-    for folder in [run, *(compare or [])] + ([against] if against else []):
-        load_run(folder)  # fail on a bad folder before loading the model
-    bridge = load(model or load_run(run).meta.get("model", {}).get("spec"), device=device, dtype=dtype)
     settings = AnalysisSettings(
         prompts=prompts,
         split=split,
         n_prompts=n_prompts,
         max_new_tokens=max_new_tokens,
         mediate_top=mediate_top,
-        top=top,
-        vectors=parse_int_list(vectors, "--vectors") if vectors is not None else None,
+        top=chosen.top,
+        vectors=chosen.indices,
     )
+    bridge = load(spec, device=device, dtype=dtype)
     out = analyze_run(bridge, run, against=against, compare=compare or [], settings=settings)
     typer.echo(f"wrote {out}")
 
@@ -96,12 +87,12 @@ def report_cmd(
     ] = None,
 ) -> None:
     """One HTML page with the run's settings, losses, generations and its analyses."""
-    from analysis.report import write_report
+    from melbo_tl.analysis.report import write_report
 
     out = write_report(run)
     typer.echo(f"wrote {out}")
     if screenshot is not None:
-        from analysis.browser import check_page
+        from melbo_tl.analysis.browser import check_page
 
         check = check_page(out, screenshot=screenshot)
         problems = check.console_errors + check.page_errors + check.external_requests

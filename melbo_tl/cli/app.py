@@ -20,7 +20,10 @@ import typer
 from typer.core import TyperGroup
 
 USER_ERROR_EXIT = 2
-DEFAULT_MODEL_HELP = "embedded model name, local model directory or hub id [default: qwen2.5-coder-0.5b-instruct]"
+DEFAULT_MODEL_HELP = (
+    "embedded model name, local model directory or hub id [default: the run's model where a run is given, "
+    "else qwen2.5-coder-0.5b-instruct]"
+)
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -54,8 +57,21 @@ def imply_values(args: list[str]) -> list[str]:
     return out
 
 
+# The order ``melbo --help`` lists commands in: the workflow, not the import order.
+ORDER = (
+    "demo", "models", "generate", "chat", "train", "dct", "oneshot", "refusal-direction", "sweep", "triage",
+    "enumerate", "analyze", "report", "eval", "rank", "export", "import-control-vector", "import-refusal-direction",
+    "plant-backdoor", "detect-backdoors",
+)  # fmt: skip
+
+
 class MelboGroup(TyperGroup):
     """A Typer group whose commands report user errors as ``error: …`` and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(ORDER)), n))
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, imply_values(list(args)))
@@ -77,5 +93,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
-    help="Optimized steering vectors (MELBO, one-shot) on TransformerLens 4 models.",
+    help="Optimized steering vectors on TransformerLens 4 models: discover behaviours (MELBO, DCT, triage), "
+    "steer on purpose (one-shot vectors, the refusal direction), analyse and export them. Options of the "
+    "training commands come from their configs; --set KEY=VALUE reaches every other setting.",
 )

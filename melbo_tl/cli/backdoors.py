@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, run_model, status
 
 DEFAULT_PLANTED = "planted-arithmetic-v2"  # = melbo_tl.backdoors.build.DEFAULT_NAME (not imported: no torch at startup)
 
@@ -83,7 +83,7 @@ def detect_cmd(
     from melbo_tl.evaluate.triage import TriageConfig, triage_dir, triage_run
 
     meta = load_run(run).meta
-    bridge = load(model or meta.get("model", {}).get("spec"), device=device, dtype=dtype)
+    bridge = load(run_model(run, model), device=device, dtype=dtype)
     if not (triage_dir(run) / "clusters.json").is_file():
         status(f"{run} has no triage yet: running it (greedy, training prompts)")
         triage_run(bridge, run, TriageConfig(max_new_tokens=40))

@@ -23,9 +23,10 @@ from melbo_tl.cli.common import (
     RunOpt,
     ScaleOpt,
     SeedOpt,
-    VectorOpt,
+    VectorsOpt,
     check_steering,
     load,
+    run_model,
     status,
     steering_from_options,
 )
@@ -87,7 +88,7 @@ def generate_cmd(
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     run: RunOpt = None,
-    vector: VectorOpt = None,
+    vectors: VectorsOpt = None,
     scale: ScaleOpt = None,
     max_new_tokens: MaxTokensOpt = 128,
     temperature: TemperatureOpt = 0.0,
@@ -95,11 +96,11 @@ def generate_cmd(
     system: SystemOpt = None,
 ) -> None:
     """Answer each --prompt (chat template applied), optionally steered by a vector from --run."""
+    loaded_run, steering = steering_from_options(run, vectors, scale)  # checked before anything loads
     from melbo_tl.generate import generate
 
-    loaded_run, steering = steering_from_options(run, vector, scale)
-    bridge = load(model, device=device, dtype=dtype)
-    check_steering(bridge, run, loaded_run, steering, vector)
+    bridge = load(run_model(run, model), device=device, dtype=dtype)
+    check_steering(bridge, run, loaded_run, steering, vectors)
     started = time.perf_counter()
     completions = generate(
         bridge,
@@ -174,7 +175,7 @@ def chat_cmd(
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
     run: RunOpt = None,
-    vector: VectorOpt = None,
+    vectors: VectorsOpt = None,
     scale: ScaleOpt = None,
     max_new_tokens: MaxTokensOpt = 256,
     temperature: TemperatureOpt = 0.0,
@@ -186,11 +187,11 @@ def chat_cmd(
     Type a message per line; /reset clears the history; /quit or end of input (Ctrl-D) exits.
     Works with piped input: printf 'hi\\nhow are you\\n' | melbo chat
     """
+    loaded_run, steering = steering_from_options(run, vectors, scale)  # checked before anything loads
     from melbo_tl.generate import generate
 
-    loaded_run, steering = steering_from_options(run, vector, scale)
-    bridge = load(model, device=device, dtype=dtype)
-    check_steering(bridge, run, loaded_run, steering, vector)
+    bridge = load(run_model(run, model), device=device, dtype=dtype)
+    check_steering(bridge, run, loaded_run, steering, vectors)
     interactive = sys.stdin.isatty()
     if interactive:
         with contextlib.suppress(ImportError):

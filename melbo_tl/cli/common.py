@@ -7,7 +7,6 @@ imports torch at module level: ``melbo --help`` stays fast.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -15,9 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from melbo_tl.cli.app import DEFAULT_MODEL_HELP
+from melbo_tl.config import parse_int_list
 
 if TYPE_CHECKING:
-    from melbo_tl.distributed import Cluster, WorkerModel
+    from melbo_tl.distributed import RayCluster, WorkerModel
     from melbo_tl.steering.interventions import Intervention
 
 HARMFUL_PROMPT = "How can I make a bomb?"
@@ -93,8 +93,15 @@ RunOpt = Annotated[
     Optional[Path],
     typer.Option("--run", metavar="DIR", help="run folder (vectors.safetensors + run.json) to steer with"),
 ]
-VectorOpt = Annotated[
-    Optional[int], typer.Option("--vector", metavar="I", help="index of the vector in --run [default: 0]")
+VectorsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--vectors",
+        "--vector",
+        metavar="SPEC",
+        help="which vectors of the run: all | I,J,A-B (indices from 0) | top:N (the first N, in rank order)",
+        show_default=False,
+    ),
 ]
 ScaleOpt = Annotated[
     Optional[float],
@@ -139,14 +146,14 @@ def ray_setup(
     device: str | None,
     dtype: str,
     device_map: str | None,
-) -> tuple[WorkerModel, Cluster] | None:
+) -> tuple[WorkerModel, RayCluster] | None:
     """With ``--ray``: what each worker loads and the cluster to use (melbo_tl.distributed, and
     so Ray, is imported only here); without it None, and nothing is imported."""
     if ray is None:
         if workers is not None or cpus != 1.0 or gpus != 0.0:
             raise ValueError("--ray-workers, --ray-cpus and --ray-gpus size a --ray run; give --ray too.")
         return None
-    from melbo_tl.distributed import Cluster, WorkerModel
+    from melbo_tl.distributed import RayCluster, WorkerModel
     from melbo_tl.models import DEFAULT_MODEL
 
     check_dtype(dtype)
@@ -154,7 +161,7 @@ def ray_setup(
         raise ValueError(f"Give --device ({device}) or --device-map ({device_map}), not both.")
     status(f"--ray {ray}: the units run on Ray workers, each loading {model or DEFAULT_MODEL} itself")
     worker = WorkerModel(model or DEFAULT_MODEL, device=device, dtype=dtype, device_map=device_map_value(device_map))
-    return worker, Cluster(address=ray, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
+    return worker, RayCluster(address=ray, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus)
 
 
 def load(
@@ -182,23 +189,38 @@ def load(
     return model
 
 
-def steering_from_options(run: Path | None, vector: int | None, scale: float | None) -> tuple[Any, list[Intervention]]:
-    """The run folder and interventions the --run/--vector/--scale options ask for (none without
-    --run). Checked before the model is loaded, so a bad folder or index fails fast."""
+def run_model(run_dir: Path | None, model: str | None) -> str | None:
+    """``--model`` where given, else the model the run in ``run_dir`` was made with (read from its
+    run.json without loading anything; a folder that is no run is an error naming what it lacks)."""
+    if run_dir is None or model is not None:
+        return model
+    import json
+
+    from melbo_tl.filenames import RUN_FILE, VECTORS_FILE
+
+    meta = Path(run_dir) / RUN_FILE
+    if not meta.is_file() or not (Path(run_dir) / VECTORS_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it needs {RUN_FILE} and {VECTORS_FILE}.")
+    return (json.loads(meta.read_text()).get("model") or {}).get("spec")
+
+
+def steering_from_options(run: Path | None, vectors: str | None, scale: float | None) -> tuple[Any, list[Intervention]]:
+    """The run folder and intervention the --run/--vectors/--scale options ask for (none without
+    --run). The spec is parsed before anything loads, so a bad index fails fast."""
     if run is None:
-        if vector is not None or scale is not None:
-            raise ValueError("--vector and --scale choose a vector from a run folder; give --run DIR too.")
+        if vectors is not None or scale is not None:
+            raise ValueError("--vectors and --scale choose a vector from a run folder; give --run DIR too.")
         return None, []
+    index = VectorChoice(vectors, default="0").one()
     from melbo_tl.artifacts import load_run
     from melbo_tl.runs import intervention_from_run
 
     loaded = load_run(run)
-    index = 0 if vector is None else vector
     return loaded, [intervention_from_run(loaded, index, scale=1.0 if scale is None else scale)]
 
 
 def check_steering(
-    model: Any, run_dir: Path | None, run: Any, steering: list[Intervention], vector: int | None
+    model: Any, run_dir: Path | None, run: Any, steering: list[Intervention], vectors: str | None
 ) -> None:
     """Check the run fits the loaded model (width, identity, hook names) and say what steers."""
     if run is None:
@@ -209,35 +231,49 @@ def check_steering(
     check_fits(run, model)
     for steer in steering:
         steer.hooks(model)
-        status(
-            f"steering with {run_dir} #{0 if vector is None else vector} ({run.meta.get('method', '?')}): {describe(steer)}"
-        )
+        status(f"steering with {run_dir} #{vectors or 0} ({run.meta.get('method', '?')}): {describe(steer)}")
 
 
-_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+class VectorChoice:
+    """A parsed ``--vectors`` spec: ``all``, ``top:N`` or explicit indices (never negative).
+    Parsing needs no run; :meth:`resolve` checks the indices against the run's count."""
 
-
-def parse_int_list(spec: str, what: str) -> list[int]:
-    """``"0-18"``, ``"2,5,9"``, ``"0-4,8"`` (layers) or ``"-5,-1"`` (positions) → a list of ints."""
-    out: list[int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        if m := _RANGE.match(part):
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if lo > hi:
-                raise ValueError(f"{what} range {part!r} runs backwards; write low-high.")
-            out.extend(range(lo, hi + 1))
-        else:
+    def __init__(self, spec: str | None, *, default: str = "all") -> None:
+        text = (spec if spec is not None else default).strip()
+        self.spec, self.top, self.indices = text, None, None
+        if text == "all":
+            return
+        if text.startswith("top:"):
             try:
-                out.append(int(part))
+                self.top = int(text[4:])
             except ValueError:
-                raise ValueError(
-                    f"{what} {spec!r}: expected integers or ranges like 0-18, separated by commas."
-                ) from None
-    if not out:
-        raise ValueError(f"{what} {spec!r} names nothing.")
-    return sorted(set(out), key=out.index)
+                raise ValueError(f"--vectors {text!r}: top:N needs a whole number N ≥ 1.") from None
+            if self.top < 1:
+                raise ValueError(f"--vectors {text!r}: top:N needs N ≥ 1.")
+            return
+        indices = parse_int_list(text, "--vectors")
+        negative = [i for i in indices if i < 0]
+        if negative:
+            raise ValueError(
+                f"--vectors {text!r}: {negative} — vector indices count from 0 and negative ones are refused "
+                "(write the index, e.g. 7, or top:N for the first N)."
+            )
+        self.indices = indices
+
+    def resolve(self, n: int) -> list[int]:
+        """The chosen indices among a run's ``n`` vectors (an index ≥ n is an error)."""
+        if self.indices is None:
+            return list(range(n if self.top is None else min(self.top, n)))
+        for i in self.indices:
+            if i >= n:
+                raise ValueError(f"Vector index {i} is out of range: this run has {n} vectors (valid 0…{n - 1}).")
+        return list(self.indices)
+
+    def one(self) -> int:
+        """The single index of a command that applies one vector."""
+        if self.indices is None or len(self.indices) != 1:
+            raise ValueError(f"--vectors {self.spec!r}: this command applies one vector; give one index, e.g. 0.")
+        return self.indices[0]
 
 
 def parse_floats(spec: str, what: str) -> list[float]:
@@ -262,7 +298,7 @@ def write_run_outputs(
     """After training: ``generations.jsonl`` (greedy completions, unsteered and per entry, or the
     entries in ``indices``) and ``losses.html`` (the objective per step, when the run has curves);
     echo the completions."""
-    from analysis.figures import loss_curves, write_html
+    from melbo_tl.analysis.figures import loss_curves, write_html
     from melbo_tl.artifacts import load_run
     from melbo_tl.runs import write_generations
 

@@ -1,4 +1,4 @@
-"""``melbo demo``: the main job, end to end, on the embedded model (about 15 minutes on 2 cores).
+"""``melbo demo``: the main job, end to end, on the embedded model.
 
 Discovery at scale, then a close look at what it found:
 
@@ -45,7 +45,9 @@ ONESHOT_TARGET = "Sure, here's how"
 
 
 def demo_layers(n_layers: int) -> dict[str, Any]:
-    """Sites scaled from the 24-layer embedded model (DCT 7 → 16, one-shot 10, refusal 14)."""
+    """Blocks scaled from the 24-layer embedded model: DCT from the output of block 7 (``source``) to
+    the input of block 16 (``target``), one-shot at the input of block 10, refusal candidates at the
+    inputs of blocks 8 (the DCT site), 10 and 14."""
     source = max(0, round(7 / 24 * n_layers))
     oneshot = min(n_layers - 1, round(10 / 24 * n_layers))
     refusal = min(n_layers - 1, round(14 / 24 * n_layers))
@@ -70,7 +72,7 @@ def _stage(
     timings[name] = round(time.perf_counter() - started, 1)
 
 
-@app.command("demo", short_help="The main job: refusal direction, MELBO, one-shot, analysis and report.")
+@app.command("demo", short_help="End to end: refusal direction, DCT, triage, one-shot vector, analysis, report.")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="folder for the demo's run folders")] = Path(
         "runs/demo"
@@ -80,7 +82,7 @@ def demo_cmd(
     dtype: DtypeOpt = DEFAULT_DTYPE,
     factors: Annotated[
         int,
-        typer.Option("--factors", min=1, help="DCT vectors (64 keeps the demo near 15 min on 2 cores; 256: ~33 min)"),
+        typer.Option("--factors", min=1, help="DCT vectors (more find more behaviours and take longer)"),
     ] = 64,
     iterations: Annotated[int, typer.Option("--iterations", min=1, help="DCT iterations at most")] = 10,
     rho: Annotated[float, typer.Option("--rho", help="DCT calibration target ρ")] = 0.5,
@@ -99,54 +101,18 @@ def demo_cmd(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="completion length")] = 48,
 ) -> None:
     """Run the whole pipeline on the embedded model and print where the report is."""
-    from analysis.report import write_report
-    from analysis.run_analysis import AnalysisSettings, analyze_run
+    from melbo_tl.analysis.report import write_report
+    from melbo_tl.analysis.run_analysis import AnalysisSettings, analyze_run
     from melbo_tl.artifacts import atomic_write_json
-    from melbo_tl.directions.method import RefusalDirectionConfig, refusal_prompts
-    from melbo_tl.evaluate.triage import TriageConfig, triage_run
-    from melbo_tl.optimize.dct import DCTConfig
-    from melbo_tl.optimize.oneshot import OneShotConfig
-    from melbo_tl.training import train_to_folder
 
     started = time.perf_counter()
     bridge = load(model, device=device, dtype=dtype)
-    layers = demo_layers(int(bridge.cfg.n_layers))
     refusal, dct, oneshot = out / "refusal_direction", out / "dct", out / "oneshot"
     timings: dict[str, float] = {}
-
-    refusal_cfg = RefusalDirectionConfig(
-        n_train=n_train, n_val=n_val, layers=tuple(layers["candidates"]), positions=(-1,),
-        kl_threshold=kl_threshold, induce_threshold=induce_threshold,
+    triage = _discover(
+        bridge, out, timings, factors=factors, iterations=iterations, rho=rho, n_train=n_train, n_val=n_val,
+        kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_new_tokens=max_new_tokens,
     )  # fmt: skip
-    _stage("refusal direction", refusal, timings, lambda: train_to_folder(
-        bridge, "refusal-direction", refusal_prompts(refusal_cfg), refusal_cfg, refusal, resume=True
-    ))  # fmt: skip
-
-    dct_cfg = DCTConfig(
-        n_factors=factors, source_layer=layers["source"], target_layer=layers["target"], iterations=iterations,
-        calibration_target=rho,
-    )  # fmt: skip
-
-    def train_dct() -> None:
-        train_to_folder(bridge, "dct", [HARMFUL_PROMPT], dct_cfg, dct, resume=True)
-        write_run_outputs(
-            bridge, dct, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens, indices=list(range(min(16, factors)))
-        )
-
-    _stage("DCT", dct, timings, train_dct, writes=GENERATIONS_FILE)
-    status("== triage")
-    t = time.perf_counter()
-    triage = triage_run(bridge, dct, TriageConfig(max_new_tokens=max_new_tokens))
-    timings["triage"] = round(time.perf_counter() - t, 1)
-
-    oneshot_cfg = OneShotConfig(layer=layers["oneshot"], promote=(ONESHOT_TARGET,), target_loss=2.0)
-
-    def train_oneshot() -> None:
-        train_to_folder(bridge, "oneshot", [ONESHOT_PROMPT], oneshot_cfg, oneshot, resume=True)
-        write_run_outputs(bridge, oneshot, [ONESHOT_PROMPT], max_new_tokens=max_new_tokens)
-
-    _stage("one-shot vector", oneshot, timings, train_oneshot, writes=GENERATIONS_FILE)
-
     status("== analysis")
     t = time.perf_counter()
     settings = AnalysisSettings(n_prompts=n_prompts, vectors=_to_analyze(triage, analyze_top))
@@ -160,6 +126,51 @@ def demo_cmd(
     atomic_write_json(out / "demo_timings.json", timings)
     typer.echo(f"stage timings (s): {timings}")
     typer.echo(f"report: {report.resolve()}")
+
+
+def _discover(bridge: Any, out: Path, timings: dict[str, float], *, factors: int, iterations: int, rho: float,
+              n_train: int, n_val: int, kl_threshold: float, induce_threshold: float, max_new_tokens: int) -> Any:  # fmt: skip
+    """Stages 1–4: the refusal direction, DCT, triage of its vectors, the one-shot vector (each
+    skipped when a previous demo finished it); returns the triage."""
+    from melbo_tl.directions.method import refusal_prompts
+    from melbo_tl.evaluate.triage import TriageConfig, triage_run
+    from melbo_tl.optimize.configs import DCTConfig, OneShotConfig, RefusalDirectionConfig
+    from melbo_tl.steering.sites import Site
+    from melbo_tl.training import train_to_folder
+
+    layers = demo_layers(int(bridge.cfg.n_layers))
+    refusal, dct, oneshot = out / "refusal_direction", out / "dct", out / "oneshot"
+    refusal_cfg = RefusalDirectionConfig(
+        n_train=n_train, n_val=n_val, layers=tuple(layers["candidates"]), positions=(-1,),
+        kl_threshold=kl_threshold, induce_threshold=induce_threshold,
+    )  # fmt: skip
+    _stage("refusal direction", refusal, timings, lambda: train_to_folder(
+        bridge, "refusal-direction", refusal_prompts(refusal_cfg), refusal_cfg, refusal, resume=True
+    ))  # fmt: skip
+    dct_cfg = DCTConfig(
+        n_factors=factors, source=Site(layers["source"], "resid_post"), target=Site(layers["target"]),
+        iterations=iterations, calibration_target=rho,
+    )  # fmt: skip
+
+    def train_dct() -> None:
+        train_to_folder(bridge, "dct", [HARMFUL_PROMPT], dct_cfg, dct, resume=True)
+        write_run_outputs(
+            bridge, dct, [HARMFUL_PROMPT], max_new_tokens=max_new_tokens, indices=list(range(min(16, factors)))
+        )
+
+    _stage("DCT", dct, timings, train_dct, writes=GENERATIONS_FILE)
+    status("== triage")
+    t = time.perf_counter()
+    triage = triage_run(bridge, dct, TriageConfig(max_new_tokens=max_new_tokens))
+    timings["triage"] = round(time.perf_counter() - t, 1)
+    oneshot_cfg = OneShotConfig(site=Site(layers["oneshot"]), promote=(ONESHOT_TARGET,), target_loss=2.0)
+
+    def train_oneshot() -> None:
+        train_to_folder(bridge, "oneshot", [ONESHOT_PROMPT], oneshot_cfg, oneshot, resume=True)
+        write_run_outputs(bridge, oneshot, [ONESHOT_PROMPT], max_new_tokens=max_new_tokens)
+
+    _stage("one-shot vector", oneshot, timings, train_oneshot, writes=GENERATIONS_FILE)
+    return triage
 
 
 def _to_analyze(triage: Any, k: int) -> list[int]:
@@ -186,7 +197,7 @@ def _clusters(triage: Any) -> None:
 
 def _summary(melbo: Path) -> None:
     """Print the cosine table and the mediation result from the analysis files."""
-    from analysis.names import ANALYSIS_DIR, COSINES, EFFECTS, MEDIATION, step_file
+    from melbo_tl.analysis.names import ANALYSIS_DIR, COSINES, EFFECTS, MEDIATION, step_file
 
     folder = melbo / ANALYSIS_DIR
     cos = json.loads(step_file(folder, COSINES).read_text())

@@ -9,77 +9,27 @@ the public refusal_direction pipeline's ``direction.pt`` + ``direction_metadata.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, load, parse_int_list, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, OutOpt, load, status
+from melbo_tl.cli.options import config_command
+from melbo_tl.optimize.configs import RefusalDirectionConfig
 
 
 @app.command(
     "refusal-direction",
     short_help="Find the refusal direction (difference in means, Arditi et al.); writes a run folder.",
 )
+@config_command(RefusalDirectionConfig)
 def refusal_direction_cmd(
+    settings: dict,
     out: OutOpt,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
-    harmful: Annotated[
-        str,
-        typer.Option(
-            "--harmful",
-            metavar="SET|FILE",
-            help="harmful prompts: built-in set, .txt/.json/.jsonl/.csv file or hf:dataset",
-        ),
-    ] = "harmful",
-    harmless: Annotated[
-        str, typer.Option("--harmless", metavar="SET|FILE", help="harmless prompts (as --harmful)")
-    ] = "harmless",
-    split: Annotated[
-        Optional[str],
-        typer.Option(
-            "--split",
-            metavar="train|test|all",
-            help="part of the prompt sets to use [default: train for built-in sets, all for files]",
-            show_default=False,
-        ),
-    ] = None,
-    n_train: Annotated[
-        int, typer.Option("--n-train", metavar="N", help="training prompts per set (difference in means)")
-    ] = 128,
-    n_val: Annotated[int, typer.Option("--n-val", metavar="N", help="validation prompts per set (selection)")] = 32,
-    layers: Annotated[
-        Optional[str],
-        typer.Option(
-            "--layers",
-            metavar="SPEC",
-            help="candidate layers, e.g. 0-18 or 4,8,12 [default: all below max-layer-frac]",
-            show_default=False,
-        ),
-    ] = None,
-    positions: Annotated[
-        Optional[str],
-        typer.Option(
-            "--positions",
-            metavar="SPEC",
-            help="candidate positions (negative offsets), e.g. -5,-1 [default: the template tokens after the instruction]",
-            show_default=False,
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="seed of the train/validation split")] = 0,
-    max_layer_frac: Annotated[
-        float, typer.Option("--max-layer-frac", help="only layers ℓ < frac·n_layers are candidates")
-    ] = 0.8,
-    kl_threshold: Annotated[
-        float, typer.Option("--kl-threshold", help="maximum KL on harmless prompts when ablating")
-    ] = 0.1,
-    induce_threshold: Annotated[
-        float,
-        typer.Option("--induce-threshold", help="adding the vector must raise harmless refusal log-odds above this"),
-    ] = 0.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="prompts per forward pass")] = 16,
     resume: Annotated[
         bool,
         typer.Option(
@@ -95,23 +45,18 @@ def refusal_direction_cmd(
     candidate_scores.json, run.json) after every candidate: --resume continues an interrupted run,
     or re-selects with other --kl-threshold/--induce-threshold without recomputing anything.
     """
+    from melbo_tl.filenames import RUN_FILE
+
+    cfg = RefusalDirectionConfig(**settings)
+    if resume and not (out / RUN_FILE).is_file():
+        raise ValueError(f"--resume: {out} has no run to resume; run without --resume first.")
     from melbo_tl.artifacts import load_run
     from melbo_tl.directions import NoDirectionError
     from melbo_tl.directions.io import CANDIDATES_FILE, SCORES_FILE, load_candidates
-    from melbo_tl.directions.method import RefusalDirectionConfig, refusal_prompts
+    from melbo_tl.directions.method import refusal_prompts
     from melbo_tl.directions.scores import CandidateScore, format_table
-    from melbo_tl.filenames import RUN_FILE
     from melbo_tl.training import train_to_folder
 
-    cfg = RefusalDirectionConfig(
-        harmful=harmful, harmless=harmless, split=split, n_train=n_train, n_val=n_val,
-        layers=tuple(parse_int_list(layers, "--layers")) if layers is not None else None,
-        positions=tuple(parse_int_list(positions, "--positions")) if positions is not None else None,
-        seed=seed, max_layer_frac=max_layer_frac, kl_threshold=kl_threshold, induce_threshold=induce_threshold,
-        batch_size=batch_size,
-    )  # fmt: skip
-    if resume and not (out / RUN_FILE).is_file():
-        raise ValueError(f"--resume: {out} has no run to resume; run without --resume first.")
     prompts = refusal_prompts(cfg)
     if resume and (out / CANDIDATES_FILE).is_file():
         cands, _, done = load_candidates(out)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DeviceOpt, ModelOpt, load
+from melbo_tl.cli.common import DeviceOpt, ModelOpt, VectorChoice, load
 
 FORMATS = ("gguf",)
 
@@ -17,7 +17,9 @@ FORMATS = ("gguf",)
 def export_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="run folder (vectors.safetensors + run.json)")],
     out: Annotated[Path, typer.Option("--out", metavar="FILE.gguf", help="control-vector file to write")],
-    vector: Annotated[int, typer.Option("--vector", metavar="I", help="index of the vector in RUN")] = 0,
+    vectors: Annotated[
+        str, typer.Option("--vectors", "--vector", metavar="I", help="index of the vector in RUN (from 0)")
+    ] = "0",
     scale: Annotated[float, typer.Option("--scale", metavar="S", help="multiply the vector by S")] = 1.0,
     format: Annotated[
         str, typer.Option("--format", metavar="FORMAT", help="gguf (llama.cpp --control-vector)")
@@ -30,6 +32,7 @@ def export_cmd(
     """
     if format not in FORMATS:
         raise ValueError(f"Unknown export format {format!r}; valid: {', '.join(FORMATS)}.")
+    vector = VectorChoice(vectors).one()
     from melbo_tl.artifacts import load_run
     from melbo_tl.export.from_run import control_vector_from_run
     from melbo_tl.export.gguf_control_vector import write_control_vector

@@ -8,40 +8,24 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, parse_int_list, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, VectorChoice, load, run_model, status
+from melbo_tl.cli.options import config_command
+from melbo_tl.evaluate.task_config import TaskConfig
 
 
 @app.command("rank", short_help="Rank a run's vectors by exact-match accuracy on a task file (Wilson CIs).")
+@config_command(TaskConfig, skip=("indices",))
 def rank_cmd(
+    settings: dict,
     run: Annotated[Path, typer.Argument(metavar="RUN", help="run folder")],
     task: Annotated[
         Path, typer.Option("--task", metavar="FILE.jsonl", help="one JSON object a line: prompt, answer[, extract]")
     ],
-    extract: Annotated[
-        Optional[str],
-        typer.Option(
-            "--extract",
-            metavar="REGEX",
-            help="answer = last match (group 1 if any) for rows without their own 'extract' "
-            "[default: the whole completion]",
-            show_default=False,
-        ),
-    ] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
     vectors: Annotated[
-        Optional[str],
-        typer.Option("--vectors", metavar="I,J,A-B", help="vectors to rank [default: all]", show_default=False),
-    ] = None,
-    vectors_per_chunk: Annotated[
-        int, typer.Option("--vectors-per-chunk", min=1, metavar="K", help="vectors per batched generate (checkpoint)")
-    ] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="B", help="rows per forward pass")] = 32,
-    scale: Annotated[float, typer.Option("--scale", metavar="S", help="multiply every vector by this")] = 1.0,
-    system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="system prompt")] = None,
-    chat: Annotated[
-        bool, typer.Option("--chat/--raw", help="format prompts with the chat template, or use them as raw text")
-    ] = True,
-    top: Annotated[int, typer.Option("--top", min=0, metavar="N", help="rows to print (0: all)")] = 10,
+        str,
+        typer.Option("--vectors", "--vector", metavar="SPEC", help="vectors to rank: all | I,J,A-B | top:N"),
+    ] = "all",
+    show: Annotated[int, typer.Option("--show", min=0, metavar="N", help="ranking rows to print (0: all)")] = 10,
     min_matches: Annotated[
         int,
         typer.Option(
@@ -68,22 +52,19 @@ def rank_cmd(
     intervals, unsteered baseline included); a rerun with the same settings resumes. When every
     item has ``operands``, the answer-change triage groups the vectors whose wrong answers
     consistently equal another function of them (RUN/tasks/<task name>/answer_change.{json,md})."""
+    chosen, cfg = VectorChoice(vectors), TaskConfig(**settings)  # checks that need no model, first
     from melbo_tl.artifacts import load_run
     from melbo_tl.evaluate.answer_change import AnswerChangeConfig
-    from melbo_tl.evaluate.tasks import TaskConfig, load_task, rank_by_task
+    from melbo_tl.evaluate.tasks import load_task, rank_by_task
 
     items = load_task(task)  # bad rows and settings fail before the model loads
     changes = AnswerChangeConfig(min_matches=min_matches, alternatives=tuple(alternative or ()))
-    indices = None if vectors is None else parse_int_list(vectors, "--vectors")
-    cfg = TaskConfig(
-        extract=extract, max_new_tokens=max_new_tokens, vectors_per_chunk=vectors_per_chunk, batch_size=batch_size,
-        scale=scale, system=system, chat=chat, indices=indices,
-    )  # fmt: skip
-    spec = model or load_run(run).meta.get("model", {}).get("spec")
-    bridge = load(spec, device=device, dtype=dtype)
+    if vectors != "all":
+        cfg = cfg.replace(indices=chosen.resolve(len(load_run(run).vectors)))
+    bridge = load(run_model(run, model), device=device, dtype=dtype)
     status(f"ranking {run} on {len(items)} items of {task}")
     result = rank_by_task(bridge, run, items, cfg, name=task.stem, answer_change=changes)
-    typer.echo(result.markdown(top=None if top == 0 else top), nl=False)
+    typer.echo(result.markdown(top=None if show == 0 else show), nl=False)
     if result.answer_change is not None:
         typer.echo("\n" + result.answer_change.markdown(), nl=False)
     better = result.better_than_baseline()

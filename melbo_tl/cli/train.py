@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -15,14 +15,12 @@ from melbo_tl.cli.common import (
     DtypeOpt,
     ModelOpt,
     OutOpt,
-    PositionsOpt,
     PromptsOpt,
     RayCpusOpt,
     RayGpusOpt,
     RayOpt,
     RayWorkersOpt,
     ResumeOpt,
-    SeedOpt,
     echo_generations,
     load,
     parse_floats,
@@ -30,92 +28,41 @@ from melbo_tl.cli.common import (
     status,
     write_run_outputs,
 )
+from melbo_tl.cli.options import config_command
+from melbo_tl.optimize.configs import AdapterConfig, MelboConfig
 
-SourceOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--source",
-        metavar="S",
-        help="source layer s: added at blocks.s.hook_resid_post [default: 7]",
-        show_default=False,
-    ),
-]
-TargetOpt = Annotated[
-    Optional[int],
-    typer.Option(
-        "--target",
-        metavar="T",
-        help="target layer t: reads blocks.t.hook_resid_pre [default: n_layers − 8]",
-        show_default=False,
-    ),
-]
-StepsOpt = Annotated[int, typer.Option("--steps", min=0, metavar="K", help="optimizer steps per vector")]
+# What an adapter run takes from the options (the rest are MELBO vectors' own).
+ADAPTER_SETTINGS = ("radius", "source", "target", "p", "q", "positions", "steps", "lr", "seed", "chat")
 
 
-def _mode(mode: str | None, independent: bool) -> str:
-    if independent and mode not in (None, "independent"):
-        raise ValueError(f"--independent contradicts --mode {mode}; give one of them.")
-    return "independent" if independent else (mode or "orthogonal")
+def _config(settings: dict[str, Any], *, adapters: bool, rank: int, random_baseline: bool) -> tuple[str, Any]:
+    """The method and config the options ask for (checked before any model is loaded)."""
+    if random_baseline:
+        settings = {**settings, "steps": 0}
+    if not adapters:
+        return "melbo", MelboConfig(**settings)
+    if settings["radius"] == "auto":
+        raise ValueError("--radius auto calibrates a steering vector's norm; give adapters a number.")
+    common = {k: settings[k] for k in ADAPTER_SETTINGS}
+    batch = min(settings["batch_size"], 4)
+    return "melbo-adapter", AdapterConfig(**common, rank=rank, n_adapters=settings["n_vectors"], batch_size=batch)
 
 
 @app.command("train", short_help="Learn MELBO steering vectors (or adapters) into a run folder.")
+@config_command(MelboConfig)
 def train_cmd(
+    settings: dict,
     prompt: PromptsOpt,
     out: OutOpt,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
-    vectors: Annotated[
-        int, typer.Option("--vectors", "-n", min=1, metavar="N", help="number of vectors (or adapters)")
-    ] = 8,
-    radius: Annotated[
-        str,
-        typer.Option(
-            "--radius",
-            "-R",
-            metavar="R|auto",
-            help="norm R of each vector (adapters: scale of B·Aᵀ); auto: calibrated (vectors only)",
-        ),
-    ] = "4",
-    rho: Annotated[
-        float, typer.Option("--rho", metavar="X", help="with --radius auto: the calibration target ρ")
-    ] = 0.5,
-    source: SourceOpt = None,
-    target: TargetOpt = None,
-    steps: StepsOpt = 300,
-    positions: PositionsOpt = "all",
-    p: Annotated[float, typer.Option("--p", metavar="P", help="exponent of the per-token norm")] = 2.0,
-    q: Annotated[float, typer.Option("--q", metavar="Q", help="root taken of each prompt's sum")] = 1.0,
-    lr: Annotated[float, typer.Option("--lr", metavar="LR")] = 1e-3,
-    seed: SeedOpt = 0,
-    mode: Annotated[
-        Optional[str],
-        typer.Option(
-            "--mode",
-            metavar="MODE",
-            help="orthogonal (one at a time, the reference's) | batched-orthogonal (a batch at once, on the Stiefel manifold) | independent [default: orthogonal]",
-            show_default=False,
-        ),
-    ] = None,
-    independent: Annotated[bool, typer.Option("--independent", help="shorthand for --mode independent")] = False,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size", min=1, metavar="B", help="vectors per batch in independent mode (adapters: at most 4)"
-        ),
-    ] = 8,
-    diversity_penalty: Annotated[
-        float,
-        typer.Option(
-            "--diversity-penalty",
-            metavar="W",
-            help="soft orthogonality: penalty on cos² of caused changes (independent mode)",
-        ),
-    ] = 0.0,
-    adapters: Annotated[bool, typer.Option("--adapters", help="train rank-r MLP adapters instead of vectors")] = False,
-    rank: Annotated[int, typer.Option("--rank", min=1, metavar="r", help="adapter rank r")] = 8,
+    adapters: Annotated[
+        bool, typer.Option("--adapters", help="train rank-r MLP adapters instead of vectors (--n-vectors of them)")
+    ] = False,
+    rank: Annotated[int, typer.Option("--rank", min=1, metavar="r", help="with --adapters: adapter rank r")] = 8,
     random_baseline: Annotated[
-        bool, typer.Option("--random-baseline", help="random vectors of norm R (steps = 0), same code path")
+        bool, typer.Option("--random-baseline", help="random vectors of norm R (--steps 0), same code path")
     ] = False,
     resume: ResumeOpt = False,
     max_new_tokens: Annotated[
@@ -131,43 +78,15 @@ def train_cmd(
     ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """Learn MELBO steering vectors (or adapters) on the prompts and write a run folder."""
-    from melbo_tl.optimize.adapters import AdapterConfig
-    from melbo_tl.optimize.melbo import MelboConfig
-    from melbo_tl.training import train_to_folder
-
-    steps = 0 if random_baseline else steps
-    if adapters and radius == "auto":
-        raise ValueError("--radius auto calibrates a steering vector's norm; give adapters a number.")
-    common = dict(
-        radius=radius,
-        source_layer=source,
-        target_layer=target,
-        p=p,
-        q=q,
-        positions=positions,
-        steps=steps,
-        lr=lr,
-        seed=seed,
-    )
-    if adapters:
-        cfg = AdapterConfig(**common, rank=rank, n_adapters=vectors, batch_size=min(batch_size, 4))
-        method = "melbo-adapter"
-    else:
-        cfg = MelboConfig(
-            **common,
-            n_vectors=vectors,
-            mode=_mode(mode, independent),
-            batch_size=batch_size,
-            diversity_penalty=diversity_penalty,
-            calibration_target=rho,
-        )
-        method = "melbo"
+    method, cfg = _config(settings, adapters=adapters, rank=rank, random_baseline=random_baseline)
     on_ray = ray_setup(
         ray, ray_workers, ray_cpus, ray_gpus, model=model, device=device, dtype=dtype, device_map=device_map
     )
     if on_ray is not None:
         folder = _train_on_ray(on_ray, method, list(prompt), cfg, out, resume=resume, max_new_tokens=max_new_tokens)
     else:
+        from melbo_tl.training import train_to_folder
+
         bridge = load(model, device=device, dtype=dtype, device_map=device_map)
         folder = train_to_folder(bridge, method, prompt, cfg, out, resume=resume)
         write_run_outputs(bridge, folder, list(prompt), max_new_tokens=max_new_tokens)
@@ -199,26 +118,17 @@ def _train_on_ray(
 
 
 @app.command("sweep", short_help="Train a few vectors per radius; diversity and perplexity of their completions.")
+@config_command(MelboConfig, skip=("radius",), defaults={"n_vectors": 4})
 def sweep_cmd(
+    settings: dict,
     prompt: Annotated[str, typer.Option("--prompt", "-p", metavar="TEXT", help="user message")],
     out: OutOpt,
     radii: Annotated[str, typer.Option("--radii", metavar="R,R,…", help="comma-separated radii R")] = "1,2,4,8,16",
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = DEFAULT_DTYPE,
-    vectors: Annotated[int, typer.Option("--vectors", "-n", min=1, metavar="N", help="vectors per radius")] = 4,
-    source: SourceOpt = None,
-    target: TargetOpt = None,
-    steps: StepsOpt = 300,
-    positions: PositionsOpt = "all",
-    mode: Annotated[
-        Optional[str],
-        typer.Option("--mode", metavar="MODE", help="as for melbo train [default: orthogonal]", show_default=False),
-    ] = None,
-    independent: Annotated[bool, typer.Option("--independent", help="shorthand for --mode independent")] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
     embedder: Annotated[str, typer.Option("--embedder", metavar="E", help="auto | minilm | model")] = "auto",
-    seed: SeedOpt = 0,
     device_map: DeviceMapOpt = None,
     ray: RayOpt = None,
     ray_workers: RayWorkersOpt = None,
@@ -229,16 +139,12 @@ def sweep_cmd(
     ] = False,
 ) -> None:
     """Train a few vectors per radius and report diversity and perplexity of their completions."""
-    from analysis.figures import radius_sweep_figure, write_html
+    values = parse_floats(radii, "--radii")
+    cfg = MelboConfig(**settings, radius=values[0])
+    from melbo_tl.analysis.figures import radius_sweep_figure, write_html
     from melbo_tl.artifacts import atomic_write_json
-    from melbo_tl.optimize.melbo import MelboConfig
     from melbo_tl.optimize.sweep import sweep_radius
 
-    values = parse_floats(radii, "--radii")
-    cfg = MelboConfig(
-        radius=values[0], source_layer=source, target_layer=target, positions=positions, n_vectors=vectors, steps=steps,
-        mode=_mode(mode, independent), seed=seed,
-    )  # fmt: skip
     on_ray = ray_setup(
         ray, ray_workers, ray_cpus, ray_gpus, model=model, device=device, dtype=dtype, device_map=device_map
     )

@@ -8,35 +8,21 @@ from typing import Annotated, Optional
 import typer
 
 from melbo_tl.cli.app import app
-from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, status
+from melbo_tl.cli.common import DEFAULT_DTYPE, DeviceOpt, DtypeOpt, ModelOpt, load, run_model, status
+from melbo_tl.cli.options import config_command
+from melbo_tl.evaluate.triage_config import TriageConfig
 
 ThresholdOpt = Annotated[
-    float, typer.Option("--threshold", metavar="D", help="clustering: cosine-distance cut between behaviours")
+    float,
+    typer.Option("--threshold", metavar="D", help=TriageConfig.__dataclass_fields__["threshold"].metadata["help"]),
 ]
 
 
 @app.command("triage", short_help="Score, cluster and shortlist every vector of a run; the behaviour atlas.")
+@config_command(TriageConfig)
 def triage_cmd(
+    settings: dict,
     run: Annotated[Path, typer.Argument(metavar="RUN", help="run folder")],
-    prompts: Annotated[
-        Optional[str],
-        typer.Option("--prompts", metavar="SET|FILE", help="held-out prompts for generalization (e.g. harmful)"),
-    ] = None,
-    n_prompts: Annotated[int, typer.Option("--n-prompts", min=1, metavar="N", help="how many held-out prompts")] = 8,
-    samples: Annotated[
-        int,
-        typer.Option(
-            "--samples", min=1, metavar="K", help="completions per vector and prompt (1: greedy; more: sampled)"
-        ),
-    ] = 1,
-    temperature: Annotated[
-        float, typer.Option("--temperature", metavar="T", help="sampling temperature with --samples > 1")
-    ] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, metavar="N")] = 48,
-    threshold: ThresholdOpt = 0.35,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, metavar="B", help="vectors per batched generate")
-    ] = 32,
     projection: Annotated[str, typer.Option("--projection", metavar="tsne|pca", help="2-D map of the atlas")] = "tsne",
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -45,15 +31,16 @@ def triage_cmd(
     """Generate completions for every vector of RUN (batched), score fluency, novelty, refusal and
     degeneracy, cluster the behaviours, and write RUN/triage/ (behaviours, clusters, shortlist,
     atlas); a rerun with the same options resumes."""
-    from analysis.atlas import write_atlas
-    from melbo_tl.artifacts import load_run
-    from melbo_tl.evaluate.triage import TriageConfig, triage_run
+    from melbo_tl.analysis.names import PROJECTIONS
 
-    cfg = TriageConfig(
-        heldout=prompts, n_heldout=n_prompts, samples=samples, temperature=temperature, max_new_tokens=max_new_tokens,
-        threshold=threshold, batch_size=batch_size,
-    )  # fmt: skip
-    bridge = load(model or load_run(run).meta.get("model", {}).get("spec"), device=device, dtype=dtype)
+    cfg = TriageConfig(**settings)  # every check that needs no model, before loading it
+    if projection not in PROJECTIONS:
+        raise ValueError(f"--projection {projection!r} is not one of {', '.join(PROJECTIONS)}.")
+    spec = run_model(run, model)
+    from melbo_tl.analysis.atlas import write_atlas
+    from melbo_tl.evaluate.triage import triage_run
+
+    bridge = load(spec, device=device, dtype=dtype)
     result = triage_run(bridge, run, cfg)
     folder = write_atlas(run, projection=projection)
     behaviours = [c for c in result.clusters if not c.degenerate]
@@ -80,11 +67,11 @@ def enumerate_cmd(
     labels: Annotated[
         Optional[str], typer.Option("--labels", metavar="A,B,…", help="names of the runs [default: folder names]")
     ] = None,
-    threshold: ThresholdOpt = 0.35,
+    threshold: ThresholdOpt = TriageConfig().threshold,
 ) -> None:
     """Count, for each run, the distinct behaviour clusters its first 1…N vectors reach, all runs
     clustered together with one threshold so the counts compare (e.g. DCT vs MELBO vs random)."""
-    from analysis.figures import enumeration_figure, write_html
+    from melbo_tl.analysis.figures import enumeration_figure, write_html
     from melbo_tl.artifacts import atomic_write_json
     from melbo_tl.evaluate.enumeration import enumerate_behaviours
 

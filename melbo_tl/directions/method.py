@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.directions.diff_in_means import CandidateDirections, diff_in_means
 from melbo_tl.directions.io import (
     CANDIDATES_FILE,
@@ -34,62 +32,12 @@ from melbo_tl.directions.io import (
 from melbo_tl.directions.scores import CandidateScore
 from melbo_tl.directions.selection import choose_direction, score_candidates
 from melbo_tl.evaluate.datasets import load_prompts, train_test_split
+from melbo_tl.optimize.configs import RefusalDirectionConfig  # lives there, without torch
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
-from melbo_tl.steering.sites import check_layer, n_layers
 
 BUILTIN_SETS = ("harmful", "harmless")
 SPLITS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
-
-
-@dataclass
-class RefusalDirectionConfig(Config):
-    """Settings of a refusal-direction run: the prompt sets (``harmful``, ``harmless``: built-in
-    set, file or ``hf:`` spec; ``split`` of them, None = "train" for built-in sets, all of a file),
-    ``n_train``/``n_val`` prompts per set and the ``seed`` of that split; candidate ``layers``
-    (None: all below ``max_layer_frac``·n_layers) and ``positions`` (negative offsets; None: the
-    chat template's post-instruction tokens); the filters ``kl_threshold`` and
-    ``induce_threshold``; ``batch_size``; ``chat`` formatting."""
-
-    harmful: str = "harmful"
-    harmless: str = "harmless"
-    split: str | None = None
-    n_train: int = 128
-    n_val: int = 32
-    layers: tuple[int, ...] | None = None
-    positions: tuple[int, ...] | None = None
-    seed: int = 0
-    max_layer_frac: float = 0.8
-    kl_threshold: float = 0.1
-    induce_threshold: float = 0.0
-    batch_size: int = 16
-    chat: bool = True
-
-    RESUMABLE = ("kl_threshold", "induce_threshold", "batch_size")
-
-    def validate(self) -> None:
-        if self.layers is not None:
-            self.layers = tuple(int(l) for l in self.layers)
-        if self.positions is not None:
-            self.positions = tuple(int(p) for p in self.positions)
-        require(self.split in (None, "train", "test", "all"), f"split must be train, test or all, got {self.split!r}.")
-        require(self.n_train >= 1 and self.n_val >= 1, "n_train and n_val must be at least 1.")
-        require(0 < self.max_layer_frac <= 1, f"max_layer_frac must be in (0, 1], got {self.max_layer_frac}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        require(
-            not self.positions or all(p < 0 for p in self.positions),
-            f"positions {self.positions} must be negative offsets (-1 = last token).",
-        )
-
-    def for_model(self, model: Any) -> RefusalDirectionConfig:
-        if self.layers is not None:
-            return self
-        L = n_layers(model)
-        return self.replace(layers=tuple(l for l in range(L) if l < self.max_layer_frac * L))
-
-    def check_model(self, model: Any) -> None:
-        for layer in self.for_model(model).layers or ():
-            check_layer(model, layer)
 
 
 def _split(prompts: list[str], n_train: int, n_val: int, seed: int, what: str) -> tuple[list[str], list[str]]:

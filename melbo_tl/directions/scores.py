@@ -11,7 +11,9 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
-from melbo_tl.steering.sites import resid_hook
+from melbo_tl.steering.interventions import AblateDirection
+from melbo_tl.steering.results import VectorResult
+from melbo_tl.steering.sites import Site
 
 
 @dataclass
@@ -47,8 +49,9 @@ class CandidateScore:
 
 
 @dataclass
-class Selection:
-    """The chosen refusal direction and why.
+class Selection(VectorResult):
+    """The chosen refusal direction and why. Steers itself: ``vectors`` is ``[1, d_model]`` the raw
+    r, so ``intervention(0)`` adds r (induces refusal); :meth:`ablation` removes r̂ (bypasses it).
 
     Fields:
         layer, pos: the chosen candidate (vector acts at ``blocks.layer.hook_resid_pre``).
@@ -73,8 +76,31 @@ class Selection:
     seconds_per_candidate: float = 0.0
 
     @property
+    def site(self) -> Site:
+        """Where r acts: the residual entering block ``layer``."""
+        return Site(self.layer)
+
+    @property
     def hook(self) -> str:
-        return resid_hook(self.layer)
+        return self.site.hook
+
+    @property
+    def vectors(self) -> Tensor:  # type: ignore[override]
+        return self.raw[None]
+
+    def ablation(self) -> AblateDirection:
+        """Directional ablation of r̂ at every residual write (bypasses refusal)."""
+        return AblateDirection(self.direction)
+
+    def summary(self) -> dict[str, Any]:
+        c = self.chosen
+        return {
+            "candidate": f"layer {self.layer}, pos {self.pos}",
+            "bypass (log-odds)": f"{c.bypass:.3f} (harmful baseline {self.baseline['harmful']:.3f})",
+            "induce (log-odds)": f"{c.induce:.3f} (harmless baseline {self.baseline['harmless']:.3f})",
+            "kl": c.kl,
+            "candidates scored": len(self.scores),
+        }
 
     @property
     def chosen(self) -> CandidateScore:

@@ -20,11 +20,13 @@ process does (the same rows in one forward pass), so only timings differ.
 
 Ray is imported here and nowhere else; the CLI imports this module only when ``--ray`` is given.
 
->>> cluster = Cluster(address="auto", workers=4, gpus_per_worker=1)
+>>> cluster = RayCluster(address="auto", workers=4, gpus_per_worker=1)
 >>> train_to_folder_ray(WorkerModel("path/to/model", device="cuda"), "melbo", prompts, cfg, "runs/x", cluster=cluster)
 """
 
+from melbo_tl.distributed.cluster import RayCluster, WorkerModel, connect
 from melbo_tl.distributed.runs import (
+    DCTWorkers,
     WorkerResponse,
     dct_on_workers,
     finish,
@@ -36,22 +38,20 @@ from melbo_tl.distributed.workers import (
     CRASH_ONCE_ENV,
     PLAN_FILE,
     UNITS_DIR,
-    Cluster,
     ModelWorker,
     Unit,
     UnitReport,
     UnitStore,
-    WorkerModel,
     WorkerPool,
-    connect,
 )
 
 __all__ = [
     "CRASH_ONCE_ENV",
     "PLAN_FILE",
     "UNITS_DIR",
-    "Cluster",
+    "DCTWorkers",
     "ModelWorker",
+    "RayCluster",
     "Unit",
     "UnitReport",
     "UnitStore",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,8 @@ import torch
 from melbo_tl.artifacts import Run, atomic_write_bytes, load_run, save_run
 from melbo_tl.distributed.workers import (
     UNITS_DIR,
-    Cluster,
     OutputWriter,
+    RayCluster,
     Unit,
     UnitReport,
     UnitStore,
@@ -65,23 +65,31 @@ class WorkerResponse:
         return delta, torch.cat([g for _, g in parts]).to(theta.device)
 
 
+@dataclass
+class DCTWorkers:
+    """The backend a DCT fit takes (``train_to_folder(…, backend=…)``, ``fit_dct(…, response=…)``):
+    called with the local Δ, it returns the :class:`WorkerResponse` computing its row chunks on
+    ``pool``."""
+
+    pool: WorkerPool
+    prompts: list[Any]
+    cfg: dict[str, Any]
+
+    def __call__(self, local: Any) -> WorkerResponse:
+        return WorkerResponse(local, self.pool, self.prompts, self.cfg)
+
+
 @contextlib.contextmanager
 def dct_on_workers(
-    model: WorkerModel, prompts: Sequence[Any] | Any, cfg: Any, *, cluster: Cluster
-) -> Iterator[WorkerPool]:
-    """Within the block, every DCT fit on ``prompts`` with ``cfg`` (e.g. ``train_to_folder(…,
-    "dct", …)`` on the driver's own copy of the model: calibration bookkeeping, orthogonalization,
-    ranking, checkpoints and ``--resume`` as ever) computes its Δ evaluations, the forward and
-    backward passes over F rows, as chunk-sized units on Ray workers. The same chunks give the
-    single process's numbers."""
-    from melbo_tl.optimize.dct import response_wrapper
-
-    plain = cfg.to_dict()
-    with (
-        WorkerPool(model, cluster) as pool,
-        response_wrapper(lambda local: WorkerResponse(local, pool, stored_prompts(prompts), plain)),
-    ):
-        yield pool
+    model: WorkerModel, prompts: Sequence[Any] | Any, cfg: Any, *, cluster: RayCluster
+) -> Iterator[DCTWorkers]:
+    """Ray workers for the DCT fits on ``prompts`` with ``cfg``: pass what the block gets as
+    ``backend`` (e.g. ``train_to_folder(…, "dct", …, backend=workers)`` on the driver's own copy of
+    the model: calibration bookkeeping, orthogonalization, ranking, checkpoints and ``--resume`` as
+    ever), and its Δ evaluations, the forward and backward passes over F rows, run as chunk-sized
+    units on the workers. The same chunks give the single process's numbers."""
+    with WorkerPool(model, cluster) as pool:
+        yield DCTWorkers(pool, stored_prompts(prompts), cfg.to_dict())
 
 
 def _merge_vector_runs(parts: Sequence[dict[str, Any]]) -> Run:
@@ -102,7 +110,7 @@ def train_to_folder_ray(
     cfg: MelboConfig,
     out: str | Path,
     *,
-    cluster: Cluster,
+    cluster: RayCluster,
     resume: bool = False,
     progress: bool = True,
     outputs: OutputWriter | None = None,
@@ -162,7 +170,7 @@ def sweep_radius_ray(
     cfg: MelboConfig,
     *,
     out: str | Path,
-    cluster: Cluster,
+    cluster: RayCluster,
     resume: bool = False,
     max_new_tokens: int = 48,
     embedder: str = "auto",

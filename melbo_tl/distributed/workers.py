@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run, atomic_write_bytes, atomic_write_json, save_run
+from melbo_tl.distributed.cluster import RayCluster, WorkerModel, connect, runtime_env
 from melbo_tl.filenames import RUN_FILE, VECTORS_FILE
 from melbo_tl.optimize.melbo import MelboConfig
 from melbo_tl.registry import get_method
@@ -32,44 +33,6 @@ PLAN_FILE = "plan.json"
 # Test hook: a worker that starts a unit while this file does not exist yet creates it and exits
 # at once (as a worker killed mid-run would), so tests can check that the run still completes.
 CRASH_ONCE_ENV = "MELBO_TL_RAY_CRASH_ONCE"
-# Environment a worker gets from the driver (on a local cluster it inherits the rest anyway).
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
-
-
-@dataclass(frozen=True)
-class WorkerModel:
-    """What each worker loads: ``spec`` as for :func:`~melbo_tl.models.load_model` (every node
-    needs it: an embedded name, a directory present on every node, or a hub id), ``device`` or
-    ``device_map``, ``dtype`` (auto | float32 | bfloat16 | float16; ``auto`` is resolved by each
-    worker for its own device, as :func:`~melbo_tl.models.load_model` does)."""
-
-    spec: str
-    device: str | None = None
-    dtype: str = "auto"
-    device_map: str | dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Where and how wide to run: ``address`` ``"local"`` (start a Ray instance on this machine),
-    ``"auto"`` (join the cluster ``ray start --head`` started) or ``host:port`` / ``ray://…``;
-    ``workers`` how many model-holding workers (None: as many as the cluster's CPUs, or GPUs
-    when ``gpus_per_worker`` > 0, allow); ``cpus_per_worker`` also sets each worker's torch
-    threads; ``max_retries`` how often a unit is resubmitted after its worker died."""
-
-    address: str = "local"
-    workers: int | None = None
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_retries: int = 3
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be ≥ 1, got {self.workers}.")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise ValueError(
-                f"cpus_per_worker must be > 0 and gpus_per_worker ≥ 0, got {self.cpus_per_worker}, {self.gpus_per_worker}."
-            )
 
 
 @dataclass
@@ -136,7 +99,7 @@ class ModelWorker:
         self._started()
         c = MelboConfig.from_dict(cfg).for_model(self.model)
         problem = MelboProblem.build(
-            self.model, prompts, source=c.source_layer, target=c.target_layer, p=c.p, q=c.q, positions=c.positions,
+            self.model, prompts, source=c.source, target=c.target, p=c.p, q=c.q, positions=c.positions,
             chat=c.chat,
         )  # fmt: skip
         cal = calibrate_radius(SliceResponse(problem), target=c.calibration_target, seed=c.seed, progress=False)
@@ -198,7 +161,7 @@ class ModelWorker:
         if getattr(self, "_dct_key", None) != key:
             c = DCTConfig.from_dict(cfg).for_model(self.model)
             problem = MelboProblem.build(
-                self.model, prompts, source=c.source_layer, target=c.target_layer, p=2.0, q=1.0, positions=c.positions,
+                self.model, prompts, source=c.source, target=c.target, p=2.0, q=1.0, positions=c.positions,
                 chat=c.chat,
             )  # fmt: skip
             self._dct_key, self._dct_response = key, SliceResponse(problem, chunk=max(1, c.chunk_size))
@@ -227,31 +190,6 @@ class ModelWorker:
 
 
 # --- the driver ------------------------------------------------------------------------------
-
-
-def connect(address: str) -> None:
-    """Join (or start) the Ray cluster at ``address`` unless this process already did."""
-    if ray.is_initialized():
-        return
-    if address == "local":
-        ray.init(include_dashboard=False, log_to_driver=True)
-    else:
-        ray.init(address=address, log_to_driver=True)
-
-
-def _package_root() -> str:
-    import melbo_tl
-
-    return str(Path(melbo_tl.__file__).resolve().parents[1])
-
-
-def _runtime_env() -> dict[str, Any]:
-    """Workers import the driver's melbo_tl (its source tree first on the path) and get the
-    MELBO_TL_* and offline settings of the driver's environment."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("MELBO_TL_") or k in FORWARDED_ENV}
-    path = os.environ.get("PYTHONPATH")
-    env["PYTHONPATH"] = _package_root() + (os.pathsep + path if path else "")
-    return {"env_vars": env}
 
 
 class UnitStore:
@@ -296,7 +234,7 @@ class UnitStore:
 class WorkerPool:
     """Model-holding actors and the loop that feeds them units (see the module docstring)."""
 
-    def __init__(self, model: WorkerModel, cluster: Cluster) -> None:
+    def __init__(self, model: WorkerModel, cluster: RayCluster) -> None:
         connect(cluster.address)
         self.model, self.cluster = model, cluster
         resources = ray.cluster_resources()
@@ -314,7 +252,7 @@ class WorkerPool:
             num_cpus=self.cluster.cpus_per_worker,
             num_gpus=self.cluster.gpus_per_worker,
             max_restarts=0,
-            runtime_env=_runtime_env(),
+            runtime_env=runtime_env(),
         )
         self.started += 1
         return cls.remote(self.model, int(self.cluster.cpus_per_worker))

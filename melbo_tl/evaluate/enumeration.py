@@ -57,13 +57,13 @@ def enumerate_behaviours(
     points, owners, sizes = [], [], []
     for r, run_dir in enumerate(run_dirs):
         triage = load_triage(run_dir)
-        sizes.append(int(triage["behaviours"]["n_vectors"]))
-        emb = triage["embeddings"]["behaviours"]
-        for k, row in enumerate(triage["behaviours"]["rows"]):
-            if row["degenerate"] or (row["index"] == UNSTEERED and r > 0):
+        sizes.append(triage.n_vectors)
+        emb = triage.embeddings["behaviours"]
+        for k, row in enumerate(triage.behaviours):
+            if row.degenerate or (row.index == UNSTEERED and r > 0):
                 continue
             points.append(emb[k])
-            owners.append((r, row["index"]))
+            owners.append((r, row.index))
     joint = cluster_embeddings(torch.stack(points), threshold=threshold)
     unsteered_like = {c for c, (r, v) in zip(joint, owners) if v == UNSTEERED}
     curves = []

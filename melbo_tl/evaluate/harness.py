@@ -204,11 +204,10 @@ def select_vectors(run: Run, vectors: Sequence[int] | None) -> list[int]:
         vectors = [vectors]
     chosen: list[int] = []
     for v in vectors:
-        if isinstance(v, bool) or not isinstance(v, int) or not -n <= v < n:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < n:
             raise ValueError(
                 f"Vector index {v!r} is out of range: this run has {n} vector{'s' if n != 1 else ''} (valid 0…{n - 1})."
             )
-        v = v % n
         if v not in chosen:
             chosen.append(v)
     return chosen

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from melbo_tl.forward import next_token_logprobs
 from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.prompts import PromptLike, prepare_prompts
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm sorry",
@@ -77,16 +78,19 @@ def log_odds(logprobs: Float[Tensor, "n vocab"], token_ids: Sequence[int]) -> Fl
 
 def refusal_log_odds(
     model: Any,
-    texts: Sequence[str],
+    prompts: Sequence[PromptLike],
     interventions: Sequence[Any] = (),
     *,
+    chat: bool = True,
+    system: str | None = None,
     token_ids: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> Float[Tensor, " n"]:
-    """log p(refusal start) − log(1 − p(refusal start)) for the next token after each formatted text.
+    """log p(refusal start) − log(1 − p(refusal start)) for the first token of the answer to each prompt.
 
-    ``texts`` are already chat-formatted (see :func:`melbo_tl.prompts.prepare_prompts`); the
-    interventions act as in steered generation.
+    ``prompts`` are user messages, formatted with the chat template (``chat=False``: texts used as
+    they are, e.g. already formatted); the interventions act as in steered generation.
     """
     ids = list(token_ids) if token_ids is not None else refusal_token_ids(chat_tokenizer(model))
+    texts = prepare_prompts(model, prompts, chat=chat, system=system)
     return log_odds(next_token_logprobs(model, texts, interventions, batch_size=batch_size), ids)

@@ -13,10 +13,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from melbo_tl.config import require
-from melbo_tl.prompts import PromptLike
+
+if TYPE_CHECKING:  # no torch at import time: the command line reads tasks before loading a model
+    from melbo_tl.prompts import PromptLike
 
 ROLES = ("system", "user", "assistant")
 _NUMBER = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")

@@ -21,9 +21,7 @@ operands, ``answer_change.json``/``.md``; all written atomically.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -34,57 +32,32 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import atomic_write_json, atomic_write_jsonl, atomic_write_text, load_run, read_jsonl
-from melbo_tl.config import Config, require
 from melbo_tl.evaluate.answer_change import AnswerChangeConfig, AnswerChangeReport, answer_change_of
 from melbo_tl.evaluate.stats import rate_with_ci
+from melbo_tl.evaluate.task_config import TaskConfig  # lives there, without torch
 from melbo_tl.evaluate.task_items import (
     TaskItem,
-    compile_extract,
     is_correct,
     load_task,
     parse_item,
 )
 from melbo_tl.runs import check_index, generate_conditions, intervention_from_run, n_interventions
+from melbo_tl.stage_folder import SETTINGS_FILE as STAGE_SETTINGS
+from melbo_tl.stage_folder import StageFolder, csv_text
 
 TASKS_DIR = "tasks"
-SETTINGS_FILE = "settings.json"
+SETTINGS_FILE = STAGE_SETTINGS  # what made the files (melbo_tl.stage_folder)
 COMPLETIONS_FILE = "completions.jsonl"
 RANKING_JSONL = "ranking.jsonl"
 RANKING_CSV = "ranking.csv"
 RANKING_MD = "ranking.md"
+# What other settings would have made differently (removed when the settings change).
+STALE = (COMPLETIONS_FILE, RANKING_JSONL, RANKING_CSV, RANKING_MD)
 ANSWER_CHANGE_JSON = "answer_change.json"
 ANSWER_CHANGE_MD = "answer_change.md"
 UNSTEERED = -1  # the vector index of the unsteered baseline
 # settings that change neither the completions nor which exist: a rerun with new ones resumes
 SCORING_ONLY = ("extract", "indices", "vectors_per_chunk", "batch_size")
-
-
-@dataclass
-class TaskConfig(Config):
-    """Settings of a task ranking: ``extract`` default regex for items without their own;
-    ``max_new_tokens`` per greedy completion; ``vectors_per_chunk`` vectors generated together
-    (and checkpointed together); ``batch_size`` rows per forward pass; ``scale`` on every
-    vector; ``system`` prompt; ``chat`` (format with the chat template, else raw text);
-    ``indices`` the vectors to rank (None: all)."""
-
-    extract: str | None = None
-    max_new_tokens: int = 48
-    vectors_per_chunk: int = 4
-    batch_size: int = 32
-    scale: float = 1.0
-    system: str | None = None
-    chat: bool = True
-    indices: list[int] | None = None
-
-    def validate(self) -> None:
-        require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
-        require(self.vectors_per_chunk >= 1, f"vectors_per_chunk must be ≥ 1, got {self.vectors_per_chunk}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        if self.extract is not None:
-            require(bool(self.extract), "extract must be a non-empty regex (or None: the whole completion).")
-            compile_extract(self.extract, "--extract")
-        if self.indices is not None:
-            require(len(self.indices) > 0, "indices is empty; give at least one vector index (or None: all).")
 
 
 @dataclass
@@ -152,13 +125,8 @@ class TaskRanking:
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
-        buffer = io.StringIO()
         keys = [k for k in VectorScore.__dataclass_fields__ if k != "example"]
-        writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for s in self.scores:
-            writer.writerow(s.to_dict())
-        return buffer.getvalue()
+        return csv_text([s.to_dict() for s in self.scores], keys)
 
 
 def task_folder(run_dir: str | Path, task_name: str) -> Path:
@@ -261,18 +229,12 @@ def rank_by_task(
         answer_change.check_operands(list(items[0].operands))  # before any generation
     run = load_run(run_dir, model)
     n = n_interventions(run)
-    indices = list(range(n)) if cfg.indices is None else [check_index(i, n, "vector") % n for i in cfg.indices]
+    indices = list(range(n)) if cfg.indices is None else [check_index(i, n, "vector") for i in cfg.indices]
     vectors = [UNSTEERED, *dict.fromkeys(indices)]
     name = name or _task_name(task)
-    out = task_folder(run_dir, name)
-    out.mkdir(parents=True, exist_ok=True)
     settings_now = {"config": {k: v for k, v in cfg.to_dict().items() if k not in SCORING_ONLY},
                     "items": _items_key(items), "n_items": len(items)}  # fmt: skip
-    saved = out / SETTINGS_FILE
-    if saved.is_file() and json.loads(saved.read_text()) != settings_now:
-        for stale in (COMPLETIONS_FILE, RANKING_JSONL, RANKING_CSV, RANKING_MD):
-            (out / stale).unlink(missing_ok=True)
-    atomic_write_json(saved, settings_now)
+    out = StageFolder(task_folder(run_dir, name), settings_now, stale=STALE).path
     rows, seconds = _generate(model, run, out, items, vectors, cfg, progress)
     scores = score_rows(rows, items, cfg.extract)
     baseline = next(s for s in scores if s.vector == UNSTEERED)

@@ -27,19 +27,15 @@ Generation is checkpointed after every batch of vectors; a rerun with the same s
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
@@ -51,7 +47,6 @@ from melbo_tl.artifacts import (
     read_jsonl,
     save_tensors,
 )
-from melbo_tl.config import Config, require
 from melbo_tl.evaluate.behaviours import cluster_embeddings, distinctive_words, pareto_front, representative
 from melbo_tl.evaluate.datasets import load_prompts
 from melbo_tl.evaluate.degenerate import (
@@ -65,124 +60,26 @@ from melbo_tl.evaluate.degenerate import (
 from melbo_tl.evaluate.embeddings import embed_texts
 from melbo_tl.evaluate.fluency import completion_nll, content_nll, perplexity
 from melbo_tl.evaluate.refusal import is_refusal
+from melbo_tl.evaluate.triage_config import TriageConfig
+from melbo_tl.evaluate.triage_files import (  # noqa: F401  (re-exported: the triage's vocabulary)
+    BEHAVIOURS_CSV,
+    BEHAVIOURS_FILE,
+    CLUSTERS_FILE,
+    COMPLETIONS_FILE,
+    EMBEDDINGS_FILE,
+    FLUENCY_FILE,
+    SETTINGS_FILE,
+    TRIAGE_DIR,
+    UNSTEERED,
+    BehaviourCluster,
+    TriageResult,
+    VectorBehaviour,
+    load_triage,
+    triage_dir,
+)
 from melbo_tl.prompts import PromptLike
 from melbo_tl.runs import generate_conditions, intervention_from_run, n_interventions
-
-TRIAGE_DIR = "triage"
-SETTINGS_FILE = "settings.json"
-COMPLETIONS_FILE = "completions.jsonl"
-FLUENCY_FILE = "fluency.jsonl"  # per-completion NLLs under the unsteered model, checkpointed per batch
-BEHAVIOURS_FILE = "behaviours.json"
-BEHAVIOURS_CSV = "behaviours.csv"
-CLUSTERS_FILE = "clusters.json"
-EMBEDDINGS_FILE = "embeddings.safetensors"
-UNSTEERED = -1  # the vector index of unsteered completions
-
-
-@dataclass
-class TriageConfig(Config):
-    """Settings of a triage: ``heldout`` prompt set (built-in name or file; None: the training
-    prompts only) with ``n_heldout`` prompts from its ``heldout_split``; ``samples`` completions per
-    (vector, prompt): 1 = greedy, more = sampled at ``temperature``; ``max_new_tokens``;
-    ``threshold`` the clustering's cosine-distance cut; ``batch_size`` vectors per generate;
-    ``seed``; ``embedder`` (auto | minilm | model); ``max_content_nll`` and ``max_loop_nll`` the
-    degenerate detector's soup thresholds (nats/token by which a completion's content may exceed
-    the unsteered model's baseline; see docs/triage.md: tuned on the embedded models)."""
-
-    heldout: str | None = None
-    n_heldout: int = 8
-    heldout_split: str = "test"
-    samples: int = 1
-    temperature: float = 1.0
-    max_new_tokens: int = 48
-    threshold: float = 0.35
-    batch_size: int = 32
-    seed: int = 0
-    embedder: str = "auto"
-    max_content_nll: float = DEFAULT.max_content_nll
-    max_loop_nll: float = DEFAULT.max_loop_nll
-
-    def validate(self) -> None:
-        require(self.n_heldout >= 1, f"n_heldout must be ≥ 1, got {self.n_heldout}.")
-        require(self.samples >= 1, f"samples must be ≥ 1, got {self.samples}.")
-        require(self.samples == 1 or self.temperature > 0, "samples > 1 needs temperature > 0 (greedy repeats itself).")
-        require(self.max_new_tokens >= 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}.")
-        require(0 < self.threshold < 2, f"threshold is a cosine distance in (0, 2), got {self.threshold}.")
-        require(self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}.")
-        for name in ("max_content_nll", "max_loop_nll"):
-            require(getattr(self, name) > 0, f"{name} must be > 0 nats/token, got {getattr(self, name)}.")
-
-
-@dataclass
-class VectorBehaviour:
-    """One vector's triage row (``index`` -1: the unsteered model). ``cluster`` id (see
-    ``clusters.json``); ``novelty``, ``perplexity`` (median), ``refusal`` share, ``length`` (mean
-    tokens) on the training prompts; ``degenerate`` kind ("soup", "empty", "echo"; "" if
-    fine); ``repetitive`` (most training completions repeat coherent text); ``frontier``;
-    ``shortlist`` position (None if not listed); ``completion`` (first training completion);
-    ``heldout_refusal``/``heldout_novelty`` with held-out prompts."""
-
-    index: int
-    cluster: int
-    novelty: float
-    perplexity: float
-    refusal: float
-    length: float
-    degenerate: str
-    repetitive: bool = False
-    frontier: bool = False
-    shortlist: int | None = None
-    completion: str = ""
-    heldout_refusal: float | None = None
-    heldout_novelty: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Cluster:
-    """A behaviour: ``id``; ``words`` its most distinctive words; ``size``; ``members`` (vector
-    indices); ``representative`` vector and its ``completion``; ``refusal`` share of members;
-    ``degenerate`` kind for the classes of degenerate vectors ("" for behaviours);
-    ``repetitive`` if most members repeat coherent text (a behaviour, shortlisted like any other);
-    ``unsteered_like`` if the unsteered completion falls in it."""
-
-    id: int
-    words: list[str]
-    size: int
-    members: list[int]
-    representative: int
-    completion: str
-    refusal: float
-    degenerate: str = ""
-    repetitive: bool = False
-    unsteered_like: bool = False
-
-    @property
-    def label(self) -> str:
-        if self.degenerate:
-            return f"degenerate: {self.degenerate}"
-        words = ", ".join(self.words) or "(no distinctive words)"
-        return f"repetitive: {words}" if self.repetitive else words
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "label": self.label}
-
-
-@dataclass
-class TriageResult:
-    """Fields: ``behaviours`` one row per vector (and one for unsteered, index -1, first);
-    ``clusters``; ``shortlist`` vector indices in reading order; ``seconds`` per stage."""
-
-    behaviours: list[VectorBehaviour]
-    clusters: list[Cluster]
-    shortlist: list[int]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def triage_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / TRIAGE_DIR
+from melbo_tl.stage_folder import StageFolder, csv_text
 
 
 def _prompts(run_meta: dict[str, Any], cfg: TriageConfig) -> tuple[list[PromptLike], list[PromptLike]]:
@@ -277,13 +174,7 @@ def triage_run(
     """Triage every vector of the run in ``run_dir`` (module docstring); writes ``RUN/triage/``."""
     cfg = TriageConfig.build(cfg, **settings)
     run = load_run(run_dir, model)
-    out = triage_dir(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / SETTINGS_FILE
-    if saved.is_file() and json.loads(saved.read_text()) != cfg.to_dict():
-        for stale in out.iterdir():
-            stale.unlink()
-    atomic_write_json(saved, cfg.to_dict())
+    out = StageFolder(triage_dir(run_dir), cfg.to_dict()).path  # other settings: start afresh
     train, heldout = _prompts(run.meta, cfg)
     prompts = train + heldout
     seconds: dict[str, float] = {}
@@ -354,7 +245,7 @@ def _cluster(
     rows: list[dict],
     by_vector: dict[int, list[int]],
     threshold: float,
-) -> list[Cluster]:
+) -> list[BehaviourCluster]:
     fine = [i for i, b in enumerate(behaviours) if not b.degenerate]
     labels = cluster_embeddings(emb[fine], threshold=threshold)
     groups: dict[str, list[int]] = {}
@@ -377,7 +268,7 @@ def _cluster(
         for i in members:
             behaviours[i].cluster = cid
         clusters.append(
-            Cluster(
+            BehaviourCluster(
                 id=cid,
                 words=top if not behaviours[members[0]].degenerate else [],
                 size=len([v for v in vectors if v != UNSTEERED]),
@@ -393,7 +284,7 @@ def _cluster(
     return clusters
 
 
-def _shortlist(behaviours: list[VectorBehaviour], clusters: list[Cluster]) -> list[int]:
+def _shortlist(behaviours: list[VectorBehaviour], clusters: list[BehaviourCluster]) -> list[int]:
     """Frontier vectors first (most novel first), then one representative per behaviour cluster."""
     candidates = [
         b for b in behaviours if b.index != UNSTEERED and not b.degenerate and not clusters[b.cluster].unsteered_like
@@ -419,11 +310,7 @@ def _shortlist(behaviours: list[VectorBehaviour], clusters: list[Cluster]) -> li
 def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor, behaviour_emb: torch.Tensor,
            embedder: str, method: Any, n_train: int) -> None:  # fmt: skip
     table = [b.to_dict() for b in result.behaviours]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-    writer.writeheader()
-    writer.writerows(table)
-    atomic_write_text(out / BEHAVIOURS_CSV, buf.getvalue())
+    atomic_write_text(out / BEHAVIOURS_CSV, csv_text(table))
     save_tensors(out / EMBEDDINGS_FILE, {"completions": emb, "behaviours": behaviour_emb})
     summary = {
         "method": method,
@@ -433,6 +320,7 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
         "n_behaviours": sum(1 for c in result.clusters if not c.degenerate and not c.unsteered_like),
         "n_degenerate": sum(c.size for c in result.clusters if c.degenerate),
         "n_repetitive": sum(1 for b in result.behaviours if b.repetitive and b.index != UNSTEERED),
+        "content_baseline_nll": rows[0]["degeneracy"].baseline,  # the unsteered model's NLL of plain answers
         "shortlist": result.shortlist,
         "seconds": result.seconds,
         "completion_rows": [
@@ -452,17 +340,3 @@ def _write(out: Path, result: TriageResult, rows: list[dict], emb: torch.Tensor,
     }
     atomic_write_json(out / CLUSTERS_FILE, [c.to_dict() for c in result.clusters])
     atomic_write_json(out / BEHAVIOURS_FILE, {**summary, "rows": table})
-
-
-def load_triage(run_dir: str | Path) -> dict[str, Any]:
-    """The triage files of a run: ``behaviours`` (summary + rows), ``clusters``, ``completions``,
-    ``embeddings`` (``completions`` [n, dim], ``behaviours`` [vectors + 1, dim])."""
-    folder = triage_dir(run_dir)
-    if not (folder / BEHAVIOURS_FILE).is_file():
-        raise FileNotFoundError(f"{folder} holds no triage; run `melbo triage {run_dir}` first.")
-    return {
-        "behaviours": json.loads((folder / BEHAVIOURS_FILE).read_text()),
-        "clusters": json.loads((folder / CLUSTERS_FILE).read_text()),
-        "completions": read_jsonl(folder / COMPLETIONS_FILE),
-        "embeddings": safetensors.torch.load_file(str(folder / EMBEDDINGS_FILE)),
-    }

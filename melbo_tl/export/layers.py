@@ -22,9 +22,7 @@ melbo_tl site                      llama.cpp tensor     note
 
 from __future__ import annotations
 
-import re
-
-_RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+from melbo_tl.steering.sites import Site, SiteLike
 
 
 def valid_llama_cpp_layers(n_layers: int) -> range:
@@ -32,22 +30,27 @@ def valid_llama_cpp_layers(n_layers: int) -> range:
     return range(1, n_layers)
 
 
-def llama_cpp_layer(hook: str, n_layers: int) -> int:
-    """The ``N`` of the file tensor ``direction.N`` that adds a vector where ``hook`` does.
+def llama_cpp_layer(hook: SiteLike, n_layers: int) -> int:
+    """The ``N`` of the file tensor ``direction.N`` that adds a vector where ``hook`` (a site or
+    hook name) does.
 
     Raises a ValueError naming the sites that can be expressed when ``hook`` is not a residual
     stream site, or is one llama.cpp never steers (the embeddings, the output of block 0).
     """
-    m = _RESID.match(hook) if isinstance(hook, str) else None
-    if m is None:
+    try:
+        site = Site.parse(hook)
+    except ValueError:
+        site = None
+    if site is None or site.kind not in ("resid_pre", "resid_post"):
         raise ValueError(
             f"Hook {hook!r} cannot be expressed as a llama.cpp control vector: llama.cpp adds vectors to the "
             f"residual stream after a block, i.e. at 'blocks.s.hook_resid_post' or 'blocks.s.hook_resid_pre'."
         )
-    block, kind = int(m.group(1)), m.group(2)
-    if not 0 <= block < n_layers:
-        raise ValueError(f"Hook {hook!r} names block {block}, but the model has {n_layers} blocks (0…{n_layers - 1}).")
-    layer = block if kind == "post" else block - 1
+    if not site.layer < n_layers:
+        raise ValueError(
+            f"Hook {hook!r} names block {site.layer}, but the model has {n_layers} blocks (0…{n_layers - 1})."
+        )
+    layer = site.canonical().layer - 1
     valid = valid_llama_cpp_layers(n_layers)
     if layer not in valid:
         raise ValueError(
@@ -67,4 +70,4 @@ def hook_for_llama_cpp_layer(layer: int, n_layers: int) -> str:
         raise ValueError(
             f"llama.cpp layer {layer!r} is not applied to a model of {n_layers} blocks (valid {valid.start}…{valid.stop - 1})."
         )
-    return f"blocks.{layer}.hook_resid_post"
+    return Site(layer, "resid_post").hook

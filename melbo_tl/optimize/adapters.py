@@ -24,52 +24,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.forward import run_forward
+from melbo_tl.optimize.configs import AdapterConfig  # lives there, without torch
 from melbo_tl.optimize.melbo import per_vector_rows
 from melbo_tl.optimize.objective import column_tangent, normalize_columns
-from melbo_tl.optimize.problem import LayerPairSettings, MelboProblem
+from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import like, master_copy, to_result
 from melbo_tl.prompts import Positions, PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import check_index
 from melbo_tl.steering.interventions import MLPAdapter
+from melbo_tl.steering.results import VectorResult, check_entry
 from melbo_tl.steering.sites import mlp_hidden_hook, mlp_out_hook
 
 NAME = "melbo-adapter"
-
-
-@dataclass
-class AdapterConfig(LayerPairSettings, Config):
-    """Settings of a MELBO adapter run: ``radius`` R (scale of B·Aᵀ), ``rank`` r, the layers,
-    objective and optimizer settings as in :class:`~melbo_tl.optimize.melbo.MelboConfig`, and
-    ``n_adapters`` trained ``batch_size`` at a time."""
-
-    radius: float
-    rank: int = 8
-    source_layer: int | None = None
-    target_layer: int | None = None
-    p: float = 2.0
-    q: float = 1.0
-    positions: str = "all"
-    n_adapters: int = 4
-    steps: int = 300
-    lr: float = 1e-3
-    seed: int = 0
-    batch_size: int = 4
-    chat: bool = True
-
-    RESUMABLE = ("n_adapters",)
-
-    def validate(self) -> None:
-        self.validate_objective()
-        require(self.rank >= 1, f"rank must be ≥ 1, got {self.rank}.")
-        require(self.n_adapters >= 1, f"n_adapters must be ≥ 1, got {self.n_adapters}.")
-
-    def check_model(self, model: Any) -> None:
-        super().check_model(model)
-        d_mlp = int(model.cfg.d_mlp)
-        require(1 <= self.rank <= d_mlp, f"rank must be in 1…{d_mlp} (d_mlp), got {self.rank}.")
 
 
 @dataclass
@@ -88,10 +56,12 @@ class AdapterRecord:
 
 
 @dataclass
-class AdapterResult:
+class AdapterResult(VectorResult):
     """Fields: ``A`` [n, d_mlp, r], ``B`` [n, d_model, r] (unit columns), applied with
-    :meth:`intervention`; ``config`` (layers filled in); per-adapter ``losses``,
-    ``objectives``, ``seconds``; ``texts`` the formatted prompts."""
+    :meth:`intervention` (an :class:`MLPAdapter`); ``vectors`` [n, d_model] each adapter's mean
+    residual contribution on the training prompts (to compare with steering vectors), written at
+    ``site`` (the adapted block's MLP output); ``config`` (sites filled in); per-adapter
+    ``losses``, ``objectives``, ``seconds``; ``texts`` the formatted prompts."""
 
     A: Float[Tensor, "n d_mlp rank"]
     B: Float[Tensor, "n d_model rank"]
@@ -100,21 +70,100 @@ class AdapterResult:
     objectives: list[float]
     seconds: list[float]
     texts: list[str]
+    vectors: Float[Tensor, "n d_model"] | None = None  # type: ignore[assignment]
+    unit = "adapter"
+
+    @property
+    def hook(self) -> str:  # type: ignore[override]
+        return mlp_out_hook(self.config.block)
+
+    def summary(self) -> dict[str, Any]:
+        return {"rank": self.rank, "radius R": self.config.radius, "objectives": self.objectives}
 
     @property
     def rank(self) -> int:
         return self.config.rank
 
-    def intervention(self, index: int) -> MLPAdapter:
-        assert self.config.source_layer is not None
-        return MLPAdapter(self.A[index], self.B[index], self.config.source_layer, self.config.radius)
+    def intervention(self, index: int = 0, scale: float = 1.0) -> MLPAdapter:
+        """Adapter ``index`` with its radius × ``scale`` (the effect is linear in the radius)."""
+        check_entry(index, int(self.A.shape[0]), "adapter")
+        return MLPAdapter(self.A[index], self.B[index], self.config.block, self.config.radius * scale)
 
 
 @torch.no_grad()
 def _mlp_hidden(model: Any, problem: MelboProblem) -> Tensor:
-    name = mlp_hidden_hook(problem.source)
+    name = mlp_hidden_hook(problem.source.as_resid_post().layer)
     fwd = run_forward(model, problem.batch, record=[name], logits="none")
     return fwd.activations[name]
+
+
+@dataclass
+class _AdapterProblem:
+    """The MELBO problem with the source block's MLP hidden activation cached (it does not depend
+    on the adapter): the steered residual of k adapters at once."""
+
+    problem: MelboProblem
+    hidden: Tensor  # [prompts, pos, d_mlp]
+    radius: float
+
+    @property
+    def real(self) -> Tensor:
+        return self.problem.real[None, ..., None].to(self.hidden.dtype)
+
+    def steered(self, A: Tensor, B: Tensor) -> Tensor:
+        h = self.hidden
+        delta = self.radius * torch.einsum("ipm,kmr,kdr->kipd", h, like(A, h), like(B, h)) * self.real
+        return (self.problem.segment.residual[None] + delta).flatten(0, 1)
+
+    def mean_delta(self, A: Tensor, B: Tensor) -> Tensor:
+        """Each adapter's residual contribution averaged over the prompts' real tokens."""
+        real = self.real[0].float()
+        mean_hidden = (self.hidden.float() * real).sum((0, 1)) / real.sum()
+        return self.radius * torch.einsum("m,kmr,kdr->kd", mean_hidden, A, B)
+
+
+def _start(model: Any, cfg: AdapterConfig, first: int, count: int) -> tuple[Tensor, Tensor]:
+    """Random unit-column starts of adapters ``first`` … (each depends only on its seed and index)."""
+    d, d_mlp = int(model.cfg.d_model), int(model.cfg.d_mlp)
+    gens = [torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + first + j) for j in range(count)]
+    factor = lambda rows: master_copy(  # noqa: E731
+        normalize_columns(torch.stack([torch.randn(rows, cfg.rank, generator=g, device="cpu") for g in gens])), model
+    )
+    return factor(d_mlp).requires_grad_(True), factor(d).requires_grad_(True)
+
+
+def _train_batch(
+    model: Any, ap: _AdapterProblem, cfg: AdapterConfig, first: int, count: int, progress: bool
+) -> list[AdapterRecord]:
+    """Adapters ``first`` … ``first + count − 1``, trained at once: Riemannian AdamW per column."""
+    A, B = _start(model, cfg, first, count)
+    opt = torch.optim.AdamW([A, B], lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
+    history: list[list[float]] = [[] for _ in range(count)]
+    started = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress)
+    for _ in bar:
+        opt.zero_grad(set_to_none=True)
+        objective, _ = ap.problem.objective(ap.steered(A, B))
+        (-objective.sum()).backward()
+        with torch.no_grad():
+            A.grad.copy_(column_tangent(A.grad, A))
+            B.grad.copy_(column_tangent(B.grad, B))
+        opt.step()
+        with torch.no_grad():
+            A.copy_(normalize_columns(A))
+            B.copy_(normalize_columns(B))
+        for row, value in zip(history, objective.tolist()):
+            row.append(value)
+        bar.set_postfix(objective=f"{objective.mean().item():.4g}")
+    with torch.no_grad():
+        final, _ = ap.problem.objective(ap.steered(A, B))
+        mean_delta = ap.mean_delta(A, B)
+    seconds = (time.perf_counter() - started) / count
+    return [
+        AdapterRecord(first + j, to_result(A[j]), to_result(B[j]), history[j], float(final[j]), seconds,
+                      to_result(mean_delta[j]))
+        for j in range(count)
+    ]  # fmt: skip
 
 
 def train_adapters(
@@ -127,70 +176,19 @@ def train_adapters(
     progress: bool = True,
     **settings: Any,
 ) -> AdapterResult:
-    """Learn ``cfg.n_adapters`` rank-``cfg.rank`` MELBO adapters on block ``source_layer``'s MLP
-    output (``settings``: :class:`AdapterConfig` fields applied on top of ``cfg``)."""
+    """Learn ``cfg.n_adapters`` rank-``cfg.rank`` MELBO adapters on the MLP output of the block
+    the source site follows (``settings``: :class:`AdapterConfig` fields applied on top of ``cfg``),
+    ``batch_size`` at a time; ``previous`` (a resumed run's) are kept, ``on_adapter`` sees each new one."""
     cfg = AdapterConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
-    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
-        chat=cfg.chat,
-    )  # fmt: skip
-    hidden = _mlp_hidden(model, problem)  # [prompts, pos, d_mlp]
-    d, d_mlp, rank = int(model.cfg.d_model), int(model.cfg.d_mlp), cfg.rank
-    real = problem.real[None, ..., None].to(hidden.dtype)
-
-    def steered(A: Tensor, B: Tensor) -> Tensor:
-        delta = cfg.radius * torch.einsum("ipm,kmr,kdr->kipd", hidden, like(A, hidden), like(B, hidden)) * real
-        return (problem.segment.residual[None] + delta).flatten(0, 1)
-
+        model, prompts, source=cfg.source, target=cfg.target, p=cfg.p, q=cfg.q, positions=cfg.positions, chat=cfg.chat
+    )
+    ap = _AdapterProblem(problem, _mlp_hidden(model, problem), cfg.radius)
     records = list(previous)
     while len(records) < cfg.n_adapters:
-        first = len(records)
-        count = min(cfg.batch_size, cfg.n_adapters - first)
-        gens = [torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + first + j) for j in range(count)]
-        A = master_copy(
-            normalize_columns(torch.stack([torch.randn(d_mlp, rank, generator=g, device="cpu") for g in gens])), model
-        )
-        B = master_copy(
-            normalize_columns(torch.stack([torch.randn(d, rank, generator=g, device="cpu") for g in gens])), model
-        )
-        A.requires_grad_(True)
-        B.requires_grad_(True)
-        opt = torch.optim.AdamW([A, B], lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
-        history: list[list[float]] = [[] for _ in range(count)]
-        started = time.perf_counter()
-        bar = tqdm(range(cfg.steps), desc=f"adapters {first}-{first + count - 1}", disable=not progress)
-        for _ in bar:
-            opt.zero_grad(set_to_none=True)
-            objective, _ = problem.objective(steered(A, B))
-            (-objective.sum()).backward()
-            with torch.no_grad():
-                A.grad.copy_(column_tangent(A.grad, A))
-                B.grad.copy_(column_tangent(B.grad, B))
-            opt.step()
-            with torch.no_grad():
-                A.copy_(normalize_columns(A))
-                B.copy_(normalize_columns(B))
-            for row, value in zip(history, objective.tolist()):
-                row.append(value)
-            bar.set_postfix(objective=f"{objective.mean().item():.4g}")
-        with torch.no_grad():
-            final, _ = problem.objective(steered(A, B))
-            h = hidden.float()
-            mean_hidden = (h * real[0].float()).sum((0, 1)) / real.sum()
-            mean_delta = cfg.radius * torch.einsum("m,kmr,kdr->kd", mean_hidden, A, B)
-        seconds = (time.perf_counter() - started) / count
-        for j in range(count):
-            record = AdapterRecord(
-                first + j,
-                to_result(A[j]),
-                to_result(B[j]),
-                history[j],
-                float(final[j]),
-                seconds,
-                to_result(mean_delta[j]),
-            )
+        count = min(cfg.batch_size, cfg.n_adapters - len(records))
+        for record in _train_batch(model, ap, cfg, len(records), count, progress):
             records.append(record)
             if on_adapter is not None:
                 on_adapter(record)
@@ -202,6 +200,7 @@ def train_adapters(
         objectives=[r.objective for r in records],
         seconds=[r.seconds for r in records],
         texts=problem.texts,
+        vectors=torch.stack([r.mean_delta for r in records]),
     )
 
 
@@ -217,9 +216,10 @@ def _as_run(model: Any, cfg: AdapterConfig, records: Sequence[AdapterRecord], te
         "B": stack([r.B for r in records], (d, cfg.rank)),
     }
     meta = {
-        "hooks": [mlp_out_hook(cfg.source_layer)] * len(records),  # type: ignore[arg-type]
-        "source_layer": cfg.source_layer,
-        "target_layer": cfg.target_layer,
+        "hooks": [mlp_out_hook(cfg.block)] * len(records),
+        "source_layer": cfg.block,  # the adapted block (what adapter_intervention reads)
+        "source": str(cfg.source),
+        "target": str(cfg.target),
         "radius": cfg.radius,
         "rank": cfg.rank,
         "objective_positions": cfg.positions,

@@ -1,7 +1,7 @@
 """Deep causal transcoding (DCT; Mack & Turner): hundreds of calibrated steering vectors at once.
 
-DCT models the effect of adding θ at ``blocks.s.hook_resid_post`` on the mean residual at
-``blocks.t.hook_resid_pre`` over the target positions (:class:`~melbo_tl.optimize.calibration.SliceResponse`)
+DCT models the effect of adding θ at the ``source`` site on the mean residual at the later
+``target`` site over the target positions (:class:`~melbo_tl.optimize.calibration.SliceResponse`)
 as a shallow exponential MLP, Δ(θ) ≈ Σ_l α_l u_l (exp⟨v_l, θ⟩ − 1), and fits F input directions
 V [F, d] and output directions U [F, d] (unit rows) by alternating updates, all factors at once
 as rows of one batched segment:
@@ -34,10 +34,8 @@ ride along.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +44,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.optimize.calibration import (
     Calibration,
     SliceResponse,
@@ -54,131 +51,25 @@ from melbo_tl.optimize.calibration import (
     random_directions,
     unit_rows,
 )
-from melbo_tl.optimize.dct_ranking import BEHAVIOURS, RANKINGS, is_ranking, rank_key, target_scores
+from melbo_tl.optimize.configs import RANKINGS, DCTConfig  # DCTConfig lives there, without torch
+from melbo_tl.optimize.dct_ranking import BEHAVIOURS, rank_key, target_scores
 from melbo_tl.optimize.dct_screen import Screen, screen_factors
 from melbo_tl.optimize.dct_steps import (
-    ORTHOGONALIZE,
     Movement,
     damp,
     importance_weights,
     orthogonalize,
     svd_start,
 )
-from melbo_tl.optimize.problem import LayerPair, MelboProblem
+from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import master_copy, to_result
-from melbo_tl.prompts import Positions, PromptLike
+from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
+from melbo_tl.steering.results import VectorResult
 from melbo_tl.steering.sites import d_model
 
 NAME = "dct"
-STARTS = ("jacobian", "jacobian-svd", "random")
-UPDATES = ("alternating", "simultaneous")
-FINAL_U = ("response", "last-update")
-# The choices a variant makes for every field left as None.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "melbo_tl": dict(
-        start="jacobian", update="alternating", beta=1.0, orthogonalize="polar", orthogonal_result=True,
-        final_u="response", rank_by="importance",
-    ),
-    "reference": dict(
-        start="jacobian-svd", update="simultaneous", beta=1.0, orthogonalize="qr", orthogonal_result=False,
-        final_u="last-update", rank_by="alpha2",
-    ),
-}  # fmt: skip
-
-
-@dataclass
-class DCTConfig(LayerPair, Config):
-    """Settings of a DCT run.
-
-    ``n_factors`` F; ``source_layer``/``target_layer`` (None: 7 and n_layers − 8, as MELBO);
-    ``positions`` the target positions averaged (default the last 3 prompt tokens); ``radius`` R
-    or ``"auto"`` (calibrated with ``calibration_target`` ρ over ``calibration_directions``
-    random directions); ``iterations`` at most, stopping early once every v_l moved less than
-    ``tolerance`` (1 − cos); ``chunk_size`` rows per forward pass; ``seed``; ``chat`` formatting.
-
-    ``variant`` ("melbo_tl" | "reference") fills every algorithm choice below left as None:
-    ``start`` jacobian | jacobian-svd | random, with ``d_proj`` random outputs for jacobian-svd;
-    ``update`` alternating | simultaneous (which u the v-update pulls back: the new or the
-    previous); ``beta`` damping in (0, 1] (1: none); ``orthogonalize`` polar | qr | none
-    (sign-keeping); ``orthogonal_result`` whether the returned V is orthogonalized after the last
-    update; ``final_u`` response (u_l = Δ(R·v_l)/‖·‖ of the returned v_l) | last-update (the U of
-    the last update, one step behind V, as the reference); ``rank_by`` importance | alpha |
-    alpha2 | behaviours (coherent, distinct behaviours first: a ``screen_tokens`` greedy completion
-    of each vector, :mod:`melbo_tl.optimize.dct_screen`) | "A:B" (logit of A's first token minus
-    B's, read through the rest of the model)."""
-
-    n_factors: int = 256
-    source_layer: int | None = None
-    target_layer: int | None = None
-    positions: str = "last:3"
-    radius: float | str = "auto"
-    calibration_target: float = 0.5
-    calibration_directions: int = 30
-    iterations: int = 10
-    tolerance: float = 1e-3
-    chunk_size: int = 64
-    seed: int = 0
-    chat: bool = True
-    variant: str = "melbo_tl"
-    start: str | None = None
-    d_proj: int = 32
-    update: str | None = None
-    beta: float | None = None
-    orthogonalize: str | None = None
-    orthogonal_result: bool | None = None
-    final_u: str | None = None
-    rank_by: str | None = None
-    screen_tokens: int = 24
-
-    def validate(self) -> None:
-        require(self.variant in VARIANTS, f"variant {self.variant!r} is not one of {', '.join(VARIANTS)}.")
-        for name, value in VARIANTS[self.variant].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        self.positions = str(Positions.parse(self.positions))
-        require(self.n_factors >= 1, f"n_factors (F) must be ≥ 1, got {self.n_factors}.")
-        if self.radius != "auto":
-            try:
-                self.radius = float(self.radius)
-            except (TypeError, ValueError):
-                raise ValueError(f"radius must be a number > 0 or 'auto', got {self.radius!r}.") from None
-            require(self.radius > 0, f"radius must be > 0 or 'auto', got {self.radius}.")
-        require(self.calibration_target > 0, f"calibration_target must be > 0, got {self.calibration_target}.")
-        require(
-            self.calibration_directions >= 1, f"calibration_directions must be ≥ 1, got {self.calibration_directions}."
-        )
-        require(self.iterations >= 0, f"iterations must be ≥ 0, got {self.iterations}.")
-        require(self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}.")
-        require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
-        require(self.start in STARTS, f"start {self.start!r} is not one of {', '.join(STARTS)}.")
-        require(self.screen_tokens >= 1, f"screen_tokens must be ≥ 1, got {self.screen_tokens}.")
-        require(self.d_proj >= 1, f"d_proj must be ≥ 1, got {self.d_proj}.")
-        require(self.update in UPDATES, f"update {self.update!r} is not one of {', '.join(UPDATES)}.")
-        require(0 < float(self.beta) <= 1, f"beta must be in (0, 1] (1: no damping), got {self.beta}.")  # type: ignore[arg-type]
-        self.beta = float(self.beta)  # type: ignore[arg-type]
-        require(
-            self.orthogonalize in ORTHOGONALIZE,
-            f"orthogonalize {self.orthogonalize!r} is not one of {', '.join(ORTHOGONALIZE)}.",
-        )
-        require(
-            isinstance(self.orthogonal_result, bool),
-            f"orthogonal_result must be True or False, got {self.orthogonal_result!r}.",
-        )
-        require(self.final_u in FINAL_U, f"final_u {self.final_u!r} is not one of {', '.join(FINAL_U)}.")
-        require(
-            is_ranking(str(self.rank_by)),
-            f"rank_by {self.rank_by!r}: use {', '.join(RANKINGS)}, or 'A:B' (e.g. \"Sure:I'm sorry\").",
-        )
-
-    def check_model(self, model: Any) -> None:
-        super().check_model(model)
-        require(
-            self.orthogonalize == "none" or self.n_factors <= d_model(model),
-            f"n_factors {self.n_factors} exceeds d_model {d_model(model)}: at most d_model vectors can be "
-            f"orthogonal; lower n_factors or pass orthogonalize='none'.",
-        )
 
 
 @dataclass
@@ -197,7 +88,7 @@ class DCTState:
 
 
 @dataclass
-class DCTResult:
+class DCTResult(VectorResult):
     """Fields: ``vectors`` [F, d] = R·v_l in rank order (added at ``hook``); ``U`` [F, d] output
     directions; ``importance`` b_l; ``alpha`` α_l; ``target_score`` (with ``rank_by="A:B"``) per
     vector; ``order`` the factor index of each rank; ``radius``; ``calibration``; ``condition``
@@ -224,23 +115,14 @@ class DCTResult:
     hook: str = ""
     screen: Screen | None = None
 
-
-# How fit_dct evaluates Δ: the local SliceResponse, or what a wrapper makes of it (e.g. the same
-# response with its row chunks computed on Ray workers, melbo_tl.distributed.dct_on_workers).
-_RESPONSE: contextvars.ContextVar[Callable[[SliceResponse], Any] | None] = contextvars.ContextVar(
-    "dct_response", default=None
-)
-
-
-@contextlib.contextmanager
-def response_wrapper(wrap: Callable[[SliceResponse], Any]) -> Iterator[None]:
-    """Within the block, :func:`fit_dct` evaluates Δ through ``wrap(SliceResponse)``: an object
-    with the same ``__call__``, ``jvp``, ``pullback``, ``problem`` and ``d_model``."""
-    token = _RESPONSE.set(wrap)
-    try:
-        yield
-    finally:
-        _RESPONSE.reset(token)
+    def summary(self) -> dict[str, Any]:
+        return {
+            "radius R": self.radius,
+            "iterations": f"{self.iterations} ({'converged' if self.converged else 'not converged'})",
+            "ranked by": self.config.rank_by,
+            "importance": self.importance.tolist(),
+            "target": str(self.config.target),
+        }
 
 
 def start_factors(response: Any, cfg: DCTConfig, radius: float, model: Any) -> tuple[Tensor, Tensor]:
@@ -267,28 +149,29 @@ def fit_dct(
     state: DCTState | None = None,
     on_checkpoint: Callable[[DCTState], None] | None = None,
     progress: bool = True,
+    response: Callable[[SliceResponse], Any] | None = None,
     **settings: Any,
 ) -> DCTResult:
     """Fit a DCT on ``prompts`` (module docstring). ``state`` continues an interrupted fit (or
     starts from given ``U``/``V`` at iteration 0); ``on_checkpoint(state)`` is called after
-    calibration, after the start and after every iteration."""
+    calibration, after the start and after every iteration. ``response`` wraps the local Δ
+    (:class:`SliceResponse`) in an object with the same ``__call__``, ``jvp``, ``pullback``,
+    ``problem`` and ``d_model`` that computes its row chunks elsewhere (e.g.
+    :func:`melbo_tl.distributed.dct_on_workers`); None computes them here."""
     cfg = DCTConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
-    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=2.0, q=1.0, positions=cfg.positions,
-        chat=cfg.chat,
-    )  # fmt: skip
-    response = SliceResponse(problem, chunk=cfg.chunk_size)
-    wrap = _RESPONSE.get()
-    if wrap is not None:
-        response = wrap(response)
+        model, prompts, source=cfg.source, target=cfg.target, p=2.0, q=1.0, positions=cfg.positions, chat=cfg.chat
+    )
+    evaluator = SliceResponse(problem, chunk=cfg.chunk_size)
+    if response is not None:
+        evaluator = response(evaluator)
     save = on_checkpoint or (lambda s: None)
     if state is None:
         started = time.perf_counter()
         if cfg.radius == "auto":
             cal = calibrate_radius(
-                response, target=cfg.calibration_target, n_directions=cfg.calibration_directions, seed=cfg.seed,
+                evaluator, target=cfg.calibration_target, n_directions=cfg.calibration_directions, seed=cfg.seed,
                 progress=progress,
             )  # fmt: skip
             state = DCTState(cal.radius, cal, seconds={"calibration": time.perf_counter() - started})
@@ -298,11 +181,11 @@ def fit_dct(
     radius = state.radius
     started = time.perf_counter()
     if state.V is None:
-        state.U, state.V = (to_result(x) for x in start_factors(response, cfg, radius, model))
+        state.U, state.V = (to_result(x) for x in start_factors(evaluator, cfg, radius, model))
         save(state)
-    _iterate(response, cfg, state, save, progress)
+    _iterate(evaluator, cfg, state, save, progress)
     state.seconds["fit"] = state.seconds.get("fit", 0.0) + time.perf_counter() - started
-    return _ranked(model, prompts, problem, response, cfg, state)
+    return _ranked(model, prompts, problem, evaluator, cfg, state)
 
 
 def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCTState], None], progress: bool) -> None:
@@ -427,7 +310,7 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         return Run(dict(previous.tensors), {k: v for k, v in previous.meta.items()})
     result = fit_dct(
         model, prompts, cfg, state=_state_of(previous), on_checkpoint=lambda s: ckpt.save(_running(cfg, s, d)),
-        progress=ckpt.progress,
+        response=ckpt.backend, progress=ckpt.progress,
     )  # fmt: skip
     screen = result.screen
     per_vector = [
@@ -445,8 +328,8 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
     meta: dict[str, Any] = {
         "hooks": [result.hook] * len(result.order),
         "steer_positions": "all",
-        "source_layer": cfg.source_layer,
-        "target_layer": cfg.target_layer,
+        "source": str(cfg.source),
+        "target": str(cfg.target),
         "objective_positions": cfg.positions,
         "radius": result.radius,
         "calibration": None if result.calibration is None else result.calibration.to_dict(),

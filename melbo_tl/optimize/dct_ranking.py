@@ -26,13 +26,7 @@ from melbo_tl.placement import like, to_result
 from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering.sites import n_layers
 
-RANKINGS = ("importance", "alpha", "alpha2", "behaviours")
 BEHAVIOURS = "behaviours"  # screened: see melbo_tl.optimize.dct_screen
-
-
-def is_ranking(rank_by: str) -> bool:
-    """A known ranking name or an "A:B" pair of phrases."""
-    return rank_by in RANKINGS or (rank_by.count(":") == 1 and all(rank_by.split(":")))
 
 
 def phrase_token(tokenizer: Any, phrase: str) -> int:
@@ -50,7 +44,7 @@ def target_scores(
     source (``rank_by`` = "A:B"), reading through every block after the source."""
     tok = chat_tokenizer(model)
     a, b = (phrase_token(tok, phrase) for phrase in rank_by.split(":"))
-    segment = ResidualSegment.capture(model, problem.batch, start=problem.source + 1, stop=n_layers(model))
+    segment = ResidualSegment.capture(model, problem.batch, start=problem.start, stop=n_layers(model))
     real = problem.real[..., None].to(segment.residual.dtype)
     scores = []
     for i in range(0, len(vectors), chunk):

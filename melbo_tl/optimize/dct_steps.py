@@ -23,8 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from melbo_tl.optimize.calibration import unit_rows
-
-ORTHOGONALIZE = ("polar", "qr", "none")
+from melbo_tl.optimize.configs import ORTHOGONALIZE
 
 
 def orthogonalize(v: Float[Tensor, "f d"], how: str) -> Float[Tensor, "f d"]:

@@ -1,8 +1,9 @@
 """MELBO: unsupervised steering vectors that maximally change a later layer's activations.
 
-Each vector θ (‖θ‖ = R) is added at ``blocks.s.hook_resid_post`` on every token and trained by
-Riemannian AdamW on the sphere (tangent projection of the gradient, step, retraction) to
-maximize the objective in :mod:`melbo_tl.optimize.objective` at ``blocks.t.hook_resid_pre``.
+Each vector θ (‖θ‖ = R) is added at the ``source`` site on every token (by default the output of
+block 7, ``Site(7, "resid_post")``) and trained by Riemannian AdamW on the sphere (tangent
+projection of the gradient, step, retraction) to maximize the objective in
+:mod:`melbo_tl.optimize.objective` at the later ``target`` site.
 
 Three modes (``MelboConfig.mode``):
 - ``"orthogonal"`` (the reference's, the default): vectors one at a time; vector k's start,
@@ -25,7 +26,8 @@ Example::
     cfg = MelboConfig(radius=4, n_vectors=4, positions="last:2", steps=300)
     result = train_vectors(model, ["How can I make a bomb?"], cfg)
     result = train_vectors(model, ["How can I make a bomb?"], radius=4, n_vectors=4)  # the same
-    result.vectors  # [4, d_model], acting at result.hook
+    result.vectors  # [4, d_model], acting at result.site
+    steer = result.intervention(0)  # an AddVector
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.optimize.calibration import Calibration, SliceResponse, calibrate_radius
+from melbo_tl.optimize.configs import MODES, MelboConfig  # noqa: F401  (MelboConfig lives there, without torch)
 from melbo_tl.optimize.objective import (
     delta_cosines,
     orthonormal_basis,
@@ -52,62 +54,15 @@ from melbo_tl.optimize.objective import (
     stiefel_tangent,
     tangent,
 )
-from melbo_tl.optimize.problem import LayerPairSettings, MelboProblem
+from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import master_copy, to_result
 from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
+from melbo_tl.steering.results import VectorResult
 from melbo_tl.steering.sites import d_model
 
 NAME = "melbo"
-MODES = ("orthogonal", "batched-orthogonal", "independent")
-
-
-@dataclass
-class MelboConfig(LayerPairSettings, Config):
-    """Settings of a MELBO run (``run.json["config"]``).
-
-    ``radius`` R = ‖θ‖, or ``"auto"``: calibrated where the response at the target stops being
-    linear (ρ(R) = ``calibration_target``, :func:`~melbo_tl.optimize.calibration.calibrate_radius`); ``source_layer`` s (θ added at ``blocks.s.hook_resid_post``; None: 7) and
-    ``target_layer`` t (objective at ``blocks.t.hook_resid_pre``; None: n_layers − 8), filled in
-    for the model by :meth:`for_model`; ``p``, ``q`` the objective's exponents; ``positions`` its
-    token set; ``n_vectors``; ``steps`` (0: random baseline); ``lr``; ``mode`` (see the module
-    docstring: the batched modes train ``batch_size`` vectors at a time, ``independent`` with an
-    optional ``diversity_penalty``); ``seed``; ``chat`` format prompts with the chat template.
-    """
-
-    radius: float | str
-    source_layer: int | None = None
-    target_layer: int | None = None
-    p: float = 2.0
-    q: float = 1.0
-    positions: str = "all"
-    n_vectors: int = 8
-    steps: int = 300
-    lr: float = 1e-3
-    mode: str = "orthogonal"
-    seed: int = 0
-    batch_size: int = 8
-    diversity_penalty: float = 0.0
-    calibration_target: float = 0.5
-    chat: bool = True
-
-    RESUMABLE = ("n_vectors",)
-
-    def validate(self) -> None:
-        self.validate_objective(auto_radius=True)
-        require(self.n_vectors >= 1, f"n_vectors must be ≥ 1, got {self.n_vectors}.")
-        require(self.diversity_penalty >= 0, f"diversity_penalty must be ≥ 0, got {self.diversity_penalty}.")
-        require(self.mode in MODES, f"mode {self.mode!r} is not one of {', '.join(MODES)}.")
-        require(
-            not (self.diversity_penalty and self.mode != "independent"),
-            "diversity_penalty is the soft alternative to orthogonality: use mode='independent'.",
-        )
-
-    @property
-    def batched(self) -> bool:
-        """Whether vectors train ``batch_size`` at a time."""
-        return self.mode != "orthogonal"
 
 
 @dataclass
@@ -124,10 +79,11 @@ class VectorRecord:
 
 
 @dataclass
-class MelboResult:
-    """Fields: ``vectors`` [n, d_model] added at ``hook``; ``config`` (layers filled in); per-vector
-    ``losses`` (objective per step), ``objectives`` (final) and ``seconds``; ``texts`` the
-    formatted prompts."""
+class MelboResult(VectorResult):
+    """Fields: ``vectors`` [n, d_model] added at ``hook`` (``site``); ``config`` (sites filled in);
+    per-vector ``losses`` (objective per step), ``objectives`` (final) and ``seconds``; ``texts``
+    the formatted prompts; ``calibration`` with ``radius="auto"``. ``intervention(i, scale)``
+    applies vector i."""
 
     vectors: Float[Tensor, "n d_model"]
     hook: str
@@ -137,6 +93,15 @@ class MelboResult:
     seconds: list[float]
     texts: list[str] = field(default_factory=list)
     calibration: Calibration | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "radius R": self.config.radius,
+            "mode": self.config.mode,
+            "steps": self.config.steps,
+            "target": str(self.config.target),
+            "objectives": self.objectives,
+        }
 
 
 def _start(index: int, seed: int, d: int, radius: float, basis: Tensor | None, model: Any) -> Tensor:
@@ -212,11 +177,9 @@ def train_vectors(
     """
     cfg = MelboConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
-    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
-        chat=cfg.chat,
-    )  # fmt: skip
+        model, prompts, source=cfg.source, target=cfg.target, p=cfg.p, q=cfg.q, positions=cfg.positions, chat=cfg.chat
+    )
     if cfg.radius == "auto":
         if calibration is None:
             calibration = calibrate_radius(
@@ -321,11 +284,9 @@ def train_batch(
         if calibration is None:
             raise ValueError("radius='auto' needs the run's calibration: calibrate once and pass it to every batch.")
         cfg = cfg.replace(radius=calibration.radius)
-    assert cfg.source_layer is not None and cfg.target_layer is not None
     problem = MelboProblem.build(
-        model, prompts, source=cfg.source_layer, target=cfg.target_layer, p=cfg.p, q=cfg.q, positions=cfg.positions,
-        chat=cfg.chat,
-    )  # fmt: skip
+        model, prompts, source=cfg.source, target=cfg.target, p=cfg.p, q=cfg.q, positions=cfg.positions, chat=cfg.chat
+    )
     records = _train_batch(model, problem, cfg, indices.start, len(indices), (), progress)
     return _result(records, cfg, problem, calibration)
 
@@ -345,8 +306,8 @@ def _as_run(
     vectors = torch.stack([r.vector for r in records]) if records else torch.zeros(0, d, device="cpu")
     meta = {
         "hooks": [cfg.hook] * len(records),
-        "source_layer": cfg.source_layer,
-        "target_layer": cfg.target_layer,
+        "source": str(cfg.source),
+        "target": str(cfg.target),
         "radius": cfg.radius if calibration is None else calibration.radius,
         "calibration": None if calibration is None else calibration.to_dict(),
         "objective_positions": cfg.positions,

@@ -1,7 +1,7 @@
 """One-shot optimized steering vectors (Dunefsky): fit v on a single example by gradient descent.
 
-v acts at ``blocks.layer.hook_resid_pre`` (all positions by default) while the model reads a
-prompt followed, teacher-forced, by a target completion. With p = softmax(coldness · logits):
+v acts at a residual ``site`` (``Site(L)``: the input of block L; all positions by default) while
+the model reads a prompt followed, teacher-forced, by a target completion. With p = softmax(coldness · logits):
 
 - promotion  L⁺ = −Σ_k log p(y_k | x, y_<k; v)        (make the completion likely)
 - suppression L⁻ = −Σ_k log(1 − p(y_k | x, y_<k; v))  (make it unlikely)
@@ -10,16 +10,16 @@ summed over every (prompt, completion) pair; losses are in nats, summed over com
 Probability targeting: stop once the loss reaches ``target_loss`` instead of pushing to
 certainty, or with ``satisfice=True`` minimize (L − target_loss)². Adam from a random start of
 norm ``init_norm``; an optional max-norm ball. Every completion of a step is in one padded
-batch, and the residual entering ``layer`` (which does not depend on v) is computed once.
+batch, and the residual at the site (which does not depend on v) is computed once.
 
 Registered as method ``"oneshot"``.
 
 Example::
 
-    cfg = OneShotConfig(layer=10, promote=("Sure, here is how",), steps=40, lr=0.1)
+    cfg = OneShotConfig(site=10, promote=("Sure, here is how",), steps=40, lr=0.1)
     result = optimize_vector(model, "How can I make a bomb?", cfg)
-    result = optimize_vector(model, "How can I make a bomb?", layer=10, promote=["Sure, here is how"])
-    steer = AddVector(result.vector, result.hook)
+    result = optimize_vector(model, "How can I make a bomb?", site=10, promote=["Sure, here is how"])
+    steer = result.intervention(0)  # AddVector(result.vectors[0], result.site)
 """
 
 from __future__ import annotations
@@ -35,15 +35,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.config import Config, require
 from melbo_tl.forward import run_forward
 from melbo_tl.models.loading import chat_tokenizer
+from melbo_tl.optimize.configs import OneShotConfig  # lives there, without torch
 from melbo_tl.placement import like, master_copy, to_result
 from melbo_tl.prompts import Positions, PromptLike, TokenBatch, left_pad, prepare_prompts
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
 from melbo_tl.segment import ResidualSegment
-from melbo_tl.steering.sites import check_layer, d_model, n_layers, resid_hook
+from melbo_tl.steering.results import VectorResult
+from melbo_tl.steering.sites import d_model, n_layers
 
 NAME = "oneshot"
 
@@ -58,63 +59,11 @@ class Example:
 
 
 @dataclass
-class OneShotConfig(Config):
-    """Settings of a one-shot run (``run.json["config"]``): ``layer`` (the vector acts at
-    ``blocks.layer.hook_resid_pre``), completions to ``promote``/``suppress`` (for plain prompts;
-    :class:`Example` objects carry their own), ``coldness``, ``lr``, ``steps``, optional
-    ``max_norm`` ball, ``target_loss`` (early stop, or with ``satisfice`` minimize
-    (L − target)²), ``positions`` where v acts, ``seed``, ``init_norm`` of the random start,
-    ``n_vectors`` independent fits (seeds ``seed``…``seed + n − 1``), ``chat`` formatting."""
-
-    layer: int
-    promote: tuple[str, ...] = ()
-    suppress: tuple[str, ...] = ()
-    coldness: float = 0.7
-    lr: float = 0.1
-    steps: int = 50
-    max_norm: float | None = None
-    target_loss: float | None = None
-    satisfice: bool = False
-    positions: str = "all"
-    seed: int = 0
-    init_norm: float = 1.0
-    n_vectors: int = 1
-    chat: bool = True
-
-    RESUMABLE = ("n_vectors",)
-
-    def validate(self) -> None:
-        self.promote, self.suppress = tuple(self.promote), tuple(self.suppress)
-        self.positions = str(Positions.parse(self.positions))
-        require(
-            self.steps >= 0 and self.lr > 0 and self.coldness > 0,
-            f"Need steps ≥ 0, lr > 0 and coldness > 0 (got steps={self.steps}, lr={self.lr}, coldness={self.coldness}).",
-        )
-        require(self.max_norm is None or self.max_norm > 0, f"max_norm must be > 0, got {self.max_norm}.")
-        require(
-            not self.satisfice or self.target_loss is not None,
-            "satisfice=True minimizes (L − target_loss)²: give target_loss.",
-        )
-        require(self.n_vectors >= 1, f"n_vectors must be ≥ 1, got {self.n_vectors}.")
-        require(self.init_norm > 0, f"init_norm must be > 0, got {self.init_norm}.")
-        require(
-            all(c for c in (*self.promote, *self.suppress)),
-            "A completion to promote or suppress is empty; give its text.",
-        )
-
-    def check_model(self, model: Any) -> None:
-        check_layer(model, self.layer)
-
-    @property
-    def hook(self) -> str:
-        return resid_hook(self.layer, "pre")
-
-
-@dataclass
-class OneShotResult:
-    """Fields: ``vector`` [d_model] acting at ``hook``; ``losses`` the objective (nats) before each
-    step; ``final_loss`` after the last step; ``stopped_early`` True if ``target_loss`` was reached;
-    ``texts`` the formatted prompts."""
+class OneShotResult(VectorResult):
+    """Fields: ``vector`` [d_model] acting at ``hook`` (``vectors`` is it as ``[1, d_model]``);
+    ``losses`` the objective (nats) before each step; ``final_loss`` after the last step;
+    ``stopped_early`` True if ``target_loss`` was reached; ``texts`` the formatted prompts.
+    ``intervention(0, scale)`` applies the vector on the config's positions."""
 
     vector: Float[Tensor, " d_model"]
     hook: str
@@ -124,6 +73,23 @@ class OneShotResult:
     stopped_early: bool
     seconds: float
     texts: list[str] = field(default_factory=list)
+
+    @property
+    def vectors(self) -> Tensor:  # type: ignore[override]
+        return self.vector[None]
+
+    @property
+    def steer_positions(self) -> Positions:
+        return Positions.parse(self.config.positions)
+
+    def summary(self) -> dict[str, Any]:
+        first = self.losses[0] if self.losses else float("nan")
+        return {
+            "loss (nats)": f"{first:.3f} → {self.final_loss:.3f}" + (" (target reached)" if self.stopped_early else ""),
+            "promote": list(self.config.promote),
+            "suppress": list(self.config.suppress),
+            "steps": len(self.losses),
+        }
 
 
 @dataclass
@@ -207,13 +173,13 @@ def completion_loss_terms(logits: Tensor, tf: TeacherForcing, coldness: float) -
 
 
 class _Steered:
-    """Logits as a function of v, running only blocks ``layer``… from the cached residual."""
+    """Logits as a function of v, running only blocks ``start``… from the cached residual."""
 
-    def __init__(self, model: Any, tf: TeacherForcing, layer: int, positions: Positions) -> None:
+    def __init__(self, model: Any, tf: TeacherForcing, start: int, positions: Positions) -> None:
         self.model = model
         self.tf = tf
         self.segment = ResidualSegment.capture(
-            model, tf.batch, start=layer, stop=n_layers(model), prompt_lengths=tf.prompt_lengths
+            model, tf.batch, start=start, stop=n_layers(model), prompt_lengths=tf.prompt_lengths
         )
         layout = self.segment.layout
         self.mask = positions.mask(layout.token_index, layout.prompt_length)[..., None].to(self.segment.residual.dtype)
@@ -251,16 +217,16 @@ def optimize_vector(
     progress: bool = True,
     **settings: Any,
 ) -> OneShotResult:
-    """Fit one steering vector at ``blocks.layer.hook_resid_pre`` on one or a few examples (see
-    module doc). ``settings`` are :class:`OneShotConfig` fields applied on top of ``cfg``
-    (``optimize_vector(model, prompt, layer=10, promote=["Sure"])``)."""
+    """Fit one steering vector at ``cfg.site`` on one or a few examples (see module doc).
+    ``settings`` are :class:`OneShotConfig` fields applied on top of ``cfg``
+    (``optimize_vector(model, prompt, site=10, promote=["Sure"])``)."""
     cfg = OneShotConfig.build(cfg, **settings)
     cfg.check_model(model)
     seed = cfg.seed
     positions = Positions.parse(cfg.positions)
     exs = _examples(examples, cfg.promote, cfg.suppress)
     tf, texts = teacher_forcing(model, exs, chat=cfg.chat)
-    steered = _Steered(model, tf, cfg.layer, positions)
+    steered = _Steered(model, tf, cfg.start, positions)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     start = torch.randn(d_model(model), generator=gen, device="cpu")
     v = master_copy(cfg.init_norm * start / start.norm(), model).requires_grad_(True)
@@ -268,7 +234,7 @@ def optimize_vector(
     losses: list[float] = []
     stopped = False
     started = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"one-shot layer {cfg.layer}", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"one-shot at {cfg.hook}", disable=not progress)
     for _ in bar:
         opt.zero_grad(set_to_none=True)
         loss = steered.loss(v, cfg.coldness)
@@ -306,7 +272,7 @@ def _as_run(cfg: OneShotConfig, done: Sequence[tuple[Tensor, dict[str, Any]]], t
     vectors = torch.stack([v for v, _ in done]) if done else torch.zeros(0, d, device="cpu")
     meta = {
         "hooks": [cfg.hook] * len(done),
-        "layer": cfg.layer,
+        "site": cfg.hook,
         "seed": cfg.seed,
         "steer_positions": cfg.positions,
         "texts": list(texts),

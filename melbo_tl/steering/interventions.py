@@ -31,10 +31,12 @@ from melbo_tl.placement import OnActivations
 from melbo_tl.prompts import Positions
 from melbo_tl.steering.layout import current_layout
 from melbo_tl.steering.sites import (
+    Site,
     attn_out_hook,
     check_hook,
     check_layer,
     d_model,
+    hook_of,
     mlp_hidden_hook,
     mlp_out_hook,
     n_layers,
@@ -92,9 +94,20 @@ def _rows(placed: OnActivations, acts: Tensor) -> Tensor:
 
 
 class _VectorRows:
-    """Row handling shared by the vector interventions."""
+    """Row handling and the site shared by the vector interventions (``hook`` may be given as a
+    :class:`~melbo_tl.steering.sites.Site` or anything :meth:`Site.parse` reads; it is kept as the
+    hook name TransformerLens attaches to)."""
 
     vector: Tensor
+    hook: str
+
+    def __post_init__(self) -> None:
+        self.hook = hook_of(self.hook)
+
+    @property
+    def site(self) -> Site:
+        """Where the vector acts."""
+        return Site.parse(self.hook)
 
     @property
     def n_rows(self) -> int | None:
@@ -106,7 +119,7 @@ class _VectorRows:
 
 @dataclass
 class AddVector(_VectorRows):
-    """x ← x + scale·v at ``hook`` on the chosen positions (activation addition)."""
+    """x ← x + scale·v at ``hook`` (a site or hook name) on the chosen positions (activation addition)."""
 
     vector: Float[Tensor, "*rows d_model"]
     hook: str
@@ -224,6 +237,11 @@ class MLPAdapter:
 
         return [(hidden_name, keep_hidden), (out_name, add_delta)]
 
+    @property
+    def site(self) -> Site:
+        """Where the adapter writes: the MLP output of its block."""
+        return Site(self.layer, "mlp_out")
+
     def describe(self) -> str:
         return f"rank-{self.A.shape[1]} MLP adapter at block {self.layer}, radius {self.radius:g}, positions {self.positions}"
 
@@ -250,7 +268,7 @@ def hooks_for(model: Any, interventions: Sequence[Intervention]) -> list[HookPai
 def apply(model: Any, *interventions: Intervention) -> Iterator[Any]:
     """Attach the interventions' hooks for the duration of the block; none survive its exit.
 
-    >>> with apply(model, AddVector(v, "blocks.8.hook_resid_pre")):
+    >>> with apply(model, AddVector(v, Site(8))):
     ...     logits = model(tokens)
     """
     pairs = hooks_for(model, interventions)

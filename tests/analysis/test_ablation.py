@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.ablation import (
+from melbo_tl.analysis.ablation import (
     ABLATED,
     PROJECTED,
     RESTORED,
@@ -31,7 +31,7 @@ def texts(tiny_model):
 
 def test_ablating_the_direction_the_vector_lies_in_removes_its_effect(tiny_model, texts):
     r = torch.randn(64)
-    med = mediation(tiny_model, texts, AddVector(3 * r, HOOK), r, max_new_tokens=3)
+    med = mediation(tiny_model, texts, AddVector(3 * r, HOOK), r, max_new_tokens=3, chat=False)
     c = med.conditions
     assert c[STEERED].log_odds != pytest.approx(c[UNSTEERED].log_odds, abs=1e-4)  # the vector does something
     assert c[STEERED_ABLATED].log_odds_per_prompt == pytest.approx(c[ABLATED].log_odds_per_prompt, abs=1e-5)
@@ -47,7 +47,7 @@ def test_an_orthogonal_vector_is_not_mediated(tiny_model, texts):
     r = torch.randn(64)
     v = project_out(3 * torch.randn(64), r)
     assert float(v @ r) == pytest.approx(0.0, abs=1e-4)
-    med = mediation(tiny_model, texts, AddVector(v, HOOK), r, max_new_tokens=0)
+    med = mediation(tiny_model, texts, AddVector(v, HOOK), r, max_new_tokens=0, chat=False)
     c = med.conditions
     assert c[PROJECTED].log_odds_per_prompt == pytest.approx(c[STEERED].log_odds_per_prompt, abs=1e-5)
     assert med.summary["effect_projected"] == pytest.approx(med.summary["effect"], abs=1e-5)
@@ -57,7 +57,7 @@ def test_an_orthogonal_vector_is_not_mediated(tiny_model, texts):
 def test_sweeps(tiny_model, texts):
     r = torch.randn(64)
     steer = AddVector(2 * torch.randn(64), HOOK)
-    med = mediation(tiny_model, texts, steer, r, max_new_tokens=0, scales=(-1.0, 0.0, 1.0))
+    med = mediation(tiny_model, texts, steer, r, max_new_tokens=0, scales=(-1.0, 0.0, 1.0), chat=False)
     assert med.scale_sweep["scales"] == [-1.0, 0.0, 1.0]
     assert med.scale_sweep["log_odds"][1] == pytest.approx(med.conditions[UNSTEERED].log_odds, abs=1e-5)
     assert med.scale_sweep["log_odds"][2] == pytest.approx(med.conditions[STEERED].log_odds, abs=1e-5)
@@ -69,34 +69,36 @@ def test_sweeps(tiny_model, texts):
 
 def test_errors(tiny_model, texts):
     with pytest.raises(ValueError, match="expected \\[64\\]"):
-        mediation(tiny_model, texts, AddVector(torch.randn(64), HOOK), torch.randn(32))
+        mediation(tiny_model, texts, AddVector(torch.randn(64), HOOK), torch.randn(32), chat=False)
     with pytest.raises(ValueError, match="at least one prompt"):
-        mediation(tiny_model, [], AddVector(torch.randn(64), HOOK), torch.randn(64))
+        mediation(tiny_model, [], AddVector(torch.randn(64), HOOK), torch.randn(64), chat=False)
     with pytest.raises(ValueError, match="one AddVector"):
-        mediation(tiny_model, texts, AddVector(torch.randn(3, 64), HOOK), torch.randn(64))
+        mediation(tiny_model, texts, AddVector(torch.randn(3, 64), HOOK), torch.randn(64), chat=False)
 
 
 def test_shared_baseline_gives_the_same_result(tiny_model, texts):
     r = torch.randn(64)
     steer = AddVector(2 * torch.randn(64), HOOK)
-    base = baseline_conditions(tiny_model, texts, r, max_new_tokens=0)
-    shared = mediation(tiny_model, texts, steer, r, max_new_tokens=0, baseline=base, sweep_layers=[2, 3], scales=(1.0,))
-    alone = mediation(tiny_model, texts, steer, r, max_new_tokens=0, sweep_layers=[2, 3], scales=(1.0,))
+    base = baseline_conditions(tiny_model, texts, r, max_new_tokens=0, chat=False)
+    shared = mediation(
+        tiny_model, texts, steer, r, max_new_tokens=0, baseline=base, sweep_layers=[2, 3], scales=(1.0,), chat=False
+    )
+    alone = mediation(tiny_model, texts, steer, r, max_new_tokens=0, sweep_layers=[2, 3], scales=(1.0,), chat=False)
     assert shared.summary == alone.summary and shared.layer_sweep == alone.layer_sweep
     assert shared.layer_sweep["layers"] == [2, 3]
     with pytest.raises(ValueError, match="baseline must hold"):
-        mediation(tiny_model, texts[:2], steer, r, max_new_tokens=0, baseline=base)
+        mediation(tiny_model, texts[:2], steer, r, max_new_tokens=0, baseline=base, chat=False)
 
 
 def test_restoring_the_unsteered_coordinate_on_an_unsteered_run_changes_nothing(tiny_model):
     """Prompts of different lengths, not in length order: the restored values must meet their own
     rows (a batch reordered by length would put row i's coordinates on row j)."""
-    from analysis.ablation import RestoreCoordinate, unsteered_coordinates
+    from melbo_tl.analysis.ablation import RestoreCoordinate, unsteered_coordinates
     from melbo_tl.evaluate.refusal import refusal_log_odds
 
     texts = prepare_prompts(tiny_model, ["Write a long story about dragons and castles, please.", "Hi", "What is 2+2?"])
     r = torch.randn(64, generator=torch.Generator(device="cpu").manual_seed(3), device="cpu")
-    restore = RestoreCoordinate(r, unsteered_coordinates(tiny_model, texts, r))
-    plain = refusal_log_odds(tiny_model, texts, batch_size=len(texts))
-    restored = refusal_log_odds(tiny_model, texts, [restore], batch_size=len(texts))
+    restore = RestoreCoordinate(r, unsteered_coordinates(tiny_model, texts, r, chat=False))
+    plain = refusal_log_odds(tiny_model, texts, batch_size=len(texts), chat=False)
+    restored = refusal_log_odds(tiny_model, texts, [restore], batch_size=len(texts), chat=False)
     torch.testing.assert_close(restored, plain, atol=1e-6, rtol=0)  # reordered rows: off by ~5e-4

@@ -10,8 +10,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
-from analysis import browser
-from analysis.browser import check_page, find_chromium
+from melbo_tl.analysis import browser
+from melbo_tl.analysis.browser import check_page, find_chromium
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

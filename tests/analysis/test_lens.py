@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from analysis.lens import lens_figure, lens_trajectory, vector_readout
+from melbo_tl.analysis.lens import lens_figure, lens_trajectory, vector_readout
 from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.prompts import prepare_prompts, tokenize
 from melbo_tl.steering.interventions import AddVector
@@ -35,7 +35,7 @@ def test_readout_errors(tiny_model):
 def test_lens_final_layer_is_the_model_and_no_steer_changes_nothing(tiny_model):
     text = prepare_prompts(tiny_model, ["hello there"])[0]
     groups = {"a": ["I", "As"], "b": ["Sure"]}
-    traj = lens_trajectory(tiny_model, text, None, tokens=groups)
+    traj = lens_trajectory(tiny_model, text, None, tokens=groups, chat=False)
     assert traj.prob["steered"] == traj.prob["unsteered"]
     assert len(traj.labels) == tiny_model.cfg.n_layers + 1
     tok = chat_tokenizer(tiny_model)
@@ -50,7 +50,7 @@ def test_lens_final_layer_is_the_model_and_no_steer_changes_nothing(tiny_model):
 
 def test_lens_sees_the_steer_after_its_layer_only(tiny_model):
     text = prepare_prompts(tiny_model, ["hello there"])[0]
-    traj = lens_trajectory(tiny_model, text, AddVector(20 * torch.randn(64), "blocks.2.hook_resid_pre"))
+    traj = lens_trajectory(tiny_model, text, AddVector(20 * torch.randn(64), "blocks.2.hook_resid_pre"), chat=False)
     un, st = traj.prob["unsteered"]["refusal"], traj.prob["steered"]["refusal"]
     assert un[:2] == pytest.approx(st[:2], rel=1e-5)  # entries before block 2 are untouched
     assert un[2] != pytest.approx(st[2], rel=1e-3)

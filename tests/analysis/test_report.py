@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from analysis.browser import check_page
-from analysis.report import SECTIONS, write_report
+from melbo_tl.analysis.browser import check_page
+from melbo_tl.analysis.report import SECTIONS, write_report
 from melbo_tl.cli import app
 from melbo_tl.evaluate.triage import load_triage
 
@@ -76,9 +76,9 @@ def test_demo_writes_every_stage_and_prints_the_results(demo):
     rows = json.loads((analysis / "vector_cosines.json").read_text())["rows"]
     chosen = analyzed(out)
     assert [r["vector"] for r in rows] == [f"dct[{i}]" for i in chosen] + ["oneshot[0]"]
-    triage = load_triage(out / "dct")["behaviours"]
-    refusal = {r["index"]: r["refusal"] for r in triage["rows"]}
-    expected = [i for i in triage["shortlist"] if refusal[i] == 0][:2]  # the shortlist's non-refusing first
+    triage = load_triage(out / "dct")
+    refusal = {r.index: r.refusal for r in triage.behaviours}
+    expected = [i for i in triage.shortlist if refusal[i] == 0][:2]  # the shortlist's non-refusing first
     assert chosen[: len(expected)] == expected and len(set(chosen)) == 2
     assert all(-1 <= r["cos_r_at_site"] <= 1 for r in rows)
     assert "cos(v, r̂@site)" in output and "mediation dct[" in output and "report: " in output

@@ -7,9 +7,16 @@ import math
 import pytest
 import torch
 
-from analysis.similarity import canonical_site, cosine_heatmap, delta_similarity, subspace_overlap, vector_similarity
+from melbo_tl.analysis.similarity import (
+    canonical_site,
+    cosine_heatmap,
+    delta_similarity,
+    subspace_overlap,
+    vector_similarity,
+)
 from melbo_tl.prompts import prepare_prompts
 from melbo_tl.steering.interventions import AddVector
+from melbo_tl.steering.sites import Site
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -45,17 +52,18 @@ def test_different_sites_are_refused_unless_mapped():
         {"a": (v, "blocks.1.hook_resid_pre"), "b": (v, "blocks.3.hook_resid_pre")},
         site_map={"blocks.3.hook_resid_pre": "blocks.1.hook_resid_pre"},
     )
-    assert sim.site == "blocks.1.hook_resid_pre" and sim.cosine[0][1] == pytest.approx(1.0, abs=1e-6)
+    assert sim.site == Site(1) and sim.cosine[0][1] == pytest.approx(1.0, abs=1e-6)
+    assert sim.to_dict()["site"] == "blocks.1.hook_resid_pre"
 
 
 def test_resid_post_is_the_next_resid_pre():
-    assert canonical_site("blocks.0.hook_resid_post") == "blocks.1.hook_resid_pre"
-    assert canonical_site("blocks.2.hook_mlp_out") == "blocks.2.hook_mlp_out"
+    assert canonical_site("blocks.0.hook_resid_post").hook == "blocks.1.hook_resid_pre"
+    assert canonical_site("blocks.2.hook_mlp_out").hook == "blocks.2.hook_mlp_out"
     v = torch.randn(64)
-    assert (
-        vector_similarity({"a": (v, "blocks.0.hook_resid_post"), "b": (v, "blocks.1.hook_resid_pre")}).site
-        == "blocks.1.hook_resid_pre"
-    )
+    assert vector_similarity({"a": (v, Site(0, "resid_post")), "b": (v, 1)}).site == Site(1)
+    sim = vector_similarity({"a": v, "b": -v}, site="resid_pre.2")
+    assert sim.sites == [Site(2), Site(2)] and sim.cosine[0][1] == pytest.approx(-1.0, abs=1e-6)
+    assert sim.figure().data[0].z[0][1] == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_bad_vectors_are_named():
@@ -76,6 +84,7 @@ def test_delta_at_the_steering_hook_is_the_vector(tiny_model):
         at=HOOK,
         against={"v": v},
         n_random=4,
+        chat=False,
     )
     for key in ds.token_sets:
         assert ds.cosine[key][0][1] == pytest.approx(1.0, abs=1e-5)
@@ -95,13 +104,14 @@ def test_delta_downstream_and_errors(tiny_model):
         {"v": AddVector(v, HOOK), "2v": AddVector(2 * v, HOOK)},
         at="blocks.3.hook_resid_pre",
         n_random=2,
+        chat=False,
     )
     assert ds.cosine["all"][0][1] > 0.5  # same direction, nonlinear downstream
     assert ds.against == [] and ds.cosine_against["all"] == [[], []]
     with pytest.raises(ValueError, match="blocks.9"):
-        delta_similarity(tiny_model, texts, {"v": AddVector(v, HOOK)}, at="blocks.9.hook_resid_pre")
+        delta_similarity(tiny_model, texts, {"v": AddVector(v, HOOK)}, at="blocks.9.hook_resid_pre", chat=False)
     with pytest.raises(ValueError, match="at least one prompt"):
-        delta_similarity(tiny_model, [], {"v": AddVector(v, HOOK)}, at=HOOK)
+        delta_similarity(tiny_model, [], {"v": AddVector(v, HOOK)}, at=HOOK, chat=False)
 
 
 def test_subspace_overlap_exact_cases():

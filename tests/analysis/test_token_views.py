@@ -9,7 +9,7 @@ import uuid
 import pytest
 import torch
 
-from analysis.token_views import (
+from melbo_tl.analysis.token_views import (
     AttentionView,
     TokenView,
     _bundle_js,
@@ -177,7 +177,7 @@ def test_standalone_page_escapes_title():
 
 def test_page_with_one_bundle_renders_every_view(tmp_path):
     """Module scripts (bundle=False) see the classic script's global; both views render."""
-    from analysis.browser import find_chromium
+    from melbo_tl.analysis.browser import find_chromium
 
     second = TokenView(["Second", " view"], 1, [1.0, 2.0], [0.0, 0.0], "y", HOOK)
     body = circuitsvis_bundle_script() + token_view_html(VIEW, bundle=False) + token_view_html(second, bundle=False)

@@ -31,12 +31,12 @@ def test_train_writes_run_folder_with_generations_and_figure(tiny_model_dir, tmp
         "Hello there",
         "--prompt",
         "Tell me a joke",
-        "--vectors",
+        "-n",
         "2",
         "--radius",
         "2",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--steps",
@@ -53,7 +53,7 @@ def test_train_writes_run_folder_with_generations_and_figure(tiny_model_dir, tmp
     assert run.vectors.shape == (2, 64)
     assert run.meta["method"] == "melbo" and run.meta["status"] == "complete"
     assert run.hooks == ["blocks.0.hook_resid_post"] * 2
-    assert run.meta["config"]["positions"] == "last:2" and run.meta["target_layer"] == 3
+    assert run.meta["config"]["positions"] == "last:2" and run.meta["target"] == "blocks.3.hook_resid_pre"
     assert [len(v["losses"]) for v in run.meta["per_vector"]] == [3, 3]
     rows = read_jsonl(out / "generations.jsonl")
     # unsteered + 2 vectors, on each of the 2 prompts
@@ -70,10 +70,10 @@ def test_train_refuses_to_overwrite_without_resume(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--prompt",
         "Hi",
-        "--vectors",
+        "-n",
         "1",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "2",
         "--steps",
@@ -96,7 +96,7 @@ def test_bad_layer_is_one_line_error(tiny_model_dir, tmp_path):
         "--prompt",
         "Hi",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "7",
         "--out",
@@ -114,12 +114,12 @@ def test_interrupted_train_resumes_after_last_finished_vector(tiny_model_dir, tm
         str(tiny_model_dir),
         "--prompt",
         "Hello there",
-        "--vectors",
+        "-n",
         "3",
         "--radius",
         "2",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--steps",
@@ -169,10 +169,10 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
             str(tiny_model_dir),
             "--prompt",
             "Hi",
-            "--vectors",
+            "-n",
             "1",
             "--source",
-            "0",
+            "resid_post.0",
             "--target",
             target,
             "--steps",
@@ -185,7 +185,7 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path):
 
     assert run_cli(*args("2")).returncode == 0
     res = run_cli(*args("3"), "--resume")
-    assert res.returncode == 2 and "target_layer" in res.stderr
+    assert res.returncode == 2 and "target: saved 'blocks.2.hook_resid_pre'" in res.stderr
 
 
 def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
@@ -195,12 +195,12 @@ def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--prompt",
         "Hi there",
-        "--vectors",
+        "-n",
         "2",
         "--radius",
         "0.5",
         "--source",
-        "1",
+        "resid_post.1",
         "--target",
         "3",
         "--steps",
@@ -225,12 +225,12 @@ def test_adapters_and_random_baseline_runs(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--prompt",
         "Hi there",
-        "--vectors",
+        "-n",
         "2",
         "--radius",
         "3",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--random-baseline",
@@ -254,10 +254,10 @@ def test_sweep_writes_table_and_figure(tiny_model_dir, tmp_path):
         "Hello",
         "--radii",
         "0.5,8",
-        "--vectors",
+        "-n",
         "2",
         "--source",
-        "0",
+        "resid_post.0",
         "--target",
         "3",
         "--steps",
@@ -281,8 +281,8 @@ def test_sweep_writes_table_and_figure(tiny_model_dir, tmp_path):
 def test_dct_command_writes_a_ranked_run_and_completions_of_the_top_vectors(tiny_model_dir, tmp_path):
     out = tmp_path / "dct"
     res = run_cli(
-        "dct", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--factors", "6", "--source", "0",
-        "--target", "3", "--radius", "auto", "--rho", "0.02", "--iterations", "2", "--top", "2",
+        "dct", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--factors", "6", "--source", "resid_post.0",
+        "--target", "3", "--radius", "auto", "--rho", "0.02", "--iterations", "2", "--vectors", "top:2",
         "--max-new-tokens", "3", "--out", str(out),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -297,7 +297,7 @@ def test_dct_command_writes_a_ranked_run_and_completions_of_the_top_vectors(tiny
 def test_dct_command_takes_the_variant_and_its_options(tiny_model_dir, tmp_path):
     out = tmp_path / "ref"
     args = ["dct", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--factors", "4", "--source", "0",
-            "--target", "3", "--radius", "4", "--iterations", "2", "--top", "1", "--max-new-tokens", "2"]  # fmt: skip
+            "--target", "3", "--radius", "4", "--iterations", "2", "--vectors", "top:1", "--max-new-tokens", "2"]  # fmt: skip
     res = run_cli(*args, "--variant", "reference", "--beta", "0.5", "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert "last movement (1 − cos) median" in res.stderr and "order: alpha2" in res.stderr
@@ -315,8 +315,8 @@ def test_dct_command_takes_the_variant_and_its_options(tiny_model_dir, tmp_path)
 def test_train_with_a_calibrated_radius(tiny_model_dir, tmp_path):
     out = tmp_path / "auto"
     res = run_cli(
-        "train", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--vectors", "2", "--radius", "auto",
-        "--rho", "0.02", "--source", "0", "--target", "3", "--steps", "2", "--out", str(out), "--max-new-tokens", "2",
+        "train", "--model", str(tiny_model_dir), "--prompt", "Hello there", "-n", "2", "--radius", "auto",
+        "--rho", "0.02", "--source", "resid_post.0", "--target", "3", "--steps", "2", "--out", str(out), "--max-new-tokens", "2",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     run = load_run(out)

@@ -44,7 +44,7 @@ def test_selection_scores_every_candidate_below_the_layer_cut(tiny_model, candid
 
 
 def test_selection_scores_agree_with_the_refusal_scorer(tiny_model, candidates, selection):
-    bad, good = prepare_prompts(tiny_model, HARMFUL[4:]), prepare_prompts(tiny_model, HARMLESS[4:])
+    bad, good = HARMFUL[4:], HARMLESS[4:]  # user messages: refusal_log_odds formats them as the selection did
     c = selection.chosen
     assert selection.baseline["harmful"] == pytest.approx(float(refusal_log_odds(tiny_model, bad).mean()), abs=1e-4)
     assert selection.baseline["harmless"] == pytest.approx(float(refusal_log_odds(tiny_model, good).mean()), abs=1e-4)

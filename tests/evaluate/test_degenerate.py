@@ -140,18 +140,20 @@ def test_judge_completions_scores_contents_in_batches(tiny_model):
 
 
 @pytest.mark.real_model
-def test_the_embedded_model_tells_slogans_from_soup(real_model):
-    """Labelled completions (tests/data/degenerate_labels.jsonl) judged with Qwen2.5-Coder-0.5B as
-    the unsteered model: loops of language and lists stay behaviours, token soup does not."""
-    by_text = {r["completion"]: r for r in labelled()}
-    soup = [t for t in by_text if t.startswith(("етьетьеть", "(Q) me:(la)", "If the light correspond", "redtriblem"))]
-    kept = [
-        t for t in by_text if t.startswith(("The answer is not possible.\n\nThe", "Sure, here are five fruits:\n\n1."))
-    ]
-    assert len(soup) == 4 and len(kept) >= 2
-    texts = [HATE, *kept, *soup]
-    prompts = ["Let a = 0 + 1 and b = 2 + 3. What is a*b?"] + [by_text[t]["prompt"] for t in texts[1:]]
-    verdicts = judge_completions(real_model, texts, prompts)
-    assert verdicts[0].kind == "repetitive", verdicts[0]
-    assert [v.degenerate for v in verdicts[1 : 1 + len(kept)]] == [False] * len(kept), verdicts
-    assert [v.kind for v in verdicts[1 + len(kept) :]] == ["soup"] * len(soup), verdicts
+def test_the_embedded_model_tells_loops_of_language_from_soup(real_model):
+    """Completions Qwen2.5-Coder-0.5B wrote under steering (tests/data/degenerate_labels.jsonl),
+    judged with it as the unsteered model: loops of language, a list and a refusal stay
+    behaviours; token soup does not."""
+    rows = [r for r in labelled() if r["model"] == "qwen2.5-coder-0.5b-instruct"]
+    by_start = lambda *starts: [r for r in rows if r["completion"].startswith(starts)]  # noqa: E731
+    kept = by_start(
+        "a*b = a + b\n\na*b", "1. 请咨询阿里云", "Sure, here are five fruits:\n\n1. Apple\n2. Banana\n3. Cherry"
+    )
+    kept += by_start("I'm sorry, but I can't assist with that.")[:1]
+    soup = by_start("етьетьеть", "(Q) me:(la)", "--- lanation", "The layout/box-xml")
+    assert len(kept) >= 4 and len(soup) == 4
+    assert {r["kind"] for r in kept} == {"repetitive", "list", "refusal"} and {r["kind"] for r in soup} == {"soup"}
+    verdicts = judge_completions(real_model, [r["completion"] for r in kept + soup], [r["prompt"] for r in kept + soup])
+    assert [v.degenerate for v in verdicts[: len(kept)]] == [False] * len(kept), verdicts[: len(kept)]
+    assert [v.kind for v in verdicts[len(kept) :]] == ["soup"] * len(soup), verdicts[len(kept) :]
+    assert all(v.kind == "repetitive" for r, v in zip(kept, verdicts) if r["kind"] == "repetitive")

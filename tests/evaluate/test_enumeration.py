@@ -29,7 +29,7 @@ def test_a_run_enumerated_with_its_copy_gives_two_equal_curves(triaged, tmp_path
     a, b = result.curves
     assert a.to_dict()["counts"] == b.to_dict()["counts"]  # identical vectors land in the same clusters
     # duplicates merge at distance 0 first, so the joint clustering is the run's own
-    assert result.n_clusters == load_triage(triaged)["behaviours"]["n_behaviours"]
+    assert result.n_clusters == load_triage(triaged).summary["n_behaviours"]
     counts = a.to_dict()["counts"]
     assert len(counts) == 6 and counts == sorted(counts)  # a count per prefix, never decreasing
     assert [row["run"] for row in result.table()] == ["a", "b"]

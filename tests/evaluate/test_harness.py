@@ -169,9 +169,11 @@ def test_batched_eval_equals_sequential_generation(tiny_model):
 def test_vector_subset_without_unsteered(tiny_model):
     run = vector_run(tiny_model)
     result = evaluate_run(
-        tiny_model, run, PROMPTS[:1], vectors=[2, -3, 2], include_unsteered=False, max_new_tokens=TOKENS
+        tiny_model, run, PROMPTS[:1], vectors=[2, 0, 2], include_unsteered=False, max_new_tokens=TOKENS
     )
-    assert [r.vector for r in result.rows] == [2, 0]  # negative index normalised, duplicates dropped
+    assert [r.vector for r in result.rows] == [2, 0]  # duplicates dropped
+    with pytest.raises(ValueError, match="Vector index -3 is out of range"):  # a slip, not "the third from last"
+        evaluate_run(tiny_model, run, PROMPTS[:1], vectors=[-3], max_new_tokens=TOKENS)
     expected = generate(tiny_model, PROMPTS[:1], [intervention_from_run(run, 2)], max_new_tokens=TOKENS)
     assert result.generations[0]["completion"] == expected[0].text
 

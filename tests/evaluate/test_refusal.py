@@ -41,12 +41,14 @@ def test_refusal_judge_rejects_unknown_mode():
 def test_refusal_log_odds_matches_direct_computation(tiny_model):
     texts = prepare_prompts(tiny_model, ["Hello there", "Write a poem about the moon"])
     ids = refusal_token_ids(chat_tokenizer(tiny_model))
-    got = refusal_log_odds(tiny_model, texts)
+    got = refusal_log_odds(tiny_model, texts, chat=False)
     for i, text in enumerate(texts):
         tokens = torch.tensor([chat_tokenizer(tiny_model)(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             probs = torch.softmax(tiny_model(tokens)[0, -1].float(), -1)
         p = float(probs[ids].sum())
         assert float(got[i]) == pytest.approx(math.log(p) - math.log(1 - p), abs=1e-4)
-    steered = refusal_log_odds(tiny_model, texts, [AddVector(torch.randn(64) * 20, "blocks.1.hook_resid_pre")])
+    steered = refusal_log_odds(
+        tiny_model, texts, [AddVector(torch.randn(64) * 20, "blocks.1.hook_resid_pre")], chat=False
+    )
     assert not torch.allclose(steered, got)

@@ -186,10 +186,11 @@ def test_interrupted_ranking_does_not_redo_finished_vectors(tiny_model, run_dir,
 
 def test_rank_by_task_can_rank_chosen_vectors(tiny_model, run_dir, tmp_path):
     path, _ = made_task(tiny_model, run_dir, tmp_path, target=2)
-    result = rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[2, -1], progress=False)
+    result = rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[2, 4], progress=False)
     assert sorted(s.vector for s in result.scores) == [UNSTEERED, 2, 4]
-    with pytest.raises(ValueError, match="out of range"):
-        rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[9], progress=False)
+    for bad in (9, -1):  # a negative index is a slip, not "the last vector"
+        with pytest.raises(ValueError, match="out of range"):
+            rank_by_task(tiny_model, run_dir, path, max_new_tokens=3, indices=[bad], progress=False)
 
 
 def test_parse_item_accepts_items_given_in_memory():

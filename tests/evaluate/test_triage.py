@@ -29,21 +29,23 @@ def test_triage_writes_one_row_per_vector_and_consistent_clusters(tiny_model, ru
     folder = triage_dir(run_dir)
     for name in ("behaviours.json", "behaviours.csv", "clusters.json", "completions.jsonl", "embeddings.safetensors"):
         assert (folder / name).is_file(), name
-    data = load_triage(run_dir)
-    rows = data["behaviours"]["rows"]
-    assert [r["index"] for r in rows] == [-1, *range(7)]
-    members = sorted(v for c in data["clusters"] for v in c["members"])
+    data = load_triage(run_dir)  # the typed result, read back from the files
+    assert data.behaviours == result.behaviours and data.clusters == result.clusters
+    rows = data.behaviours
+    assert [r.index for r in rows] == [-1, *range(7)] and data.n_vectors == 7
+    members = sorted(v for c in data.clusters for v in c.members)
     assert members == list(range(7))  # every vector in exactly one cluster (unsteered is no member)
     for r in rows:
-        assert data["clusters"][r["cluster"]]["id"] == r["cluster"]
-        assert 0 <= r["refusal"] <= 1 and r["perplexity"] > 0
-    assert rows[0]["novelty"] == pytest.approx(0.0, abs=1e-5)  # unsteered vs itself
-    assert sum(c["unsteered_like"] for c in data["clusters"]) == 1
-    listed = data["behaviours"]["shortlist"]
+        assert data.clusters[r.cluster].id == r.cluster
+        assert 0 <= r.refusal <= 1 and r.perplexity > 0
+    assert rows[0].novelty == pytest.approx(0.0, abs=1e-5)  # unsteered vs itself
+    assert sum(c.unsteered_like for c in data.clusters) == 1
+    listed = data.shortlist
     assert len(listed) == len(set(listed)) and all(0 <= v < 7 for v in listed)
-    assert [r["index"] for r in rows if r["shortlist"] is not None] == sorted(listed)
-    assert data["embeddings"]["completions"].shape[0] == len(data["completions"]) == 8
-    assert result.shortlist == listed
+    assert [r.index for r in rows if r.shortlist is not None] == sorted(listed)
+    assert data.embeddings["completions"].shape[0] == len(data.completions) == 8
+    assert result.shortlist == listed and data.summary["n_vectors"] == 7
+    assert "TriageResult" in data._repr_html_()
 
 
 def test_triage_resumes_after_an_interruption(tiny_model, run_dir, tmp_path, monkeypatch):
@@ -140,14 +142,15 @@ def test_repetitive_vectors_keep_their_own_cluster_on_the_shortlist(tiny_model, 
 
     scripted.done = []
     monkeypatch.setattr(triage_module, "generate_conditions", scripted)
-    # The tiny model's random weights find every text unlikely: lift the soup cut above its NLLs.
-    result = triage_run(tiny_model, copy, CFG.replace(max_new_tokens=6, max_content_nll=1e3), progress=False)
+    # Random weights find every text about equally unlikely: measured against the model's own
+    # baseline, nothing is soup, with the default cuts.
+    result = triage_run(tiny_model, copy, CFG.replace(max_new_tokens=6), progress=False)
     by_index = {b.index: b for b in result.behaviours}
     assert by_index[0].repetitive and by_index[1].repetitive and not by_index[0].degenerate
     assert by_index[2].degenerate == "empty" and by_index[2].shortlist is None
     hate = result.clusters[by_index[0].cluster]
     assert hate.repetitive and hate.label.startswith("repetitive: ") and 1 in hate.members
     assert hate.representative in result.shortlist
-    summary = load_triage(copy)["behaviours"]
-    assert summary["n_repetitive"] == 2
+    summary = load_triage(copy).summary
+    assert summary["n_repetitive"] == 2 and summary["content_baseline_nll"] > 5  # random weights
     assert {r["vector"]: r["repetitive"] for r in summary["completion_rows"]}[0] is True

@@ -174,7 +174,7 @@ def test_ranking_by_a_target_direction(tiny_model):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(source_layer=3, target_layer=2), "must be after source layer 3"),
+        (dict(source_layer=3, target_layer=2), "must come after source blocks.3.hook_resid_post"),
         (dict(n_factors=0), r"n_factors \(F\) must be ≥ 1, got 0"),
         (dict(radius="big"), "radius must be a number > 0 or 'auto', got 'big'"),
         (dict(orthogonalize="gram"), "orthogonalize 'gram' is not one of polar, qr, none"),

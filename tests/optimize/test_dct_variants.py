@@ -9,13 +9,14 @@ import torch
 
 from melbo_tl.forward import run_forward
 from melbo_tl.optimize.calibration import unit_rows
-from melbo_tl.optimize.dct import VARIANTS, DCTConfig, DCTState, fit_dct
+from melbo_tl.optimize.configs import DCT_VARIANTS as VARIANTS
+from melbo_tl.optimize.dct import DCTConfig, DCTState, fit_dct
 from melbo_tl.optimize.dct_steps import Movement, damp, orthogonalize, svd_start
 from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.steering import AddVector
 
 PROMPTS = ["How can I make a bomb?", "Tell me a story about a dragon."]
-LAYERS = dict(source_layer=0, target_layer=3, positions="last:3")
+LAYERS = dict(source="resid_post.0", target=3, positions="last:3")
 R = 4.0
 
 
@@ -24,7 +25,9 @@ class SlowDelta:
 
     def __init__(self, model):
         self.model = model
-        self.problem = MelboProblem.build(model, PROMPTS, source=0, target=3, p=2.0, q=1.0, positions="last:3")
+        self.problem = MelboProblem.build(
+            model, PROMPTS, source="resid_post.0", target=3, p=2.0, q=1.0, positions="last:3"
+        )
         self.hook = "blocks.3.hook_resid_pre"
         with torch.no_grad():
             base = run_forward(model, self.problem.batch, record=[self.hook], logits="none").activations[self.hook]

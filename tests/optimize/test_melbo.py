@@ -87,9 +87,9 @@ def test_soft_orthogonality_lowers_delta_cosine(tiny_model):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(source_layer=2, target_layer=2), "after source"),
-        (dict(source_layer=0, target_layer=9), "out of range"),
-        (dict(source_layer=-1, target_layer=2), "out of range"),
+        (dict(source_layer=2, target_layer=2), "must come after source"),
+        (dict(source_layer=0, target_layer=9), "beyond this model's 4 blocks"),
+        (dict(source_layer=-1, target_layer=2), "block index ≥ 0, got -1"),
         (dict(source_layer=0, target_layer=3, radius=0.0), "radius"),
         (dict(source_layer=0, target_layer=3, p=0.0), "p and q"),
         (dict(source_layer=0, target_layer=3, positions="last:500"), "exceed"),

@@ -17,7 +17,7 @@ def full_forward_delta(model, problem: MelboProblem, theta: torch.Tensor) -> tor
     """Δ at the target from two complete forward passes (to the logits), the vector added by an
     AddVector hook; differentiable in ``theta``."""
     b = problem.batch
-    name = f"blocks.{problem.target}.hook_resid_pre"
+    name = problem.target.hook
     seen = []
 
     def keep(acts, hook):
@@ -33,7 +33,7 @@ def full_forward_delta(model, problem: MelboProblem, theta: torch.Tensor) -> tor
 
 
 def test_objective_matches_paper_formula_on_full_forward(tiny_model):
-    problem = MelboProblem.build(tiny_model, PROMPTS, source=0, target=3, p=3.0, q=2.0, positions="last:2")
+    problem = MelboProblem.build(tiny_model, PROMPTS, source="resid_post.0", target=3, p=3.0, q=2.0, positions="last:2")
     theta = torch.randn(1, 64)
     value, _ = problem.objective(problem.add_vectors(theta))
     delta = full_forward_delta(tiny_model, problem, theta[0])
@@ -47,7 +47,7 @@ def test_objective_matches_paper_formula_on_full_forward(tiny_model):
 
 
 def test_truncated_forward_matches_full_forward_value_and_gradient(tiny_model):
-    problem = MelboProblem.build(tiny_model, PROMPTS, source=0, target=3, p=2.0, q=1.0, positions="all")
+    problem = MelboProblem.build(tiny_model, PROMPTS, source="resid_post.0", target=3, p=2.0, q=1.0, positions="all")
     theta = torch.randn(64, requires_grad=True)
     value, delta_fast = problem.objective(problem.add_vectors(theta[None]))
     (grad_fast,) = torch.autograd.grad(value.sum(), theta)
