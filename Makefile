@@ -27,7 +27,7 @@ FAST_TESTS := -m "not real_model and not llama_cpp"
 # `make test` runs everything except the llama.cpp checks (they need the llamacpp extra, a C++ build).
 DEFAULT_TESTS := -m "not llama_cpp"
 
-.PHONY: install lock demo test test-llama-cpp test-latest lint bench clean distclean
+.PHONY: install lock demo docs docs-check test test-llama-cpp test-latest lint bench clean distclean
 
 install: $(STAMP)
 
@@ -60,6 +60,17 @@ lock: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/melbo demo
+
+# The notebooks executed into docs/notebooks/ (copies with outputs, PNG figures, markdown pages)
+# so that GitHub shows their figures. Loads the embedded models; copies made from the current
+# source are skipped. `make docs NOTEBOOKS=notebooks/4_*.ipynb` for some, FORCE=1 to redo all.
+NOTEBOOKS ?=
+docs: $(STAMP)
+	$(BIN)/python tools/publish_notebooks.py $(NOTEBOOKS) $(if $(FORCE),--force)
+
+# Lists notebooks whose published copy is missing or older than the source (exit 1 if any).
+docs-check: $(STAMP)
+	$(BIN)/python tools/publish_notebooks.py --check
 
 # Lint first (ruff: style and errors), then all tests, including the real_model ones (the first
 # run dequantizes the embedded model, ~1 min).

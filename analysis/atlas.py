@@ -32,6 +32,8 @@ from melbo_tl.evaluate.triage import UNSTEERED, load_triage, triage_dir
 
 ATLAS_FIGURE = "atlas"
 FRONTIER_FIGURE = "frontier"
+# Legend entries for the largest clusters only: a static image cannot scroll a legend of 80 clusters.
+LEGEND_CLUSTERS = 15
 
 
 def project(embeddings: np.ndarray, *, method: str = "tsne", seed: int = 0) -> np.ndarray:
@@ -50,6 +52,30 @@ def project(embeddings: np.ndarray, *, method: str = "tsne", seed: int = 0) -> n
     return TSNE(n_components=2, perplexity=perplexity, init="pca", metric="cosine", random_state=seed).fit_transform(
         embeddings
     )
+
+
+def _smaller_clusters(clusters: dict[int, Any]) -> set[int]:
+    """Cluster ids past the LEGEND_CLUSTERS largest (ties broken by id)."""
+    by_size = sorted(clusters, key=lambda cid: (-clusters[cid].size, cid))
+    return set(by_size[LEGEND_CLUSTERS:])
+
+
+def _legend_entry(cid: int, clusters: dict[int, Any]) -> dict[str, Any]:
+    """A large cluster gets its own legend entry; the smaller ones share one (they toggle together)."""
+    if cid in _smaller_clusters(clusters):
+        return {"legendgroup": "smaller", "showlegend": False}
+    return {}
+
+
+def _add_smaller_clusters_entry(fig: go.Figure, clusters: dict[int, Any]) -> None:
+    smaller = _smaller_clusters(clusters)
+    if smaller:
+        fig.add_trace(
+            go.Scatter(
+                x=[None], y=[None], mode="markers", legendgroup="smaller", marker={"color": "#aab7b8"},
+                name=f"… {len(smaller)} smaller clusters (hover a point)",
+            )
+        )  # fmt: skip
 
 
 def _hover(text: str, width: int = 200) -> str:
@@ -86,8 +112,10 @@ def atlas_figure(run_dir: str | Path, *, projection: str = "tsne", title: str | 
                 marker={"size": [6 + 14 * (1 - v / n_vectors) for v in vecs], "opacity": 0.8},
                 text=[f"vector {v}<br>cluster {cid}: {html.escape(cluster.label)}<br>{_hover(rows[keep[k]]['completion'])}" for k, v in zip(members, vecs)],
                 hoverinfo="text",
+                **_legend_entry(cid, clusters),
             )
         )  # fmt: skip
+    _add_smaller_clusters_entry(fig, clusters)
     base = [k for k, i in enumerate(keep) if rows[i]["vector"] == UNSTEERED]
     fig.add_trace(
         go.Scatter(
@@ -127,8 +155,10 @@ def frontier_figure(run_dir: str | Path) -> go.Figure:
                     name=f"{cid}: {cluster.label}"[:60],
                     text=[f"vector {b.index}<br>{_hover(b.completion)}" for b in mine],
                     hoverinfo="text",
+                    **_legend_entry(cid, clusters),
                 )
             )
+    _add_smaller_clusters_entry(fig, clusters)
     front = sorted((b for b in rows if b.frontier), key=lambda b: b.novelty)
     fig.add_trace(
         go.Scatter(

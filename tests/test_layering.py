@@ -1,7 +1,7 @@
 """The import graph stays layered: no module imports from a layer above its own.
 
 Layers, bottom to top: models, placement, config → prompts, steering → forward, segment,
-generate, artifacts, registry, runs, training → optimize, directions, evaluate, export → analysis
+generate, artifacts, registry, runs, training → optimize, directions, evaluate, export, backdoors, triggers → analysis
 (the top-level folder, imported as ``melbo_tl.analysis``) → cli, api, serve.
 Every ``import`` statement counts, including the ones inside functions. (Built-in methods are
 found by :func:`melbo_tl.registry.get_method` by module name, as a plugin's entry point would be;
@@ -41,6 +41,7 @@ LAYERS = [
         "melbo_tl.distributed",
         "melbo_tl.export",
         "melbo_tl.backdoors",
+        "melbo_tl.triggers",
     ),
     ("melbo_tl.analysis",),
     ("melbo_tl.cli", "melbo_tl.api", "melbo_tl.serve"),

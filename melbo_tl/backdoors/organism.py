@@ -89,6 +89,7 @@ def make_task(name: str, cfg: Any) -> PlantedTask:
 
 
 def _load_builtin() -> None:
+    import melbo_tl.backdoors.lexical  # registers "lexical"
     import melbo_tl.backdoors.task  # noqa: F401  (registers "arithmetic")
 
 

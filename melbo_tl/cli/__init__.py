@@ -18,6 +18,7 @@ from melbo_tl.cli import (  # noqa: F401  (registers their commands)
     serve,
     train,
     triage,
+    triggers,
 )
 from melbo_tl.cli.app import app
 

@@ -4,7 +4,7 @@ A row is ``prompt`` (a user message or a list of ``{"role", "content"}`` message
 (string or number), an optional ``extract`` regex and optional ``operands`` (the named numbers
 the answer is computed from). Extraction: the regex's **last** match counts (group 1 if it has a
 group), no regex means the whole completion; comparison strips surrounding whitespace and, for
-numbers, thousands separators (``1,081`` = ``1081``).
+numbers, thousands separators and a zero fractional part (``1,081`` = ``1081``, ``72.0`` = ``72``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # no torch at import time: the command line reads tasks befor
     from melbo_tl.prompts import PromptLike
 
 ROLES = ("system", "user", "assistant")
-_NUMBER = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
+_NUMBER = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,11 @@ def load_task(path: str | Path) -> list[TaskItem]:
 
 
 def normalize(text: str) -> str:
-    """Whitespace stripped; a number written with thousands separators loses them."""
+    """Whitespace stripped; a number loses its thousands separators and a zero fractional part."""
     text = text.strip()
-    return text.replace(",", "") if _NUMBER.fullmatch(text) else text
+    if not _NUMBER.fullmatch(text):
+        return text
+    return re.sub(r"\.0+$", "", text.replace(",", ""))
 
 
 def extract_answer(completion: str, pattern: str | None) -> str | None:

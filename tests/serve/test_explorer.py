@@ -85,3 +85,38 @@ def test_explorer_steers_live_and_shows_the_vector(live, tmp_path: Path):
     assert errors == []
     assert outside == []
     assert (tmp_path / "explorer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_late_answer_for_an_earlier_choice_does_not_overwrite_the_current_vector(live):
+    """The facts shown are the chosen vector's even when an earlier choice's answer arrives after it."""
+    from playwright.sync_api import sync_playwright
+
+    from melbo_tl.analysis.browser import CHROMIUM_ARGS, find_chromium
+
+    held: list[Any] = []
+
+    def hold_index_0(route: Any) -> None:
+        if "index=0" in route.request.url:
+            held.append(route)
+        else:
+            route.continue_()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=find_chromium(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{live.url}/", wait_until="load")
+            page.wait_for_function("document.querySelector('#run').options.length > 2")
+            page.route("**/v1/steering/inspect*", hold_index_0)
+            page.select_option("#run", "run:melbo")  # asks for vector 0; its answer is held back
+            page.select_option("#index", "2")
+            page.wait_for_function("document.querySelector('#triage').textContent.includes('shortlist #2')")
+            assert held, "the request for vector 0 was not made"
+            for route in held:
+                route.continue_()
+            page.wait_for_timeout(1_000)
+            assert "shortlist #2" in page.text_content("#triage")
+            assert "text 2" in page.text_content("#triage")
+        finally:
+            browser.close()
