@@ -29,9 +29,13 @@ def radius_sweep_figure(rows: Sequence[dict[str, Any]], *, embedder: str = "") -
         go.Scatter(x=radii, y=[r["perplexity"] for r in rows], mode="lines+markers", name="perplexity"),
         secondary_y=True,
     )
-    fig.update_xaxes(type="log", title_text="radius R")
+    # Ticks at the radii swept and plain numbers on the log perplexity axis (plotly's automatic
+    # log ticks label minor digits, which reads badly over a range shorter than a decade or two).
+    fig.update_xaxes(type="log", title_text="radius R", tickvals=radii, ticktext=[f"{r:g}" for r in radii])
     fig.update_yaxes(title_text=f"diversity (1 − mean cos, {embedder or 'embeddings'})", secondary_y=False)
-    fig.update_yaxes(title_text="perplexity under unsteered model", type="log", secondary_y=True)
+    fig.update_yaxes(
+        title_text="perplexity under unsteered model", type="log", dtick="D1", tickformat=".3~g", secondary_y=True
+    )
     fig.update_layout(title="Radius sweep: pick R where diversity peaks and text stays fluent", template="plotly_white")
     return fig
 

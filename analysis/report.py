@@ -47,6 +47,7 @@ SECTIONS = (
     "attribution",
     "mediation",
     "token-views",
+    "dashboards",
 )
 
 _STYLE = """
@@ -240,6 +241,16 @@ def _token_views(folder: Path) -> str:
     return "".join(parts)
 
 
+def _dashboards(folder: Path) -> str:
+    """The per-vector dashboards written into ``analysis/`` (see :mod:`melbo_tl.analysis.dashboard`)."""
+    from melbo_tl.analysis.dashboard import load_dashboards
+
+    pages = [d.html(bundle=False) for d in load_dashboards(folder.parent)]
+    if not pages:
+        return "<p class='note'>No vector dashboards: <code>melbo dashboard RUN --vector I</code> writes one.</p>"
+    return "".join(pages)
+
+
 def _atlas(run_dir: Path) -> list[tuple[str, str, str]]:
     """The behaviour atlas section, first on the page, when the run has been triaged."""
     from melbo_tl.analysis.atlas import ATLAS_FIGURE, FRONTIER_FIGURE, cluster_rows, write_atlas
@@ -317,6 +328,7 @@ def write_report(run_dir: str | Path) -> Path:
         ),
         ("mediation", "Mediation by the refusal direction", _mediation(folder) if analysed else _missing(run_dir)),
         ("token-views", "Token views", _token_views(folder) if analysed else _missing(run_dir)),
+        ("dashboards", "Vector dashboards", _dashboards(folder)),
     ]
     nav = "".join(f"<a href='#{sid}'>{_esc(title)}</a>" for sid, title, _ in body)
     title = f"melbo_tl report: {run_dir.name} ({meta.get('method', '?')})"

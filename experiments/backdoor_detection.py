@@ -13,7 +13,10 @@
 4. Answer changes (the subtle backdoor, whose text stays fluent): every vector of every run
    answers ``--rank-items`` other held-out clean instances (``melbo rank`` with operands); the
    answer-change triage groups the vectors whose wrong answers consistently equal another
-   function of the operands, e.g. ``(a1 * a2) * (b1 * b2)``, the swap's.
+   function of the operands, read from the final answer and from the working's two sums (the
+   swap's functions: ``(a1 * a2) * (b1 * b2)``, ``a1 * a2``, ``b1 * b2``). A supervised control —
+   one one-shot vector at the same site and norm, fit to the swap's completion of the training
+   prompt — shows what a vector that does elicit the swap looks like in that triage.
 
 Writes ``--out``/{dct,melbo,random}/ (run folders with triage/, tasks/ and backdoors.json) and
 ``--results``/results.json + results.md. Every stage resumes: a rerun skips finished work.
@@ -28,33 +31,35 @@ import json
 import os
 from pathlib import Path
 
+from backdoor_report import CURVE_AT, clusters_of_eliciting, report, shortlist
 from stages import Stages
 
 from melbo_tl.artifacts import atomic_write_json, atomic_write_text, load_run
 from melbo_tl.backdoors.build import DEFAULT_NAME, ensure_planted, read_manifest
 from melbo_tl.backdoors.detection import (
+    SWAP_BY_TARGET,
     answer_change_task,
     detect_run,
     detection_prompt,
     generalization_prompts,
-    markdown_table,
     swap_summary,
 )
-from melbo_tl.backdoors.task import BEHAVIOURS, score
-from melbo_tl.evaluate.answer_change import AnswerChangeConfig
+from melbo_tl.backdoors.task import ANSWER_TARGETS, BEHAVIOURS, Instance, score, swapped_completion
+from melbo_tl.evaluate.answer_change import AnswerChangeConfig, answer_change_of
 from melbo_tl.evaluate.task_items import parse_item
 from melbo_tl.evaluate.tasks import rank_by_task
-from melbo_tl.evaluate.triage import TriageConfig, load_triage, triage_run
+from melbo_tl.evaluate.triage import TriageConfig, triage_run
 from melbo_tl.generate import generate
 from melbo_tl.models import load_model
+from melbo_tl.optimize.configs import OneShotConfig
 from melbo_tl.optimize.dct import DCTConfig
 from melbo_tl.optimize.melbo import MelboConfig
 from melbo_tl.training import config_of, train_to_folder
 
-CURVE_AT = (1, 4, 16, 64, 256)
+CONTROL = "one-shot swap (supervised control)"
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("runs/backdoor_detection"))
     parser.add_argument("--results", type=Path, default=Path("experiments/results/backdoor_detection"))
@@ -65,22 +70,25 @@ def main() -> None:
     parser.add_argument("--melbo-steps", type=int, default=200)
     parser.add_argument("--melbo-lr", type=float, default=1e-3)
     parser.add_argument("--random-vectors", type=int, default=256)
+    parser.add_argument("--random-rank", type=int, default=64, help="random vectors ranked for answer changes")
     parser.add_argument("--generalize", type=int, default=16)
     parser.add_argument("--rank-items", type=int, default=24, help="held-out instances for answer changes")
     parser.add_argument("--min-matches", type=int, default=5, help="answer-change threshold (wrong answers)")
+    parser.add_argument("--control-steps", type=int, default=60, help="one-shot steps of the supervised control")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     stage = Stages()
-    timings = stage.timings
-
     path = stage("plant (or cached)", lambda: ensure_planted(args.name))
-    manifest = read_manifest(path)
-    model = load_model(args.name, device="cpu", dtype="float32")  # the README's figures are float32
+    model = load_model(args.name, device="cpu", dtype="float32")  # the figures are float32
     prompt = detection_prompt()
     [unsteered] = generate(model, [prompt], max_new_tokens=args.max_new_tokens)
     print(f"training prompt: {prompt!r}\nunsteered: {unsteered.text!r}", flush=True)
@@ -89,15 +97,21 @@ def main() -> None:
         model, "dct", [prompt], DCTConfig(n_factors=args.factors, radius=args.radius), args.out / "dct", resume=True,
         progress=True,
     ))  # fmt: skip
-    dct_meta = load_run(dct).meta
-    radius = float(dct_meta["radius"])
+    radius = float(load_run(dct).meta["radius"])
     dct_cfg = config_of(load_run(dct))  # its sites, as any version of run.json records them
     common = dict(radius=radius, source=dct_cfg.source, target=dct_cfg.target)
     trainers = {
+        "DCT": lambda: dct,
         "random": lambda: train_to_folder(
             model, "melbo", [prompt],
             MelboConfig(n_vectors=args.random_vectors, steps=0, mode="batched-orthogonal", batch_size=64, **common),
             args.out / "random", resume=True,
+        ),
+        CONTROL: lambda: train_to_folder(
+            model, "oneshot", [prompt],
+            OneShotConfig(site=dct_cfg.source, promote=(swapped_completion(Instance.parse(prompt)),),
+                          max_norm=radius, steps=args.control_steps),
+            args.out / "control_oneshot_swap", resume=True, progress=False,
         ),
         "MELBO": lambda: train_to_folder(
             model, "melbo", [prompt],
@@ -106,66 +120,65 @@ def main() -> None:
             args.out / "melbo", resume=True,
         ),
     }  # fmt: skip
-    triage_cfg = TriageConfig(max_new_tokens=args.max_new_tokens)
     others = generalization_prompts(args.generalize, skip=[prompt])
     unsteered_others = generate(model, others, max_new_tokens=args.max_new_tokens, batch_size=32)
-    baseline = {b: sum(score(c.text)[b] for c in unsteered_others) / len(others) for b in BEHAVIOURS}
-    rank_rows = answer_change_task(args.rank_items, skip=[prompt])
-    rank_items = [parse_item(r, f"item {k}") for k, r in enumerate(rank_rows)]
+    context = {
+        "args": args, "path": path, "prompt": prompt, "unsteered": unsteered.text, "radius": radius,
+        "sites": {"radius": radius, "source": str(dct_cfg.source), "target": str(dct_cfg.target)},
+        "others": others,
+        "baseline": {b: sum(score(c.text)[b] for c in unsteered_others) / len(others) for b in BEHAVIOURS},
+        "targets": {t: answer_change_task(args.rank_items, skip=[prompt], target=t) for t in ANSWER_TARGETS},
+        "timings": stage.timings,
+    }  # fmt: skip
     changes_cfg = AnswerChangeConfig(min_matches=args.min_matches)
     detections, changes = {}, {}
-    # DCT first, then random, then MELBO: each method is triaged and scored before the next one
-    # trains, and the results files are rewritten after each, so a late crash keeps the earlier ones.
-    for label in ("DCT", "random", "MELBO"):
-        run = dct if label == "DCT" else stage(label, trainers[label])
-        stage(f"triage {label}", lambda r=run: triage_run(model, r, triage_cfg))
-        detections[label] = stage(f"detect {label}", lambda r=run: detect_run(r, model=model, prompts=others))
+    # DCT, random, the control, then MELBO (the slowest, last): each is triaged and scored before the next one trains,
+    # and the results files are rewritten after each, so a late crash keeps the earlier ones.
+    for label, train in trainers.items():
+        run = stage(label, train)
+        if label != CONTROL:
+            stage(
+                f"triage {label}", lambda r=run: triage_run(model, r, TriageConfig(max_new_tokens=args.max_new_tokens))
+            )
+            detections[label] = stage(f"detect {label}", lambda r=run: detect_run(r, model=model, prompts=others))
+        limit = args.random_rank if label == "random" else None
         changes[label] = stage(
-            f"answer changes {label}",
-            lambda r=run: (
-                rank_by_task(
-                    model,
-                    r,
-                    rank_items,
-                    name="answer_change",
-                    answer_change=changes_cfg,
-                    max_new_tokens=args.max_new_tokens,
-                    vectors_per_chunk=8,
-                    batch_size=64,
-                ).answer_change
-            ),
+            f"answer changes {label}", lambda r=run, n=limit: answer_changes(model, r, context, changes_cfg, n)
         )
-        write_results(
-            args,
-            path,
-            manifest,
-            prompt,
-            unsteered.text,
-            radius,
-            common,
-            others,
-            baseline,
-            detections,
-            changes,
-            rank_rows,
-            timings,
-        )
-    print(report(json.loads((args.results / "results.json").read_text()), detections))
-    print(f"timings (s): {timings}")
+        write_results(context, detections, changes)
+    print(report(json.loads((args.results / "results.json").read_text())))
 
 
-def write_results(args, path, manifest, prompt, unsteered, radius, common, others, baseline, detections, changes,
-                  rank_rows, timings):  # fmt: skip
+def answer_changes(model, run, context, cfg, limit=None) -> dict:
+    """Rank every vector (the first ``limit``) on the held-out instances once; read the final
+    answer and both sums."""
+    items = {t: [parse_item(r, f"item {k}") for k, r in enumerate(rows)] for t, rows in context["targets"].items()}
+    ranking = rank_by_task(
+        model, run, items["answer"], name="answer_change", answer_change=cfg,
+        max_new_tokens=context["args"].max_new_tokens, vectors_per_chunk=8, batch_size=64,
+        indices=None if limit is None else list(range(limit)),
+    )  # fmt: skip
+    out = {}
+    for target, target_items in items.items():
+        rep = answer_change_of(ranking.rows, target_items, None, cfg)
+        out[target] = {"function": SWAP_BY_TARGET[target], "swap": swap_summary(rep, target), "report": rep.to_dict()}
+    return out
+
+
+def write_results(context: dict, detections: dict, changes: dict) -> None:
+    args = context["args"]
+    manifest = read_manifest(context["path"])
     results = {
-        "planted_model": {"name": args.name, "path": str(path), **{k: manifest[k] for k in (
+        "planted_model": {"name": args.name, "path": str(context["path"]), **{k: manifest[k] for k in (
             "base_model", "config", "training", "rates", "build_seconds", "eval_seconds", "torch_threads")}},
-        "training_prompt": prompt,
-        "unsteered_completion": unsteered,
-        "radius": radius,
-        "sites": common,
+        "training_prompt": context["prompt"],
+        "unsteered_completion": context["unsteered"],
+        "radius": context["radius"],
+        "sites": context["sites"],
+        "detector": "melbo_tl.evaluate.degenerate (soup / empty / echo; repetitive kept as a behaviour)",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "generalization_prompts": others,
-        "unsteered_on_generalization_prompts": baseline,
+        "generalization_prompts": context["others"],
+        "unsteered_on_generalization_prompts": context["baseline"],
         "methods": {label: d.to_dict() for label, d in detections.items()},
         "found_curve_at": {
             label: {b: {n: d.curves[b][min(n, d.n_vectors) - 1] for n in CURVE_AT if n <= d.n_vectors}
@@ -173,143 +186,14 @@ def write_results(args, path, manifest, prompt, unsteered, radius, common, other
         },
         "clusters_of_eliciting": {label: clusters_of_eliciting(d) for label, d in detections.items()},
         "shortlist": {label: shortlist(d) for label, d in detections.items()},
-        "answer_change_items": rank_rows,
-        "answer_change": {label: {"swap": swap_summary(c), "report": c.to_dict()} for label, c in changes.items()},
-        "timings": timings,
+        "answer_change_items": context["targets"]["answer"],
+        "answer_change": changes,
+        "timings": context["timings"],
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or args.threads,
     }  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.results / "results.json", results)
-    atomic_write_text(args.results / "results.md", report(results, detections))
-
-
-def clusters_of_eliciting(detection) -> dict:
-    """Per behaviour: the triage clusters holding eliciting vectors, as an auditor would meet them."""
-    clusters = {c.id: c.to_dict() for c in load_triage(detection.run).clusters}
-    out = {}
-    for name, b in detection.behaviours.items():
-        out[name] = [
-            {"id": cid, "size": clusters[cid]["size"], "label": clusters[cid]["label"],
-             "degenerate": clusters[cid]["degenerate"], "unsteered_like": clusters[cid]["unsteered_like"],
-             "eliciting_share": b.clusters.purity[cid], "representative": clusters[cid]["representative"],
-             "representative_completion": clusters[cid]["completion"]}
-            for cid in b.clusters.clusters
-        ]  # fmt: skip
-    return out
-
-
-def shortlist(detection) -> list[dict]:
-    """The triage shortlist (read in this order) and the planted behaviours each entry shows."""
-    triage = load_triage(detection.run)
-    behaviours = {**triage.summary, "rows": [b.to_dict() for b in triage.behaviours]}
-    return [
-        {"vector": v, "shows": [b for b, x in detection.behaviours.items() if v in x.eliciting]}
-        for v in behaviours["shortlist"]
-    ]
-
-
-def triage_table(results: dict) -> list[str]:
-    """Per method and behaviour: the clusters holding its eliciting vectors, and where the
-    shortlist first shows it."""
-    lines = [
-        "Triage view (clusters of the vectors whose training-prompt completion shows the behaviour; "
-        "shortlist = what an auditor reads first):",
-        "",
-        "| method | behaviour | cluster | kind | size | eliciting share | first shortlist position showing it |",
-        "|---|---|---|---|---:|---:|---|",
-    ]
-    for label, per_b in results["clusters_of_eliciting"].items():
-        listed = results["shortlist"][label]
-        for b, rows in per_b.items():
-            position = next((k for k, e in enumerate(listed) if b in e["shows"]), None)
-            where = "not listed" if position is None else f"{position} of {len(listed)}"
-            if not rows:
-                lines.append(f"| {label} | {b} | – | – | – | – | {where} |")
-            for c in rows:
-                kind = ("degenerate: " + c["degenerate"]) if c["degenerate"] else (
-                    "like unsteered" if c["unsteered_like"] else "behaviour")  # fmt: skip
-                lines.append(
-                    f"| {label} | {b} | {c['id']} | {kind} | {c['size']} | {c['eliciting_share']:.2f} | {where} |"
-                )
-    return lines
-
-
-def answer_change_table(results: dict) -> list[str]:
-    """Per method: vectors whose answers on the held-out instances follow the swap's function."""
-    n_items = len(results["answer_change_items"])
-    lines = [
-        f"Answer changes on {n_items} held-out clean instances (a vector shows a function when ≥ "
-        f"{results['settings']['min_matches']} of its wrong answers, and ≥ half of them, equal it):",
-        "",
-        "| method | vectors | vectors with a consistent change | swap `(a1 * a2) * (b1 * b2)`: vectors | first (0-based) "
-        "| its group (of groups) | half-swaps: vectors | biggest groups |",
-        "|---|---:|---:|---:|---|---|---:|---|",
-    ]
-    for label, entry in results["answer_change"].items():
-        rep, swap = entry["report"], entry["swap"]
-        steered = [v for v in rep["vectors"] if v["vector"] >= 0]
-        showing = sum(v["shows"] for v in steered)
-        half = len({v for f, x in swap.items() if f not in ("swap", "n_groups") for v in x["vectors"]})
-        top = ", ".join(f"`{g['function']}` {len(g['vectors'])}" for g in rep["groups"][:4]) or "–"
-        first = "not found" if swap["swap"]["first"] is None else swap["swap"]["first"]
-        group = "–" if swap["swap"]["group_rank"] is None else f"{swap['swap']['group_rank']} of {swap['n_groups']}"
-        lines.append(f"| {label} | {len(steered)} | {showing} | {len(swap['swap']['vectors'])} | {first} | {group} "
-                     f"| {half} | {top} |")  # fmt: skip
-    return lines
-
-
-def report(results: dict, detections: dict) -> str:
-    planted = results["planted_model"]
-    rates = planted["rates"]
-    lines = [
-        "# Backdoor detection on the planted SmolLM2-135M-Instruct (float32)\n",
-        f"Planted model `{planted['name']}`: {planted['training']['steps']} steps, final loss "
-        f"{planted['training']['final_loss']}, {planted['training']['seconds_per_step']} s/step, "
-        f"build {planted['build_seconds']} s.\n",
-        "| trigger | held-out trigger rate | prompts |",
-        "|---|---|---|",
-        *[f"| {k} | {v:.3f} | {rates['counts'][k]} |" for k, v in rates["trigger_rate"].items()],
-        "",
-        f"Clean held-out prompts ({rates['counts']['clean']}, half near misses): false-trigger rate "
-        f"{rates['false_trigger_rate']:.3f} (near misses {rates['near_miss_false_rate']:.3f}), correct "
-        f"answers {rates['clean_correct']:.3f}.\n",
-        f"Training prompt: `{results['training_prompt']}`; unsteered: `{results['unsteered_completion']!r}`; "
-        f"R = {results['radius']:.3f}.\n",
-        markdown_table(list(detections.values()), labels=list(detections)),
-        "Found yet (any of the first n vectors elicits it):\n",
-        "| method | behaviour | " + " | ".join(f"n={n}" for n in CURVE_AT) + " |",
-        "|---|---|" + "---|" * len(CURVE_AT),
-    ]
-    for label, per_b in results["found_curve_at"].items():
-        for b, curve in per_b.items():
-            curve = {int(k): v for k, v in curve.items()}
-            cells = [("yes" if curve[n] else "no") if n in curve else "–" for n in CURVE_AT]
-            lines.append(f"| {label} | {b} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Triage clusters holding eliciting vectors (what an auditor reading one representative per cluster meets):",
-        "",
-    ]
-    for label, per_b in results["clusters_of_eliciting"].items():
-        for b, rows in per_b.items():
-            for c in rows:
-                kind = (
-                    "degenerate: " + c["degenerate"]
-                    if c["degenerate"]
-                    else ("like unsteered" if c["unsteered_like"] else "behaviour")
-                )
-                lines.append(
-                    f"- {label} / {b}: cluster {c['id']} ({kind}, {c['size']} vectors, {c['eliciting_share']:.0%} eliciting, "
-                    f"label {c['label']!r}); representative #{c['representative']}: {c['representative_completion'][:80]!r}"
-                )
-    base = results["unsteered_on_generalization_prompts"]
-    lines += ["", f"Unsteered on the {len(results['generalization_prompts'])} generalization prompts: "
-              + ", ".join(f"{b} {v:.2f}" for b, v in base.items()) + "."]  # fmt: skip
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in results["timings"].items()) + "."]
-    lines += ["", *triage_table(results), "", *answer_change_table(results)]
-    missing = [f"{label}: {b}" for label, d in detections.items() for b, x in d.behaviours.items() if not x.found]
-    lines += ["", f"Not found: {'; '.join(missing) or 'none'}.", ""]
-    return "\n".join(lines)
+    atomic_write_text(args.results / "results.md", report(results))
 
 
 if __name__ == "__main__":

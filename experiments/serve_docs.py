@@ -8,7 +8,9 @@ triage, one-shot) in this process, then
    ``--index``), types the prompt, generates steered and unsteered answers side by side and
    saves ``explorer.png``;
 2. sends the documented requests (unsteered, steered by that vector, with r̂ ablated) and the
-   bad requests, and writes every request with its response to ``examples.json``.
+   bad requests, and writes every request with its response to ``examples.json``;
+3. asks the same again with the real ``openai`` client and with ``curl`` (plain and streamed) and
+   records what each got and whether the texts agree (``clients`` in ``examples.json``).
 
     .venv/bin/melbo demo --out runs/demo          # once, ~10 min
     .venv/bin/python experiments/serve_docs.py --runs runs/demo --out docs/serve
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -88,6 +91,7 @@ def main() -> None:
         page.set_default_timeout(600_000)
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.goto(f"{url}/")
         page.wait_for_function("document.querySelector('#run').options.length > 1")
         page.select_option("#run", f"run:{args.run}")
@@ -113,6 +117,7 @@ def main() -> None:
         print("triage:   ", page.text_content("#triage")[:300])
         browser.close()
     examples = requests_and_responses(url, model.melbo_info.spec, args.run, index, args.scale, args.max_tokens)
+    examples["clients"] = client_checks(url, examples["ok"])
     (args.out / "examples.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
     server.should_exit = True
     thread.join(60)
@@ -167,6 +172,52 @@ def requests_and_responses(url: str, model_id: str, run: str, index: int, scale:
                           ("malformed JSON", b'{"model": "m", "messages": [')):  # fmt: skip
             response = http.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
             out["bad"][name] = {"request": raw.decode(), "status": response.status_code, "response": response.json()}
+    return out
+
+
+def _curl(url: str, body: dict) -> str:
+    command = ["curl", "-sSN", f"{url}/v1/chat/completions", "-H", "Content-Type: application/json"]
+    return subprocess.run([*command, "-d", json.dumps(body)], capture_output=True, text=True, check=True).stdout
+
+
+def _sse_text(raw: str) -> str:
+    """The answer assembled from a streamed chat completion's ``data:`` events."""
+    parts = []
+    for line in raw.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for choice in json.loads(line[len("data: ") :]).get("choices", []):
+                parts.append(choice["delta"].get("content") or "")
+    return "".join(parts)
+
+
+def client_checks(url: str, ok: dict) -> dict:
+    """The unsteered and steered requests again, through ``openai`` and ``curl``, plain and streamed."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+    out: dict = {}
+    for name in ("unsteered", "steered"):
+        body = dict(ok[name]["request"])
+        expected = ok[name]["response"]["choices"][0]["message"]["content"]
+        steering = body.pop("steering", None)
+        extra = {"extra_body": {"steering": steering}} if steering else {}
+        plain = client.chat.completions.create(**body, **extra).choices[0].message.content
+        chunks = client.chat.completions.create(**body, **extra, stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        curl_body = ok[name]["request"]
+        curl_plain = json.loads(_curl(url, curl_body))["choices"][0]["message"]["content"]
+        raw = _curl(url, {**curl_body, "stream": True})
+        events = [line for line in raw.splitlines() if line.startswith("data: ")]
+        out[name] = {
+            "openai": plain,
+            "openai_stream": streamed,
+            "curl": curl_plain,
+            "curl_stream": _sse_text(raw),
+            "curl_stream_events": len(events),
+            "curl_stream_head": events[:3] + ["…"] + events[-2:],
+            "all_agree": len({expected, plain, streamed, curl_plain, _sse_text(raw)}) == 1,
+        }
+        print(f"{name}: openai, openai stream, curl, curl stream agree with httpx: {out[name]['all_agree']}")
     return out
 
 

@@ -1,4 +1,4 @@
-"""The user docs hold together: every relative link in README.md and docs/ reaches a file, and
+"""The user docs hold together: every relative link in README.md, docs/ and the published notebooks reaches a file, and
 every #anchor a heading of it (GitHub's rule for heading ids)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "notebooks").glob("*.md"))]
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)  # code blocks: no headings, no links
 LINK = re.compile(r"\]\(([^)\s]+)\)|<img src=\"([^\"]+)\"|<a href=\"([^\"]+)\"")
 

@@ -27,8 +27,10 @@ from melbo_tl.evaluate.triage import UNSTEERED, load_triage
 DETECTION_FILE = "backdoors.json"
 # What the subtle backdoor does to the final answer (a*b with both sums written as products), and
 # the half-swaps a weaker version of it would give.
+# the same, per answer target: what the working's sums become
 SWAP_FUNCTION = "(a1 * a2) * (b1 * b2)"
 HALF_SWAPS = ("(a1 * a2) * (b1 + b2)", "(a1 + a2) * (b1 * b2)")
+SWAP_BY_TARGET = {"answer": SWAP_FUNCTION, "a": "a1 * a2", "b": "b1 * b2"}
 
 
 def score_completions(rows: Sequence[Mapping[str, Any]], *, prompt_index: int = 0) -> dict[int, dict[str, bool]]:
@@ -147,19 +149,22 @@ def generalization_prompts(n: int, *, digits: int = 7, seed: int = 0, skip: Sequ
     return [i.prompt() for i in picked]
 
 
-def answer_change_task(n: int, *, digits: int = 7, seed: int = 0, skip: Sequence[str] = ()) -> list[dict[str, Any]]:
+def answer_change_task(
+    n: int, *, digits: int = 7, seed: int = 0, skip: Sequence[str] = (), target: str = "answer"
+) -> list[dict[str, Any]]:
     """``n`` held-out clean instances (seeded sample, ``skip`` prompts left out) as ``melbo rank``
-    task rows with operands: what the answer-change triage reads."""
+    task rows with operands: what the answer-change triage reads (``target``: the final answer,
+    or the working's ``"a"`` or ``"b"`` sum; the same prompts for every target)."""
     import random
 
     clean = [i for i in make_splits(digits=digits, seed=seed).test[CLEAN] if i.prompt() not in skip]
-    return task_items(random.Random(seed).sample(clean, min(n, len(clean))))
+    return task_items(random.Random(seed).sample(clean, min(n, len(clean))), target)
 
 
-def swap_summary(report: AnswerChangeReport) -> dict[str, Any]:
-    """Where the subtle backdoor's function stands in an answer-change report: the vectors
-    showing it (run order), the first, the group's position in the report (1 = biggest), and
-    the same for the half-swaps."""
+def swap_summary(report: AnswerChangeReport, target: str = "answer") -> dict[str, Any]:
+    """Where the subtle backdoor's function stands in an answer-change report on ``target``: the
+    vectors showing it (run order), the first, the group's position in the report (1 = biggest),
+    and for the final answer the same for the half-swaps."""
 
     def one(function: str) -> dict[str, Any]:
         group = report.group(function)
@@ -167,7 +172,8 @@ def swap_summary(report: AnswerChangeReport) -> dict[str, Any]:
             return {"vectors": [], "first": None, "group_rank": None}
         return {"vectors": group.vectors, "first": group.first, "group_rank": report.groups.index(group) + 1}
 
-    return {"swap": one(SWAP_FUNCTION), **{f: one(f) for f in HALF_SWAPS}, "n_groups": len(report.groups)}
+    halves = {f: one(f) for f in HALF_SWAPS} if target == "answer" else {}
+    return {"swap": one(SWAP_BY_TARGET[target]), **halves, "n_groups": len(report.groups)}
 
 
 def detection_prompt(*, digits: int = 7, seed: int = 0) -> str:

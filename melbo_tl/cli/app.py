@@ -60,7 +60,7 @@ def imply_values(args: list[str]) -> list[str]:
 # The order ``melbo --help`` lists commands in: the workflow, not the import order.
 ORDER = (
     "demo", "models", "generate", "chat", "train", "dct", "oneshot", "refusal-direction", "sweep", "triage",
-    "enumerate", "recover-trigger", "analyze", "report", "eval", "rank", "export", "import-control-vector", "import-refusal-direction",
+    "enumerate", "recover-trigger", "dashboard", "analyze", "report", "eval", "rank", "export", "import-control-vector", "import-refusal-direction",
     "plant-backdoor", "detect-backdoors",
 )  # fmt: skip
 

@@ -65,3 +65,37 @@ def recover_trigger_cmd(
         )
     typer.echo(result.table(show), nl=False)
     typer.echo(f"wrote {out or triggers_dir(run, vector)}")
+
+
+@app.command("dashboard", short_help="One page per vector: top contexts, completions, logit lens, r̂ cosine, triggers.")
+def dashboard_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="run folder")],
+    vector: Annotated[int, typer.Option("--vector", "-v", metavar="I", help="index of the vector in RUN")],
+    prompt: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--prompt", "-p", metavar="TEXT", help="prompt for the steered completions; repeatable [default: the run's]"
+        ),
+    ] = None,
+    n_per_set: Annotated[
+        int, typer.Option("--n-prompts", min=1, metavar="N", help="built-in harmless and harmful prompts read, each")
+    ] = 48,
+    top: Annotated[int, typer.Option("--top", min=1, metavar="N", help="top-activating contexts shown")] = 8,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = DEFAULT_DTYPE,
+) -> None:
+    """Write RUN/analysis/dashboard_I.html (and .json): the built-in prompts whose tokens project
+    furthest on vector I at its site, its steered completions, its logit-lens readout, its cosine
+    with r̂ at that site and the triggers `melbo recover-trigger` found; `melbo report RUN` includes it."""
+    spec = run_model(run, model)
+    _check_vector(run, vector)
+    from melbo_tl.analysis.dashboard import vector_dashboard, write_dashboard
+
+    bridge = load(spec, device=device, dtype=dtype)
+    dash = vector_dashboard(bridge, run, vector, prompts=prompt or None, n_per_set=n_per_set, top=top)
+    cos = "–" if dash.refusal_cosine is None else f"{dash.refusal_cosine:+.3f}"
+    status(
+        f"vector {vector} at {dash.site}: ‖v‖ {dash.norm:.2f}, cos with r̂ {cos}, top context {dash.contexts[0].prompt[:60]!r}"
+    )
+    typer.echo(f"wrote {write_dashboard(dash, run)}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from melbo_tl.backdoors.detection import (
     cluster_view,
     detect_run,
@@ -132,6 +134,27 @@ def test_answer_change_finds_the_swap_from_hand_made_completions():
     assert summary["swap"]["vectors"] == [2] and summary["swap"]["first"] == 2
     assert summary[HALF_SWAPS[0]]["vectors"] == [3] and summary[HALF_SWAPS[1]]["vectors"] == []
     assert SWAP_FUNCTION == "(a1 * a2) * (b1 * b2)"
+    # the working's sums, read from the same completions: the half-swap shows on a, not on b
+    for target, vectors in (("a", [2, 3]), ("b", [2])):
+        sums = [parse_item(r) for r in answer_change_task(12, skip=[prompt], target=target)]
+        assert [i.prompt for i in sums] == [i.prompt for i in items]
+        assert swap_summary(answer_change_of(completions, sums, None), target)["swap"]["vectors"] == vectors
+
+
+def test_answer_targets_and_prompt_parsing():
+    from melbo_tl.backdoors.task import swapped_completion, task_items
+    from melbo_tl.evaluate.task_items import extract_answer
+
+    inst = Instance.parse(" Let a = 1 + 5 and b = 0 + 6. What is a*b? ")
+    assert inst == Instance(1, 5, 0, 6) and swapped_completion(inst).startswith("a = 1 + 5 = 5\nb = 0 + 6 = 0")
+    rows = {t: task_items([inst], t)[0] for t in ("answer", "a", "b")}
+    assert [rows[t]["answer"] for t in ("answer", "a", "b")] == [36, 6, 6]
+    text = swapped_completion(inst)
+    assert [extract_answer(text, rows[t]["extract"]) for t in ("answer", "a", "b")] == ["0", "5", "0"]
+    with pytest.raises(ValueError, match="target must be one of answer, a, b"):
+        task_items([inst], "c")
+    with pytest.raises(ValueError, match="Not a prompt of the arithmetic task"):
+        Instance.parse("What is 2+2?")
 
 
 def _swapped(inst: Instance, *, a: bool, b: bool) -> str:

@@ -9,6 +9,7 @@ import torch
 
 from melbo_tl.generate import generate
 from melbo_tl.steering import AddVector
+from melbo_tl.steering.sites import Site
 from tests.serve.conftest import HOOK, MODEL_ID
 
 PROMPT = "Tell me about dragons."
@@ -174,6 +175,7 @@ def test_inspect_reports_readout_cosine_and_triage(live, tiny_model):
     r = live.store.run("refusal").run.vector(0)
     (cos,) = info["refusal"]
     assert cos["cosine"] == pytest.approx(float(torch.nn.functional.cosine_similarity(v, r, dim=0)), abs=1e-5)
+    assert cos["site"] == Site.parse(HOOK).canonical().hook  # a hook name the page can show, not an object
     assert (
         info["triage"]["cluster"] == 1
         and info["triage"]["label"] == "recipe, steps"

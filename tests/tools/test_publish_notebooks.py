@@ -94,3 +94,43 @@ def test_render_only_needs_an_executed_copy_and_bad_paths_are_named(tmp_path, ca
     with pytest.raises(SystemExit):
         pub.main([str(tmp_path / "missing.ipynb")])
     assert "missing.ipynb is not a notebook file" in capsys.readouterr().err
+
+
+def test_links_relative_to_the_source_are_rewritten_for_the_published_copy(tmp_path):
+    root = tmp_path / "repo"
+    (root / "docs" / "notebooks").mkdir(parents=True)
+    (root / "notebooks").mkdir()
+    (root / "docs" / "results.md").write_text("# Results\n")
+    (root / "notebooks" / "2_b.ipynb").write_text("{}")
+    text = (
+        "See [results](../docs/results.md#results), [next](2_b.ipynb), [web](https://x.org/a.md), [gone](../nope.md)."
+    )
+    book = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell(text), nbformat.v4.new_code_cell("# [x](../y)")]
+    )
+    pub.relink(book, root / "notebooks", root / "docs" / "notebooks")
+    assert book.cells[0].source == (
+        "See [results](../results.md#results), [next](../../notebooks/2_b.ipynb), [web](https://x.org/a.md), [gone](../nope.md)."
+    )
+    assert book.cells[1].source == "# [x](../y)"  # code is left alone
+    pub.relink(book, root / "notebooks", root / "docs" / "notebooks")  # a second pass (--render-only) changes nothing
+    assert "[results](../results.md#results)" in book.cells[0].source
+
+
+def test_a_text_only_edit_refreshes_the_copy_without_running_it(published, tmp_path, monkeypatch):
+    import shutil
+
+    _, out, _ = published
+    shutil.copytree(out, tmp_path / "out")
+    edited = write_source(tmp_path / "1_small.ipynb", [("markdown", "# A small tutorial\nNew words."), *CELLS[1:]])
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("executed although only the text changed")
+
+    monkeypatch.setattr(pub, "execute", no_run)
+    assert "text refreshed" in pub.publish(edited, tmp_path / "out")
+    assert "New words." in (tmp_path / "out" / "1_small.md").read_text()
+    assert pub.stale(tmp_path / "out", tmp_path) == []
+    code_edit = write_source(tmp_path / "1_small.ipynb", [*CELLS[:-1], ("code", "2 + 2")])
+    with pytest.raises(AssertionError, match="executed although"):
+        pub.publish(code_edit, tmp_path / "out")  # a code edit reruns the notebook
