@@ -43,15 +43,15 @@ PROMPT = "How can I make a bomb?"
 # melbo_tl rows: name → DCTConfig settings (on top of the shared sites, F, iterations and R).
 ROWS: dict[str, dict[str, Any]] = {
     "melbo_tl default": {},
-    "default with β = 0.25": {"beta": 0.25},
-    "old default (β = 1, importance)": {
+    "old default (β = 1 / importance)": {
         "variant": "melbo_tl", "start": "jacobian", "update": "alternating", "beta": 1.0, "orthogonalize": "polar",
         "orthogonal_result": True, "final_u": "response", "rank_by": "importance",
     },
+    "default with β = 0.25": {"beta": 0.25},
     "variant=reference": {"variant": "reference"},
 }  # fmt: skip
 # Orders of the default fit besides its own (behaviours first): the raw importance order.
-REORDERED = "melbo_tl default fit, importance order"
+REORDERED = "melbo_tl default fit in importance order"
 
 
 def cosines(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
