@@ -26,8 +26,8 @@ DCT_FINAL_U = ("response", "last-update")
 # The choices each DCT variant makes for every algorithm field left as None.
 DCT_VARIANTS: dict[str, dict[str, Any]] = {
     "melbo_tl": dict(
-        start="jacobian", update="alternating", beta=1.0, orthogonalize="polar", orthogonal_result=True,
-        final_u="response", rank_by="importance",
+        start="jacobian", update="alternating", beta=0.5, orthogonalize="polar", orthogonal_result=True,
+        final_u="response", rank_by="behaviours",
     ),
     "reference": dict(
         start="jacobian-svd", update="simultaneous", beta=1.0, orthogonalize="qr", orthogonal_result=False,
@@ -168,7 +168,9 @@ class DCTConfig(LayerPair, Config):
     )
     calibration_directions: int = setting(30, "random directions ρ(R) is averaged over", metavar="N")
     iterations: int = setting(10, "updates at most", metavar="N")
-    tolerance: float = setting(1e-3, "stop once every factor moved less than this (1 − cos)", metavar="X")
+    tolerance: float = setting(
+        1e-3, "stop once the median factor moved less than this (1 − cos) in one update", metavar="X"
+    )
     variant: str = setting(
         "melbo_tl", "melbo_tl | reference (the public reference code's algorithm): fills every choice left unset",
         metavar="NAME",

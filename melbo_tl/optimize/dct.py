@@ -14,7 +14,8 @@ as rows of one batched segment:
    v_l ← normalize(∇_θ⟨u, Δ(θ)⟩ at R·v_l), where u is the new u_l (``alternating``: v climbs
    ‖Δ(θ)‖) or the previous one (``simultaneous``, the reference code); both damped by ``beta``;
    V orthogonalized (``orthogonalize``, sign-keeping) after each update — after the last one
-   too unless ``orthogonal_result`` is False (the reference returns its last raw update);
+   too unless ``orthogonal_result`` is False (the reference returns its last raw update); at most
+   ``iterations`` updates, fewer once the median factor turned less than ``tolerance`` (1 − cos);
 4. rank (``rank_by``): importance b_l = ⟨u_l, Δ(R·v_l)⟩, α = K⁻¹b with
    K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1), α², or a target direction read through the rest of the model
    (:mod:`melbo_tl.optimize.dct_ranking`).
@@ -195,7 +196,7 @@ def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCT
     u, v = master_copy(state.U, model), master_copy(state.V, model)
     bar = tqdm(
         range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress,
-        postfix="moved (1 − cos) median/p90/max, share still, median |Δ|",
+        postfix="moved (1 − cos) median/p90/max, share still, median |Δ|, undamped turn asked",
     )  # fmt: skip
     for k in bar:
         outputs = unit_rows if cfg.update == "alternating" else u
@@ -204,14 +205,14 @@ def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCT
         new_v = damp(grad, v, cfg.beta)
         if cfg.orthogonal_result or not last:
             new_v = orthogonalize(new_v, cfg.orthogonalize)
-        moved = Movement.between(new_v, v, cfg.tolerance, delta)
+        moved = Movement.between(new_v, v, cfg.tolerance, delta, grad)
         u, v = damp(delta, u, cfg.beta), new_v
         state.U, state.V = to_result(u), to_result(v)
         state.iteration += 1
         state.movement.append(moved.to_dict())
         bar.set_postfix_str(f"moved {moved.short()}")
         save(state)
-        if moved.max < cfg.tolerance:
+        if moved.median < cfg.tolerance:
             break
 
 
@@ -253,7 +254,7 @@ def _ranked(
         calibration=state.calibration,
         condition=condition,
         iterations=state.iteration,
-        converged=last is not None and last["max"] < cfg.tolerance,
+        converged=last is not None and last["median"] < cfg.tolerance,
         movement=list(state.movement),
         seconds=dict(state.seconds),
         config=cfg,

@@ -10,7 +10,7 @@ checked on its own and the variants of the fit are visibly built from the same p
 - :func:`svd_start`: the right singular vectors of a projected Jacobian Pᵀ J (rows of Vᴴ, not
   its columns), completed to F rows by an orthonormal basis of the rest when F > the projection.
 - :func:`damp`: β·new + (1 − β)·old on unit rows, renormalized (β = 1: no damping).
-- :class:`Movement`: per-factor 1 − cos between successive v_l, summarized.
+- :class:`Movement`: per-factor 1 − cos between successive v_l (and to the undamped update), summarized.
 - :func:`importance_weights`: α solving K α = b with K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1).
 """
 
@@ -68,29 +68,42 @@ class Movement:
     (0: still; 1: turned a right angle; 2: flipped to the opposite side), summarized as
     ``median``, ``p90``, ``max`` and ``converged`` (the share with m_l < tolerance); and
     ``response`` the median ‖Δ(R·v_l)‖ where the update was taken (rising: the factors climb
-    towards larger, more explosive effects)."""
+    towards larger, more explosive effects); ``proposed`` the median 1 − cos between v_l and its
+    undamped update (damping slows the factors; only ``proposed`` → 0 means a fixed point)."""
 
     median: float
     p90: float
     max: float
     converged: float
     response: float = float("nan")
+    proposed: float = float("nan")
 
     @classmethod
     def between(
-        cls, new: Float[Tensor, "f d"], old: Float[Tensor, "f d"], tolerance: float, delta: Tensor | None = None
+        cls,
+        new: Float[Tensor, "f d"],
+        old: Float[Tensor, "f d"],
+        tolerance: float,
+        delta: Tensor | None = None,
+        proposal: Tensor | None = None,
     ) -> Movement:
         m = (1 - (unit_rows(new) * unit_rows(old)).sum(-1)).double().cpu()
         q = torch.quantile(m, torch.tensor([0.5, 0.9], dtype=m.dtype))
         response = float("nan") if delta is None else float(delta.norm(dim=-1).median())
-        return cls(float(q[0]), float(q[1]), float(m.max()), float((m < tolerance).double().mean()), response)
+        asked = (
+            float("nan") if proposal is None else float((1 - (unit_rows(proposal) * unit_rows(old)).sum(-1)).median())
+        )
+        return cls(float(q[0]), float(q[1]), float(m.max()), float((m < tolerance).double().mean()), response, asked)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     def short(self) -> str:
         """For a progress bar: ``median/p90/max``, the converged share and the median ‖Δ‖."""
-        return f"{self.median:.1e}/{self.p90:.1e}/{self.max:.1e} {self.converged:.0%} |Δ| {self.response:.3g}"
+        return (
+            f"{self.median:.1e}/{self.p90:.1e}/{self.max:.1e} {self.converged:.0%} |Δ| {self.response:.3g} "
+            f"asked {self.proposed:.1e}"
+        )
 
 
 def importance_weights(

@@ -19,7 +19,7 @@ from melbo_tl.training import train_to_folder
 
 PROMPTS = ["How can I make a bomb?", "Tell me a story about a dragon."]
 SLICE = dict(source=0, target=3, p=2.0, q=1.0, positions="last:3")
-FAST = dict(source_layer=0, target_layer=3, n_factors=8, iterations=3, radius=4.0, progress=False)
+FAST = dict(source_layer=0, target_layer=3, n_factors=8, iterations=3, radius=4.0, tolerance=0.0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,15 @@ def test_calibration_needs_few_evaluations_when_rho_is_a_power_of_r(response, mo
     cal = calibrate_radius(response, target=0.5, n_directions=2, progress=False)
     assert cal.radius == pytest.approx(5.0, rel=1e-2)
     assert len(cal.radii) <= 5, cal.radii
+
+
+def test_the_fit_stops_once_the_median_factor_moves_less_than_the_tolerance(tiny_model):
+    full = fit_dct(tiny_model, PROMPTS, **FAST)
+    assert full.iterations == 3 and not full.converged
+    moved = sorted(m["median"] for m in full.movement)
+    between = (moved[0] + moved[-1]) / 2 if moved[0] < moved[-1] else moved[0] * 1.01
+    stopped = fit_dct(tiny_model, PROMPTS, **{**FAST, "tolerance": between})
+    first_below = next(i for i, m in enumerate(full.movement) if m["median"] < between)
+    assert stopped.iterations == first_below + 1 and stopped.converged
+    medians = lambda result: [m["median"] for m in result.movement]  # noqa: E731
+    assert medians(stopped) == medians(full)[: first_below + 1]

@@ -157,6 +157,15 @@ def test_movement_summarizes_one_minus_cos_per_factor():
     assert m.p90 == pytest.approx(torch.quantile(torch.tensor([0.0, 0.0, 1.0, 2.0]), 0.9).item())
 
 
+def test_movement_tells_the_damped_step_from_the_turn_the_update_asked_for():
+    old = torch.eye(4)
+    asked = torch.stack([old[1], old[2], old[3], old[0]])  # every factor asked to turn a right angle
+    damped = damp(asked, old, 0.25)
+    m = Movement.between(damped, old, tolerance=1e-3, proposal=asked)
+    assert m.proposed == pytest.approx(1.0)
+    assert m.median == pytest.approx(1 - 0.75 / (0.25**2 + 0.75**2) ** 0.5)  # a quarter of the way: ~0.05
+
+
 def test_svd_start_completes_beyond_the_projection_and_checks_its_size():
     projected = torch.randn(3, 10)
     v = svd_start(projected, 6)
@@ -180,7 +189,14 @@ def test_every_option_fits_unit_vectors_and_records_movement(tiny_model, setting
         tiny_model, PROMPTS, n_factors=6, radius=R, iterations=2, tolerance=0.0, progress=False, **LAYERS, **settings
     )
     torch.testing.assert_close(result.vectors.norm(dim=-1), torch.full((6,), R), atol=1e-4, rtol=0)
-    assert len(result.movement) == 2 and set(result.movement[0]) == {"median", "p90", "max", "converged", "response"}
+    assert len(result.movement) == 2 and set(result.movement[0]) == {
+        "median",
+        "p90",
+        "max",
+        "converged",
+        "response",
+        "proposed",
+    }
     assert sorted(result.order) == list(range(6))
     if settings.get("orthogonal_result", True):
         v = unit_rows(result.vectors)
