@@ -111,6 +111,39 @@ def curve_table(results: dict) -> list[str]:
     return lines
 
 
+def subtle_table(results: dict, behaviour: str = "swap") -> list[str]:
+    """The subtle backdoor per method, both ways of finding it: vectors whose completion of the
+    training prompt shows it, and vectors whose answers on held-out clean instances follow its
+    function (any of the three reads); first = the lowest vector index (a run's own order)."""
+    lines = [
+        "| method | vectors | R | shows it on the training prompt: vectors | first | answers follow its function "
+        "(held-out instances): vectors | first | read from |",
+        "|---|---:|---|---:|---|---:|---|---|",
+    ]
+    labels = list(dict.fromkeys([*results["methods"], *results["answer_change"]]))
+    for label in labels:
+        d = results["methods"].get(label)
+        b = d["behaviours"][behaviour] if d else None
+        on_prompt = (
+            ("–", "–") if b is None else (len(b["eliciting"]), "not found" if b["first"] is None else b["first"])
+        )
+        reads = results["answer_change"].get(label, {})
+        by_vector: dict[int, list[str]] = {}
+        for target, entry in reads.items():
+            for v in entry["swap"]["swap"]["vectors"]:
+                by_vector.setdefault(v, []).append(target)
+        n_ranked = max(
+            (len([v for v in e["report"]["vectors"] if v["vector"] >= 0]) for e in reads.values()), default=0
+        )
+        n_vectors = d["n_vectors"] if d else n_ranked
+        ranked = f"{len(by_vector)} of {n_ranked}" if reads else "–"
+        first = "–" if not reads else ("not found" if not by_vector else min(by_vector))
+        read_from = ", ".join(sorted({t for ts in by_vector.values() for t in ts})) or "–"
+        lines.append(f"| {label} | {n_vectors} | {results['radius']:.1f} | {on_prompt[0]} | {on_prompt[1]} | {ranked} "
+                     f"| {first} | {read_from} |")  # fmt: skip
+    return lines
+
+
 def report(results: dict) -> str:
     planted = results["planted_model"]
     rates = planted["rates"]
@@ -148,6 +181,9 @@ def report(results: dict) -> str:
         "them, equal it. Read from each completion: the final answer (last number), and the value the working "
         "gives the sums `a = a1 + a2 = ?` and `b = b1 + b2 = ?`.\n",
         *answer_change_table(results),
+        "",
+        "## The subtle backdoor (sums become products), both ways of finding it\n",
+        *subtle_table(results),
     ]
     base = results["unsteered_on_generalization_prompts"]
     lines += ["", f"Unsteered on the {len(results['generalization_prompts'])} generalization prompts: "

@@ -13,14 +13,15 @@ the best lifted held-out accuracy from 11 % to 63 %). Stages, each resumable (fi
    the step style that was more accurate on validation.
 3. **dct** — DCT vectors fitted on the ONE training instance's direct prompt, for every layer pair
    of ``--layers`` and radius R = calibrated × each ``--radius-multiples``.
-4. **screen** — every vector on the screen split; the ``--top-k`` most accurate go on to
+4. **screen** — every vector on the screen split (``--screen-tokens``); the ``--top-k`` most
+   accurate (ties: more work shown) and every vector eliciting step-by-step text go on to
 5. **val** — the validation split, where the best vector (and so its R and layers) is chosen.
 6. **random** — ``--random-vectors`` random directions at the best vector's R and sites, screened
    and validated the same way (the best random vector is chosen on validation too).
 7. **test** — unsteered, the best DCT vector and the best random vector on the disjoint test split.
 
-Every condition after the survey (ceiling, unsteered, steered) is greedy with the same ``--tokens``
-budget and ``--dtype``.
+Every condition after the survey and screen (ceiling, unsteered, steered; validation and test) is
+greedy with the same ``--tokens`` budget and ``--dtype``.
 One answer rule for every condition: the last number in the completion
 (:func:`~melbo_tl.evaluate.reasoning.final_answer`). A completion *shows work* if it does
 arithmetic with ≥ 2 numbers not in the question (:func:`~melbo_tl.evaluate.reasoning.shows_work`);
@@ -83,6 +84,8 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--n-screen", type=int, default=10)
     p.add_argument("--n-test", type=int, default=100)
     p.add_argument("--tokens", type=int, default=192, help="new tokens allowed in every condition (greedy)")
+    p.add_argument("--screen-tokens", type=int, default=None,
+                   help="new tokens allowed on the screen split (a cheaper first pass; default: --tokens)")  # fmt: skip
     p.add_argument("--vectors", type=int, default=32, help="DCT vectors per (layers, R) configuration")
     p.add_argument("--layers", type=parse_layers, default=parse_layers("default"),
                    help="S:T,… (vector added after block S, response read entering block T) or default")  # fmt: skip
@@ -112,6 +115,9 @@ def arguments() -> argparse.Namespace:
                         ("--random-vectors", args.random_vectors)):  # fmt: skip
         if value < 1:
             p.error(f"{flag} must be ≥ 1, got {value}")
+    args.screen_tokens = args.screen_tokens or args.tokens
+    if args.screen_tokens < 1:
+        p.error(f"--screen-tokens must be ≥ 1, got {args.screen_tokens}")
     if args.survey_n > args.n_val:
         p.error(f"--survey-n ({args.survey_n}) must be ≤ --n-val ({args.n_val}): the survey reads the validation split")
     return args

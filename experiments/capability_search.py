@@ -22,9 +22,12 @@ ELICITS = 0.5  # a vector elicits step-by-step text if at least this share of it
 
 
 def _rank(setup: Setup, run: Path, items: list[Any], name: str, indices: list[int] | None) -> TaskRanking:
+    """The ranking of ``indices`` (None: all) on ``items``; the screen at ``--screen-tokens``, the
+    validation and test splits at ``--tokens``."""
     a = setup.args
+    tokens = a.screen_tokens if name == "screen" else a.tokens
     return rank_by_task(
-        setup.model(), run, items, name=name, max_new_tokens=a.tokens, vectors_per_chunk=4,
+        setup.model(), run, items, name=name, max_new_tokens=tokens, vectors_per_chunk=4,
         batch_size=a.batch_size, indices=indices, progress=False,
     )  # fmt: skip
 
@@ -80,7 +83,8 @@ def _score(s: Any) -> dict[str, Any]:
 
 def search(setup: Setup, runs: list[tuple[str, Path]], splits: dict[str, list[Instance]], label: str) -> dict[str, Any]:
     """Screen every vector of ``runs``, validate the ``--top-k`` most accurate (ties: more work
-    shown), choose the best on validation (accuracy, then Wilson low, then work shown)."""
+    shown) and every vector that elicits step-by-step text, choose the best on validation
+    (accuracy, then Wilson low, then work shown)."""
     a = setup.args
     screen_items = task_items(splits["screen"], "direct", splits["shots"])
     val_items = task_items(splits["val"], "direct", splits["shots"])
@@ -103,8 +107,9 @@ def search(setup: Setup, runs: list[tuple[str, Path]], splits: dict[str, list[In
     setup.timed(f"screen {label}", started)
     candidates.sort(key=lambda c: (-c[0], -c[1], c[2], c[4]))
     chosen: dict[Path, list[int]] = {}
-    for _, _, _, run, vector in candidates[: a.top_k]:
-        chosen.setdefault(run, []).append(vector)
+    for k, (_, work_share, _, run, vector) in enumerate(candidates):
+        if k < a.top_k or work_share >= ELICITS:  # the most accurate, and every vector that elicits work
+            chosen.setdefault(run, []).append(vector)
     started = time.perf_counter()
     validated, unsteered_val, names = [], None, {run: config for config, run in runs}
     for run, vectors in chosen.items():

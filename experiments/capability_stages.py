@@ -62,7 +62,8 @@ class Setup:
         a = self.args
         return {
             "model": self.model_name, "task": self.task, "dtype": a.dtype, "fit_dtype": a.fit_dtype, "seed": a.seed,
-            "splits": self.sizes(), "tokens_allowed": a.tokens, "decoding": "greedy", "vectors_per_config": a.vectors,
+            "splits": self.sizes(), "tokens_allowed": a.tokens, "screen_tokens": a.screen_tokens,
+            "survey_n": a.survey_n, "survey_tokens": a.survey_tokens, "decoding": "greedy", "vectors_per_config": a.vectors,
             "layers": "default" if a.layers is None else [f"{s}:{t}" for s, t in a.layers],
             "radius_multiples": a.radius_multiples, "top_k": a.top_k, "random_vectors": a.random_vectors,
             "rules": RULES,

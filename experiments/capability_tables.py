@@ -74,11 +74,13 @@ def capability_table(r: dict[str, Any]) -> list[str]:
         f"({settings['splits']['val']} instances), reported on the disjoint test split ({settings['splits']['test']} "
         f"instances); greedy, {settings['tokens_allowed']} new tokens, {settings['dtype']}):",
         "",
-        "| condition | test accuracy [95 % Wilson] | validation accuracy | test: shows work | test: mean tokens |",
-        "|---|---|---|---:|---:|",
+        "| condition | test accuracy [95 % Wilson] | validation accuracy | test: shows work | test: mean tokens "
+        "| test: finished |",
+        "|---|---|---|---:|---:|---:|",
     ]
     for name, s, val in capability_rows(r):
-        lines.append(f"| {name} | {ci(s)} | {val} | {s['shows_work']:.2f} | {s['mean_tokens']:.0f} |")
+        lines.append(f"| {name} | {ci(s)} | {val} | {s['shows_work']:.2f} | {s['mean_tokens']:.0f} | "
+                     f"{s['finished']:.2f} |")  # fmt: skip
     ceiling = r.get("ceiling")
     if ceiling is not None:
         direct = ceiling["styles"]["direct"]["accuracy"]
@@ -100,7 +102,8 @@ def capability_table(r: dict[str, Any]) -> list[str]:
         ]
     lines += [
         "",
-        "Vectors eliciting step-by-step text (≥ 50 % of their screen completions show work), per configuration:",
+        "Vectors eliciting step-by-step text (≥ 50 % of their screen completions show work; screen split, "
+        f"{settings.get('screen_tokens', settings['tokens_allowed'])} new tokens), per configuration:",
         "",
         "| vectors | R | source → target | n | eliciting (indices) | their screen accuracy | unsteered screen |",
         "|---|---:|---|---:|---|---|---|",
@@ -125,5 +128,5 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ceiling_table(r["ceiling"], r["settings"]) + [""]
     if "vectors" in r:
         lines += capability_table(r) + [""]
-    lines.append(f"Wall time (s): {r.get('seconds', {})}")
+    lines.append(f"Wall time of this invocation (s; near 0 where read back): {r.get('seconds', {})}")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ For every ``notebooks/N_name.ipynb`` (kept output-free in git) this writes
 
 Images are rendered offline by :mod:`melbo_tl.analysis.images`. A notebook whose published copy was made
 from the same source is skipped (``--force`` redoes it); each copy is written when its notebook
-finishes, so an interrupted run keeps the notebooks already done. ``--render-only`` re-renders
+finishes, so an interrupted run keeps the notebooks already done. A source whose code cells are
+unchanged (only its text was edited) gets the new text without a rerun. ``--render-only`` re-renders
 images and markdown from the executed copies without running a model.
 
     python tools/publish_notebooks.py [NOTEBOOK …] [--force] [--render-only] [--fast]
@@ -50,6 +51,26 @@ def source_digest(book: Any) -> str:
     for cell in book.cells:
         h.update(cell.cell_type.encode() + b"\0" + cell.source.encode() + b"\0")
     return h.hexdigest()
+
+
+def code_digest(book: Any) -> str:
+    """A hash of the cell types and the code cells' sources: what decides the outputs."""
+    h = hashlib.sha256()
+    for cell in book.cells:
+        h.update(cell.cell_type.encode() + b"\0" + (cell.source.encode() if cell.cell_type == "code" else b"") + b"\0")
+    return h.hexdigest()
+
+
+def refresh_text(book: Any, source: Any) -> bool:
+    """Copy ``source``'s markdown into the executed ``book`` when only markdown differs (same
+    cells, same code): the outputs are what running the new source would give, so no rerun."""
+    if code_digest(book) != code_digest(source):
+        return False
+    for done, new in zip(book.cells, source.cells):
+        if new.cell_type == "markdown":
+            done.source = new.source
+    book.metadata[META_KEY]["source_sha256"] = source_digest(source)
+    return True
 
 
 def machine() -> str:
@@ -311,9 +332,13 @@ def publish(src: Path, out: Path = OUT, *, fast: bool = False, force: bool = Fal
         book = nbformat.read(done, as_version=4)
     else:
         if done.is_file() and not force:
-            old = nbformat.read(done, as_version=4).metadata.get(META_KEY, {})
+            published = nbformat.read(done, as_version=4)
+            old = published.metadata.get(META_KEY, {})
             if old.get("source_sha256") == source_digest(source) and old.get("fast") == fast:
                 return f"{name}: up to date (--force to rerun)"
+            if old.get("fast") == fast and refresh_text(published, source):
+                write_outputs(published, name, out, src.resolve().parent)
+                return f"{name}: text refreshed from the source (code unchanged: outputs kept)"
         book, _ = execute(src, fast=fast)
     clean_streams(book)
     n = add_images(book)

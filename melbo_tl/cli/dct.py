@@ -57,8 +57,8 @@ def dct_cmd(
     ray_gpus: RayGpusOpt = 0.0,
 ) -> None:
     """Fit F steering vectors at once by deep causal transcoding (Mack & Turner) and write a run folder
-    with the vectors in rank order (R·v_l), their output directions U, α and importance, and the ρ(R)
-    calibration curve; then greedy completions of the top vectors into generations.jsonl. With --ray,
+    with the vectors in rank order (R·v_l; --rank-by behaviours: coherent, distinct behaviours first),
+    their output directions U, α, importance and factor order, and the ρ(R) calibration curve; then greedy completions of the top vectors into generations.jsonl. With --ray,
     the forward and backward passes over the factors run as chunks (--chunk-size rows) on Ray workers."""
     cfg = DCTConfig(**settings)  # every check that needs no model, before loading it
     chosen = VectorChoice(vectors)
@@ -81,9 +81,17 @@ def dct_cmd(
     if cal:
         curve = ", ".join(f"{r:.3g}:{p:.2f}" for r, p in zip(cal["radii"], cal["rho"]))
         status(f"calibrated R = {meta['radius']:.3f} (ρ = {cal['target']:g}; R:ρ {curve}) in {cal['seconds']:.1f} s")
+    moved = meta["movement"][-1] if meta.get("movement") else None
+    how_far = (
+        f"; last movement (1 − cos) median {moved['median']:.2g}, max {moved['max']:.2g}, "
+        f"{moved['converged']:.0%} of factors under {cfg.tolerance:g}"
+        if moved
+        else ""
+    )
     status(
-        f"{meta['iteration']} iterations ({'converged' if meta['converged'] else 'not converged'}), fit "
-        f"{meta['seconds'].get('fit', 0):.1f} s; K condition number {meta['condition_number']:.3g}"
+        f"{meta['iteration']} iterations ({'converged' if meta['converged'] else 'not converged'}{how_far}), fit "
+        f"{meta['seconds'].get('fit', 0):.1f} s; K condition number {meta['condition_number']:.3g}; "
+        f"order: {meta['rank_by']}"
     )
     indices = chosen.resolve(len(meta["per_vector"]))
     write_run_outputs(bridge, folder, list(prompt), max_new_tokens=max_new_tokens, indices=indices)

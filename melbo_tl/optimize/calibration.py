@@ -10,8 +10,9 @@ of the linear part (deep causal transcoding's calibration):
 
     ρ(R) = sqrt( mean_k ‖Δ(R v_k) − R·J v_k‖² / ‖R·J v_k‖² )   over random unit v_k,
 
-solving ρ(R) = target (default 0.5) by a log-grid scan and bracketed root finding to a relative
-tolerance on R (1 %: far below float32 noise would only cost time). Shared by DCT and by
+solving ρ(R) = target (default 0.5) by walking from the middle of a range of radii by factors of
+2 until ρ brackets the target, then root finding in log-log to a relative tolerance on R (1 %:
+far below float32 noise would only cost time). Shared by DCT and by
 ``melbo train --radius auto``.
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -137,12 +138,16 @@ def calibrate_radius(
     n_directions: int = 30,
     seed: int = 0,
     grid: Sequence[float] = DEFAULT_GRID,
-    points_per_doubling: int = 2,
+    step: float = 2.0,
     rtol: float = 1e-2,
     progress: bool = True,
 ) -> Calibration:
     """The R where ρ(R) = ``target`` (see the module docstring); raises :class:`CalibrationError`
-    naming the scanned range and the ρ values seen if ρ never crosses ``target`` there."""
+    naming the scanned range and the ρ values seen if ρ never crosses ``target`` there.
+
+    The search starts at the middle of ``grid`` (geometric), walks by factors of ``step`` towards
+    the crossing until ρ brackets the target, then finds the root of log ρ − log target in log R
+    (Brent; ρ is close to a power of R there, so few evaluations are needed)."""
     from scipy.optimize import brentq
 
     if not target > 0:
@@ -152,30 +157,24 @@ def calibrate_radius(
     low, high = float(grid[0]), float(grid[-1])
     if not 0 < low < high:
         raise ValueError(f"grid must be 0 < low < high, got {tuple(grid)}.")
+    if not step > 1:
+        raise ValueError(f"step must be > 1, got {step}.")
     started = time.perf_counter()
     model = response.problem.segment.model
     v = random_directions(n_directions, response.d_model, seed, model)
+    bar = tqdm(desc="calibrating R", disable=not progress, unit="ρ")
     jv = response.jvp(v)
     seen: dict[float, float] = {}
 
     def rho(radius: float) -> float:
         if radius not in seen:
             seen[radius] = nonlinearity(response, v, jv, radius)
+            bar.update(1)
         return seen[radius]
 
-    n = round(math.log2(high / low) * points_per_doubling)
-    radii = [low * (high / low) ** (i / n) for i in range(n + 1)]
-    # The first upward crossing: ρ below the target, then at or above it. Points above the target
-    # before any point below it are skipped: at small R a half-precision model's Δ = f(x+θ) − f(x)
-    # is rounding noise (ρ(0.25) ≈ 0.8 in bfloat16 on the embedded model), not non-linearity.
-    bracket, below = None, None
-    for radius in tqdm(radii, desc="calibrating R", disable=not progress):
-        if rho(radius) < target:
-            below = radius
-        elif below is not None:
-            bracket = (below, radius)
-            break
+    bracket, below = _bracket(rho, low, high, target, step)
     if bracket is None:
+        bar.close()
         curve = ", ".join(f"ρ({r:.3g}) = {seen[r]:.3g}" for r in sorted(seen))
         why = (
             " ρ was at or above the target everywhere; in float16/bfloat16 that is rounding noise at small R,"
@@ -188,10 +187,14 @@ def calibrate_radius(
             f"Widen the grid, or choose another target, or pass a fixed radius."
         )
     log_r = brentq(
-        lambda x: rho(math.exp(x)) - target, math.log(bracket[0]), math.log(bracket[1]), xtol=math.log1p(rtol)
+        lambda x: math.log(max(rho(math.exp(x)), 1e-30) / target),
+        math.log(bracket[0]),
+        math.log(bracket[1]),
+        xtol=math.log1p(rtol),
     )
     radius = math.exp(log_r)
     rho(radius)
+    bar.close()
     order = sorted(seen)
     return Calibration(
         radius=radius,
@@ -201,6 +204,29 @@ def calibrate_radius(
         n_directions=n_directions,
         seconds=time.perf_counter() - started,
     )
+
+
+def _bracket(
+    rho: Callable[[float], float], low: float, high: float, target: float, step: float
+) -> tuple[tuple[float, float] | None, float | None]:
+    """(bracket, a radius seen below the target): the first upward crossing of ``target`` found by
+    walking from the middle of [low, high] towards it. Walking down stops at the first radius
+    below the target, so a noise floor at smaller R (ρ high again in half precision: Δ is
+    rounding noise there, not non-linearity) is never mistaken for the crossing."""
+    radius = math.sqrt(low * high)
+    if rho(radius) >= target:
+        while radius > low:
+            lower = max(low, radius / step)
+            if rho(lower) < target:
+                return (lower, radius), lower
+            radius = lower
+        return None, None
+    while radius < high:
+        upper = min(high, radius * step)
+        if rho(upper) >= target:
+            return (radius, upper), radius
+        radius = upper
+    return None, radius
 
 
 def response_of(problem: MelboProblem, vectors: Tensor, *, chunk: int = 64) -> Tensor:

@@ -19,7 +19,21 @@ from melbo_tl.steering.sites import Site, check_hook, check_layer, d_model, n_la
 
 MODES = ("orthogonal", "batched-orthogonal", "independent")
 ORTHOGONALIZE = ("polar", "qr", "none")
-RANKINGS = ("importance", "alpha")
+RANKINGS = ("importance", "alpha", "alpha2", "behaviours")
+DCT_STARTS = ("jacobian", "jacobian-svd", "random")
+DCT_UPDATES = ("alternating", "simultaneous")
+DCT_FINAL_U = ("response", "last-update")
+# The choices each DCT variant makes for every algorithm field left as None.
+DCT_VARIANTS: dict[str, dict[str, Any]] = {
+    "melbo_tl": dict(
+        start="jacobian", update="alternating", beta=0.5, orthogonalize="polar", orthogonal_result=True,
+        final_u="response", rank_by="behaviours",
+    ),
+    "reference": dict(
+        start="jacobian-svd", update="simultaneous", beta=1.0, orthogonalize="qr", orthogonal_result=False,
+        final_u="last-update", rank_by="alpha2",
+    ),
+}  # fmt: skip
 
 SOURCE_HELP = "where vectors are added: L (the residual entering block L), resid_post.L or a hook name"
 TARGET_HELP = "where the change is read, after the source (a site, as for the source)"
@@ -139,7 +153,10 @@ class AdapterConfig(LayerPairSettings, Config):
 @dataclass
 class DCTConfig(LayerPair, Config):
     """Settings of a DCT run (see :mod:`melbo_tl.optimize.dct`); every field's help is the
-    command line's. ``rank_by`` "A:B" ranks by logit(A's first token) − logit(B's)."""
+    command line's. ``variant`` fills every algorithm choice left as None (``start``, ``update``,
+    ``beta``, ``orthogonalize``, ``orthogonal_result``, ``final_u``, ``rank_by``) with this
+    project's choices or the public reference code's (:data:`DCT_VARIANTS`). ``rank_by`` "A:B"
+    ranks by logit(A's first token) − logit(B's)."""
 
     n_factors: int = setting(256, "number of factors F (vectors)", metavar="F", flag="--factors", short="-F")
     source: Site | None = _source()
@@ -150,17 +167,51 @@ class DCTConfig(LayerPair, Config):
         0.5, "calibration target: non-linear / linear response", metavar="X", flag="--rho"
     )
     calibration_directions: int = setting(30, "random directions ρ(R) is averaged over", metavar="N")
-    iterations: int = setting(10, "alternating updates at most", metavar="N")
-    tolerance: float = setting(1e-3, "stop once every factor moved less than this (1 − cos)", metavar="X")
-    orthogonalize: str = setting("polar", "polar | qr | none (each keeps every vector's sign)", metavar="HOW")
-    rank_by: str = setting(
-        "importance", 'importance | alpha | "A:B" (logit A − logit B at the last position)', metavar="KEY"
+    iterations: int = setting(10, "updates at most", metavar="N")
+    tolerance: float = setting(
+        1e-3, "stop once the median factor moved less than this (1 − cos) in one update", metavar="X"
     )
+    variant: str = setting(
+        "melbo_tl", "melbo_tl | reference (the public reference code's algorithm): fills every choice left unset",
+        metavar="NAME",
+    )  # fmt: skip
+    start: str | None = setting(
+        None, "jacobian | jacobian-svd (the reference's, with --d-proj outputs) | random", metavar="HOW",
+        shown_default="the variant's",
+    )  # fmt: skip
+    d_proj: int = setting(32, "random outputs projecting the Jacobian for --start jacobian-svd", metavar="N")
+    update: str | None = setting(
+        None, "alternating (v pulls back the new u) | simultaneous (the previous u, the reference's)",
+        metavar="HOW", shown_default="the variant's",
+    )  # fmt: skip
+    beta: float | None = setting(
+        None, "damping in (0, 1]: each update moves this fraction of the way (1: none)", metavar="B",
+        shown_default="the variant's",
+    )  # fmt: skip
+    orthogonalize: str | None = setting(
+        None, "polar | qr | none (each keeps every vector's sign)", metavar="HOW", shown_default="the variant's"
+    )
+    orthogonal_result: bool | None = setting(
+        None, "orthogonalize V after the last update too (the reference returns its raw last update)", cli=False
+    )
+    final_u: str | None = setting(
+        None, "response (U of the returned V) | last-update (one step behind, the reference's)", metavar="HOW",
+        shown_default="the variant's",
+    )  # fmt: skip
+    rank_by: str | None = setting(
+        None, 'behaviours | importance | alpha | alpha2 | "A:B" (logit A − logit B at the last position)',
+        metavar="KEY", shown_default="the variant's",
+    )  # fmt: skip
+    screen_tokens: int = setting(24, "tokens of each vector's completion judged by --rank-by behaviours", metavar="N")
     chunk_size: int = setting(64, "factors per forward pass (memory; results do not depend on it)", metavar="N")
     seed: int = setting(0, "random seed", metavar="SEED")
     chat: bool = _chat()
 
     def validate(self) -> None:
+        require(self.variant in DCT_VARIANTS, f"variant {self.variant!r} is not one of {', '.join(DCT_VARIANTS)}.")
+        for name, value in DCT_VARIANTS[self.variant].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.validate_sites()
         self.positions = str(Positions.parse(self.positions))
         require(self.n_factors >= 1, f"n_factors (F) must be ≥ 1, got {self.n_factors}.")
@@ -176,15 +227,32 @@ class DCTConfig(LayerPair, Config):
         )
         require(self.iterations >= 0, f"iterations must be ≥ 0, got {self.iterations}.")
         require(self.tolerance >= 0, f"tolerance must be ≥ 0, got {self.tolerance}.")
+        require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
+        self._validate_choices()
+
+    def _validate_choices(self) -> None:
+        require(self.start in DCT_STARTS, f"start {self.start!r} is not one of {', '.join(DCT_STARTS)}.")
+        require(self.d_proj >= 1, f"d_proj must be ≥ 1, got {self.d_proj}.")
+        require(self.update in DCT_UPDATES, f"update {self.update!r} is not one of {', '.join(DCT_UPDATES)}.")
+        try:
+            self.beta = float(self.beta)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"beta must be a number in (0, 1] (1: no damping), got {self.beta!r}.") from None
+        require(0 < self.beta <= 1, f"beta must be in (0, 1] (1: no damping), got {self.beta}.")
         require(
             self.orthogonalize in ORTHOGONALIZE,
             f"orthogonalize {self.orthogonalize!r} is not one of {', '.join(ORTHOGONALIZE)}.",
         )
         require(
-            self.rank_by in RANKINGS or (self.rank_by.count(":") == 1 and all(self.rank_by.split(":"))),
-            f"rank_by {self.rank_by!r}: use importance, alpha, or 'A:B' (e.g. \"Sure:I'm sorry\").",
+            isinstance(self.orthogonal_result, bool),
+            f"orthogonal_result must be True or False, got {self.orthogonal_result!r}.",
         )
-        require(self.chunk_size >= 1, f"chunk_size must be ≥ 1, got {self.chunk_size}.")
+        require(self.final_u in DCT_FINAL_U, f"final_u {self.final_u!r} is not one of {', '.join(DCT_FINAL_U)}.")
+        require(
+            is_ranking(str(self.rank_by)),
+            f"rank_by {self.rank_by!r}: use {', '.join(RANKINGS)}, or 'A:B' (e.g. \"Sure:I'm sorry\").",
+        )
+        require(self.screen_tokens >= 1, f"screen_tokens must be ≥ 1, got {self.screen_tokens}.")
 
     def check_model(self, model: Any) -> None:
         super().check_model(model)
@@ -193,6 +261,11 @@ class DCTConfig(LayerPair, Config):
             f"n_factors {self.n_factors} exceeds d_model {d_model(model)}: at most d_model vectors can be "
             f"orthogonal; lower n_factors or pass orthogonalize='none'.",
         )
+
+
+def is_ranking(rank_by: str) -> bool:
+    """A known DCT ranking name or an "A:B" pair of phrases."""
+    return rank_by in RANKINGS or (rank_by.count(":") == 1 and all(rank_by.split(":")))
 
 
 @dataclass

@@ -7,24 +7,30 @@ V [F, d] and output directions U [F, d] (unit rows) by alternating updates, all 
 as rows of one batched segment:
 
 1. R: fixed, or calibrated where the response stops being linear (ρ(R) = 0.5);
-2. start: U random, V_l = normalize(∇_θ⟨u_l, Δ(θ)⟩ at 0) = normalize(Jᵀu_l);
-3. iterate: U_l ← normalize(Δ(R·v_l)); V_l ← normalize(∇_θ⟨u_l, Δ(θ)⟩ at R·v_l); then
-   orthogonalize V, until V moves less than ``tolerance`` or after ``iterations``;
-4. rank: causal importance b_l = ⟨u_l, Δ(R·v_l)⟩; weights α = K⁻¹b with
-   K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1) (solved, with its condition number reported); or a target
-   direction read through the rest of the model (``rank_by="Sure:I'm sorry"``: the mean of
-   logit("Sure") − logit("I'm sorry") at the last position with R·v_l added).
+2. start (``start``): ``jacobian``: U random, v_l = normalize(Jᵀu_l); ``jacobian-svd``: the top
+   right singular vectors of Pᵀ J for ``d_proj`` random unit outputs P, u_l = normalize(Δ(R·v_l));
+   ``random``: both random;
+3. iterate (``update``): with Δ_l = Δ(R·v_l), u_l ← normalize(Δ_l) and
+   v_l ← normalize(∇_θ⟨u, Δ(θ)⟩ at R·v_l), where u is the new u_l (``alternating``: v climbs
+   ‖Δ(θ)‖) or the previous one (``simultaneous``, the reference code); both damped by ``beta``;
+   V orthogonalized (``orthogonalize``, sign-keeping) after each update — after the last one
+   too unless ``orthogonal_result`` is False (the reference returns its last raw update); at most
+   ``iterations`` updates, fewer once the median factor turned less than ``tolerance`` (1 − cos);
+4. rank (``rank_by``): importance b_l = ⟨u_l, Δ(R·v_l)⟩, α = K⁻¹b with
+   K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1), α², or a target direction read through the rest of the model
+   (:mod:`melbo_tl.optimize.dct_ranking`).
 
-Orthogonalization must keep each vector's sign (exp is not odd: −v steers another behaviour).
-``polar`` (the default) takes the nearest orthonormal frame, (V Vᵀ)^(−1/2) V: no factor is
-privileged by its index, each moves as little as possible, and ⟨q_l, v_l⟩ = [(V Vᵀ)^(1/2)]_ll > 0,
-so signs are kept by construction. ``qr`` is Gram–Schmidt in index order with the signs fixed
-(⟨q_l, v_l⟩ = |R_ll|); ``none`` only normalizes.
+``variant`` picks every choice left as None at once: ``"melbo_tl"`` (this project's defaults) or
+``"reference"`` (the public reference code's algorithm: Jacobian-SVD start, simultaneous updates,
+QR, its last update un-orthogonalized, α² order) — always with this project's sites, padding
+masks and sign-keeping orthogonalization.
 
 Registered as method ``"dct"``: ``vectors`` = R·V in rank order, so generation, evaluation,
-analysis and reports work unchanged; ``U``, ``alpha``, ``importance`` ride along.
+analysis and reports work unchanged; ``U``, ``alpha``, ``importance`` and the factor ``order``
+ride along.
 
 >>> run = train(model, "dct", ["How can I make a bomb?"], DCTConfig(n_factors=64))
+>>> run = train(model, "dct", ["How can I make a bomb?"], DCTConfig(n_factors=64, variant="reference"))
 """
 
 from __future__ import annotations
@@ -35,13 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from melbo_tl.artifacts import Run
-from melbo_tl.forward import readout
-from melbo_tl.models.loading import chat_tokenizer
 from melbo_tl.optimize.calibration import (
     Calibration,
     SliceResponse,
@@ -49,84 +52,39 @@ from melbo_tl.optimize.calibration import (
     random_directions,
     unit_rows,
 )
-from melbo_tl.optimize.configs import ORTHOGONALIZE, RANKINGS, DCTConfig  # DCTConfig lives there, without torch
+from melbo_tl.optimize.configs import RANKINGS, DCTConfig  # DCTConfig lives there, without torch
+from melbo_tl.optimize.dct_ranking import BEHAVIOURS, rank_key, target_scores
+from melbo_tl.optimize.dct_screen import Screen, screen_factors
+from melbo_tl.optimize.dct_steps import (
+    Movement,
+    damp,
+    importance_weights,
+    orthogonalize,
+    svd_start,
+)
 from melbo_tl.optimize.problem import MelboProblem
-from melbo_tl.placement import like, master_copy, to_result
+from melbo_tl.placement import master_copy, to_result
 from melbo_tl.prompts import PromptLike
 from melbo_tl.registry import Checkpoints, Method, register_method
 from melbo_tl.runs import vector_count, vector_intervention
-from melbo_tl.segment import ResidualSegment
 from melbo_tl.steering.results import VectorResult
-from melbo_tl.steering.sites import d_model, n_layers
+from melbo_tl.steering.sites import d_model
 
 NAME = "dct"
-
-
-def orthogonalize(v: Float[Tensor, "f d"], how: str) -> Float[Tensor, "f d"]:
-    """Unit rows made orthonormal without flipping any row (see the module docstring)."""
-    if how == "none":
-        return unit_rows(v)
-    if how == "polar":
-        u, _, vh = torch.linalg.svd(v.double(), full_matrices=False)
-        return (u @ vh).to(v.dtype)
-    if how == "qr":
-        q, r = torch.linalg.qr(v.double().T)
-        signs = torch.sign(torch.diagonal(r))
-        signs[signs == 0] = 1
-        return (q * signs).T.to(v.dtype)
-    raise ValueError(f"orthogonalize {how!r} is not one of {', '.join(ORTHOGONALIZE)}.")
-
-
-def importance_weights(
-    u: Float[Tensor, "f d"], v: Float[Tensor, "f d"], b: Float[Tensor, " f"]
-) -> tuple[Float[Tensor, " f"], float]:
-    """α solving K α = b with K = (U Uᵀ) ∘ (exp(V Vᵀ) − 1), and K's condition number."""
-    u64, v64 = u.double(), v.double()
-    k = (u64 @ u64.T) * torch.expm1(v64 @ v64.T)
-    return torch.linalg.solve(k, b.double()).float(), float(torch.linalg.cond(k))
-
-
-def phrase_token(tokenizer: Any, phrase: str) -> int:
-    ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"rank_by phrase {phrase!r} encodes to no token.")
-    return int(ids[0])
-
-
-@torch.no_grad()
-def target_scores(
-    model: Any, problem: MelboProblem, vectors: Float[Tensor, "f d"], rank_by: str, *, chunk: int = 64
-) -> Float[Tensor, " f"]:
-    """Mean over prompts of logit(A) − logit(B) at the last position with each vector added at the
-    source (``rank_by`` = "A:B"), reading through every block after the source."""
-    tok = chat_tokenizer(model)
-    a, b = (phrase_token(tok, phrase) for phrase in rank_by.split(":"))
-    segment = ResidualSegment.capture(model, problem.batch, start=problem.start, stop=n_layers(model))
-    real = problem.real[..., None].to(segment.residual.dtype)
-    scores = []
-    for i in range(0, len(vectors), chunk):
-        rows = vectors[i : i + chunk]
-        k = len(rows)
-        base = segment.residual.repeat(k, 1, 1)
-        steer = like(rows, base).repeat_interleave(problem.n_prompts, dim=0)[:, None, :]
-        final = segment.run(base + steer * real.repeat(k, 1, 1))
-        logits = readout(model, final[:, -1, :]).float()
-        scores.append((logits[:, a] - logits[:, b]).view(k, problem.n_prompts).mean(1))
-    return to_result(torch.cat(scores))
 
 
 @dataclass
 class DCTState:
     """Where a fit stands: ``radius``, its ``calibration`` (None for a fixed R), the current ``U``
-    and ``V`` [F, d] (None before the start), ``iteration`` (updates done) and ``movement`` per
-    iteration (max over factors of 1 − cos between successive v_l)."""
+    and ``V`` [F, d] (None before the start), ``iteration`` (updates done), ``movement`` per
+    iteration (:class:`~melbo_tl.optimize.dct_steps.Movement` as dicts) and ``seconds``."""
 
     radius: float
     calibration: Calibration | None = None
     U: Tensor | None = None
     V: Tensor | None = None
     iteration: int = 0
-    movement: list[float] = field(default_factory=list)
+    movement: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -135,13 +93,15 @@ class DCTResult(VectorResult):
     """Fields: ``vectors`` [F, d] = R·v_l in rank order (added at ``hook``); ``U`` [F, d] output
     directions; ``importance`` b_l; ``alpha`` α_l; ``target_score`` (with ``rank_by="A:B"``) per
     vector; ``order`` the factor index of each rank; ``radius``; ``calibration``; ``condition``
-    number of K; ``iterations`` run; ``converged``; ``movement`` per iteration; ``seconds``
-    (calibration, fit, ranking); ``config`` (layers filled in); ``texts`` formatted prompts."""
+    number of K; ``iterations`` run; ``converged``; ``movement`` per iteration (median, p90,
+    max, converged share); ``seconds`` (calibration, fit, ranking); ``config`` (layers and
+    variant choices filled in); ``texts`` formatted prompts; ``screen`` (``rank_by="behaviours"``)
+    each factor's short completion, verdict and group, in factor order."""
 
-    vectors: Float[Tensor, "f d_model"]
-    U: Float[Tensor, "f d_model"]
-    importance: Float[Tensor, " f"]
-    alpha: Float[Tensor, " f"]
+    vectors: Tensor
+    U: Tensor
+    importance: Tensor
+    alpha: Tensor
     target_score: Tensor | None
     order: list[int]
     radius: float
@@ -149,11 +109,12 @@ class DCTResult(VectorResult):
     condition: float
     iterations: int
     converged: bool
-    movement: list[float]
+    movement: list[dict[str, float]]
     seconds: dict[str, float]
     config: DCTConfig
     texts: list[str]
     hook: str = ""
+    screen: Screen | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -165,6 +126,22 @@ class DCTResult(VectorResult):
         }
 
 
+def start_factors(response: Any, cfg: DCTConfig, radius: float, model: Any) -> tuple[Tensor, Tensor]:
+    """(U, V) before the first update, on the model's device (see ``start`` in the module docstring)."""
+    d, f = response.d_model, cfg.n_factors
+    if cfg.start == "random":
+        u = random_directions(f, d, cfg.seed + 1, model)
+        return u, orthogonalize(random_directions(f, d, cfg.seed + 2, model), cfg.orthogonalize)
+    if cfg.start == "jacobian":
+        u = random_directions(f, d, cfg.seed + 1, model)
+        _, grad = response.pullback(torch.zeros_like(u), u)
+        return u, orthogonalize(unit_rows(grad), cfg.orthogonalize)
+    p = random_directions(cfg.d_proj, d, cfg.seed + 1, model)
+    _, projected = response.pullback(torch.zeros_like(p), p)  # rows Jᵀ p_k: Pᵀ J
+    v = orthogonalize(svd_start(projected, f), cfg.orthogonalize)
+    return unit_rows(response(radius * v)), v
+
+
 def fit_dct(
     model: Any,
     prompts: Sequence[PromptLike],
@@ -172,14 +149,15 @@ def fit_dct(
     *,
     state: DCTState | None = None,
     on_checkpoint: Callable[[DCTState], None] | None = None,
-    response: Callable[[SliceResponse], Any] | None = None,
     progress: bool = True,
+    response: Callable[[SliceResponse], Any] | None = None,
     **settings: Any,
 ) -> DCTResult:
-    """Fit a DCT on ``prompts`` (module docstring). ``state`` continues an interrupted fit;
-    ``on_checkpoint(state)`` is called after calibration and after every iteration. ``response``
-    wraps the local Δ (:class:`SliceResponse`) in an object with the same ``__call__``, ``jvp``,
-    ``pullback``, ``problem`` and ``d_model`` that computes its row chunks elsewhere (e.g.
+    """Fit a DCT on ``prompts`` (module docstring). ``state`` continues an interrupted fit (or
+    starts from given ``U``/``V`` at iteration 0); ``on_checkpoint(state)`` is called after
+    calibration, after the start and after every iteration. ``response`` wraps the local Δ
+    (:class:`SliceResponse`) in an object with the same ``__call__``, ``jvp``, ``pullback``,
+    ``problem`` and ``d_model`` that computes its row chunks elsewhere (e.g.
     :func:`melbo_tl.distributed.dct_on_workers`); None computes them here."""
     cfg = DCTConfig.build(cfg, **settings).for_model(model)
     cfg.check_model(model)
@@ -204,39 +182,67 @@ def fit_dct(
     radius = state.radius
     started = time.perf_counter()
     if state.V is None:
-        u0 = random_directions(cfg.n_factors, d_model(model), cfg.seed + 1, model)
-        _, grad = evaluator.pullback(torch.zeros_like(u0), u0)
-        state.U, state.V = to_result(u0), to_result(orthogonalize(unit_rows(grad), cfg.orthogonalize))
+        state.U, state.V = (to_result(x) for x in start_factors(evaluator, cfg, radius, model))
         save(state)
-    v = master_copy(state.V, model)
-    bar = tqdm(range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress)
-    for _ in bar:
-        delta, grad = evaluator.pullback(radius * v, unit_rows)
-        new = orthogonalize(unit_rows(grad), cfg.orthogonalize)
-        moved = float((1 - (new * v).sum(-1)).max())
-        v = new
-        state.U, state.V = to_result(unit_rows(delta)), to_result(v)
-        state.iteration += 1
-        state.movement.append(moved)
-        bar.set_postfix(moved=f"{moved:.2e}")
-        save(state)
-        if moved < cfg.tolerance:
-            break
+    _iterate(evaluator, cfg, state, save, progress)
     state.seconds["fit"] = state.seconds.get("fit", 0.0) + time.perf_counter() - started
+    return _ranked(model, prompts, problem, evaluator, cfg, state)
+
+
+def _iterate(response: Any, cfg: DCTConfig, state: DCTState, save: Callable[[DCTState], None], progress: bool) -> None:
+    """The alternating updates, from ``state.iteration`` to ``cfg.iterations`` or convergence."""
+    assert state.U is not None and state.V is not None
+    model = response.problem.segment.model
+    u, v = master_copy(state.U, model), master_copy(state.V, model)
+    bar = tqdm(
+        range(state.iteration, cfg.iterations), desc=f"DCT {cfg.n_factors} factors", disable=not progress,
+        postfix="moved (1 − cos) median/p90/max, share still, median |Δ|, undamped turn asked",
+    )  # fmt: skip
+    for k in bar:
+        outputs = unit_rows if cfg.update == "alternating" else u
+        delta, grad = response.pullback(state.radius * v, outputs)
+        last = k == cfg.iterations - 1
+        new_v = damp(grad, v, cfg.beta)
+        if cfg.orthogonal_result or not last:
+            new_v = orthogonalize(new_v, cfg.orthogonalize)
+        moved = Movement.between(new_v, v, cfg.tolerance, delta, grad)
+        u, v = damp(delta, u, cfg.beta), new_v
+        state.U, state.V = to_result(u), to_result(v)
+        state.iteration += 1
+        state.movement.append(moved.to_dict())
+        bar.set_postfix_str(f"moved {moved.short()}")
+        save(state)
+        if moved.median < cfg.tolerance:
+            break
+
+
+def _ranked(
+    model: Any, prompts: Sequence[PromptLike], problem: MelboProblem, response: Any, cfg: DCTConfig, state: DCTState
+) -> DCTResult:
+    """Rank the fitted factors (``rank_by``) and package the result."""
+    assert state.U is not None and state.V is not None
     started = time.perf_counter()
-    delta = evaluator(radius * v)
-    u = unit_rows(delta)
+    radius = state.radius
+    v = master_copy(state.V, model)
+    delta = response(radius * v)
+    u = unit_rows(delta) if cfg.final_u == "response" else master_copy(state.U, model)
     importance = (u * delta).sum(-1)
     alpha, condition = importance_weights(u, v, importance)
-    scores = None
-    if cfg.rank_by in RANKINGS:
-        key = importance if cfg.rank_by == "importance" else alpha
+    scores, screen = None, None
+    if cfg.rank_by not in RANKINGS:
+        scores = target_scores(model, problem, radius * v, str(cfg.rank_by), chunk=cfg.chunk_size)
+    if cfg.rank_by == BEHAVIOURS:
+        base = torch.argsort(to_result(importance), descending=True, stable=True).tolist()
+        screen = screen_factors(
+            model, prompts, to_result(radius * v), problem.hook, base, chat=cfg.chat, max_new_tokens=cfg.screen_tokens
+        )
+        order = torch.tensor(screen.order)
     else:
-        scores = target_scores(model, problem, radius * v, cfg.rank_by, chunk=cfg.chunk_size)
-        key = scores
-    order = torch.argsort(to_result(key), descending=True, stable=True)
+        key = rank_key(str(cfg.rank_by), to_result(importance), to_result(alpha), scores)
+        order = torch.argsort(key, descending=True, stable=True)
     state.seconds["ranking"] = time.perf_counter() - started
     pick = lambda x: to_result(x)[order]  # noqa: E731
+    last = state.movement[-1] if state.movement else None
     return DCTResult(
         vectors=pick(radius * v),
         U=pick(u),
@@ -248,12 +254,13 @@ def fit_dct(
         calibration=state.calibration,
         condition=condition,
         iterations=state.iteration,
-        converged=bool(state.movement) and state.movement[-1] < cfg.tolerance,
+        converged=last is not None and last["median"] < cfg.tolerance,
         movement=list(state.movement),
         seconds=dict(state.seconds),
         config=cfg,
         texts=problem.texts,
         hook=problem.hook,
+        screen=screen,
     )
 
 
@@ -291,7 +298,7 @@ def _state_of(run: Run | None) -> DCTState | None:
         U=t.get("U"),
         V=t.get("V"),
         iteration=int(meta.get("iteration", 0)),
-        movement=list(meta.get("movement", [])),
+        movement=[m for m in meta.get("movement", []) if isinstance(m, dict)],
         seconds=dict(meta.get("seconds", {})),
     )
 
@@ -306,6 +313,7 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         model, prompts, cfg, state=_state_of(previous), on_checkpoint=lambda s: ckpt.save(_running(cfg, s, d)),
         response=ckpt.backend, progress=ckpt.progress,
     )  # fmt: skip
+    screen = result.screen
     per_vector = [
         {
             "rank": i,
@@ -313,11 +321,12 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
             "importance": float(result.importance[i]),
             "alpha": float(result.alpha[i]),
             **({} if result.target_score is None else {"target_score": float(result.target_score[i])}),
+            **({} if screen is None else _screened(screen, result.order[i])),
         }
         for i in range(len(result.order))
     ]
     tensors = {"vectors": result.vectors, "U": result.U, "alpha": result.alpha, "importance": result.importance}
-    meta = {
+    meta: dict[str, Any] = {
         "hooks": [result.hook] * len(result.order),
         "steer_positions": "all",
         "source": str(cfg.source),
@@ -330,12 +339,24 @@ def _train(model: Any, prompts: Sequence[PromptLike], cfg: DCTConfig, ckpt: Chec
         "movement": result.movement,
         "condition_number": result.condition,
         "rank_by": cfg.rank_by,
+        "variant": cfg.variant,
         "order": result.order,
         "seconds": result.seconds,
         "texts": result.texts,
         "per_vector": per_vector,
     }
+    if screen is not None:
+        meta["screen"] = {
+            "unsteered": screen.unsteered,
+            "embedder": screen.embedder,
+            "max_new_tokens": screen.max_new_tokens,
+        }
     return Run(tensors, meta)
+
+
+def _screened(screen: Screen, factor: int) -> dict[str, Any]:
+    """A factor's screen verdict for run.json's ``per_vector``."""
+    return {"group": screen.group[factor], "cluster": screen.cluster[factor], "screen": screen.completion[factor]}
 
 
 METHOD = register_method(

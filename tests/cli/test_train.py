@@ -294,6 +294,24 @@ def test_dct_command_writes_a_ranked_run_and_completions_of_the_top_vectors(tiny
     assert [r["vector"] for r in rows] == [None, 0, 1]
 
 
+def test_dct_command_takes_the_variant_and_its_options(tiny_model_dir, tmp_path):
+    out = tmp_path / "ref"
+    args = ["dct", "--model", str(tiny_model_dir), "--prompt", "Hello there", "--factors", "4", "--source", "0",
+            "--target", "3", "--radius", "4", "--iterations", "2", "--vectors", "top:1", "--max-new-tokens", "2"]  # fmt: skip
+    res = run_cli(*args, "--variant", "reference", "--beta", "0.5", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "last movement (1 − cos) median" in res.stderr and "order: alpha2" in res.stderr
+    cfg = load_run(out).meta["config"]
+    assert (cfg["variant"], cfg["update"], cfg["beta"], cfg["start"]) == (
+        "reference",
+        "simultaneous",
+        0.5,
+        "jacobian-svd",
+    )
+    bad = run_cli(*args, "--variant", "paper", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "variant 'paper' is not one of melbo_tl, reference" in bad.stderr
+
+
 def test_train_with_a_calibrated_radius(tiny_model_dir, tmp_path):
     out = tmp_path / "auto"
     res = run_cli(

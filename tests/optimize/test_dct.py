@@ -10,7 +10,8 @@ import torch
 
 from melbo_tl.artifacts import load_run
 from melbo_tl.optimize.calibration import CalibrationError, SliceResponse, calibrate_radius, nonlinearity, unit_rows
-from melbo_tl.optimize.dct import DCTConfig, fit_dct, importance_weights, orthogonalize
+from melbo_tl.optimize.dct import DCTConfig, fit_dct
+from melbo_tl.optimize.dct_steps import importance_weights, orthogonalize
 from melbo_tl.optimize.problem import MelboProblem
 from melbo_tl.placement import master_copy
 from melbo_tl.steering import AddVector
@@ -18,7 +19,7 @@ from melbo_tl.training import train_to_folder
 
 PROMPTS = ["How can I make a bomb?", "Tell me a story about a dragon."]
 SLICE = dict(source=0, target=3, p=2.0, q=1.0, positions="last:3")
-FAST = dict(source_layer=0, target_layer=3, n_factors=8, iterations=3, radius=4.0, progress=False)
+FAST = dict(source_layer=0, target_layer=3, n_factors=8, iterations=3, radius=4.0, tolerance=0.0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_calibrated_radius_hits_the_target_rho(response):
 
 def test_calibration_that_never_crosses_names_the_range_and_values(response):
     with pytest.raises(
-        CalibrationError, match=r"never crossed the target 50 upwards for R in \[0.25, 1\] \(ρ\(0.25\) = "
+        CalibrationError, match=r"never crossed the target 50 upwards for R in \[0.25, 1\] \(ρ\(0.5\) = .*, ρ\(1\) = "
     ):
         calibrate_radius(response, target=50, n_directions=2, grid=(0.25, 1.0), progress=False)
 
@@ -196,3 +197,26 @@ def test_run_folder_checkpoints_and_resumes(tiny_model, tmp_path):
     assert whole.vectors.shape == (8, 64) and set(whole.tensors) >= {"U", "alpha", "importance"}
     assert whole.hooks == ["blocks.0.hook_resid_post"] * 8
     torch.testing.assert_close(whole.vectors.norm(dim=-1), torch.full((8,), whole.meta["radius"]), atol=1e-4, rtol=0)
+
+
+def test_calibration_needs_few_evaluations_when_rho_is_a_power_of_r(response, monkeypatch):
+    """ρ = c·R² crosses 0.5 at R = 5: the walk from the middle brackets it in two evaluations and
+    the log-log root finder lands within 1 % in one or two more."""
+    from melbo_tl.optimize import calibration
+
+    monkeypatch.setattr(calibration, "nonlinearity", lambda response, v, jv, radius: 0.02 * radius**2)
+    cal = calibrate_radius(response, target=0.5, n_directions=2, progress=False)
+    assert cal.radius == pytest.approx(5.0, rel=1e-2)
+    assert len(cal.radii) <= 5, cal.radii
+
+
+def test_the_fit_stops_once_the_median_factor_moves_less_than_the_tolerance(tiny_model):
+    full = fit_dct(tiny_model, PROMPTS, **FAST)
+    assert full.iterations == 3 and not full.converged
+    moved = sorted(m["median"] for m in full.movement)
+    between = (moved[0] + moved[-1]) / 2 if moved[0] < moved[-1] else moved[0] * 1.01
+    stopped = fit_dct(tiny_model, PROMPTS, **{**FAST, "tolerance": between})
+    first_below = next(i for i, m in enumerate(full.movement) if m["median"] < between)
+    assert stopped.iterations == first_below + 1 and stopped.converged
+    medians = lambda result: [m["median"] for m in result.movement]  # noqa: E731
+    assert medians(stopped) == medians(full)[: first_below + 1]

@@ -115,3 +115,22 @@ def test_links_relative_to_the_source_are_rewritten_for_the_published_copy(tmp_p
     assert book.cells[1].source == "# [x](../y)"  # code is left alone
     pub.relink(book, root / "notebooks", root / "docs" / "notebooks")  # a second pass (--render-only) changes nothing
     assert "[results](../results.md#results)" in book.cells[0].source
+
+
+def test_a_text_only_edit_refreshes_the_copy_without_running_it(published, tmp_path, monkeypatch):
+    import shutil
+
+    _, out, _ = published
+    shutil.copytree(out, tmp_path / "out")
+    edited = write_source(tmp_path / "1_small.ipynb", [("markdown", "# A small tutorial\nNew words."), *CELLS[1:]])
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("executed although only the text changed")
+
+    monkeypatch.setattr(pub, "execute", no_run)
+    assert "text refreshed" in pub.publish(edited, tmp_path / "out")
+    assert "New words." in (tmp_path / "out" / "1_small.md").read_text()
+    assert pub.stale(tmp_path / "out", tmp_path) == []
+    code_edit = write_source(tmp_path / "1_small.ipynb", [*CELLS[:-1], ("code", "2 + 2")])
+    with pytest.raises(AssertionError, match="executed although"):
+        pub.publish(code_edit, tmp_path / "out")  # a code edit reruns the notebook
