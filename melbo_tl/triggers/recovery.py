@@ -5,7 +5,8 @@ For vector ``i`` of a run and each clean prompt (default: the run's own prompts)
 is the vector's greedy steered completion. The search (:mod:`melbo_tl.triggers.search`) looks
 for single-token substitutions and insertions in the user message, then combinations of them,
 that make that completion likely without steering (variant ``gcg``: GCG-style first-order
-shortlist, exact log-likelihood), that move the activation at the vector's site along the vector
+shortlist, half of it from the tokens the model finds plausible at each place; exact,
+surprise-weighted log-likelihood), that move the activation at the vector's site along the vector
 (``projection``), or at random (``random``, the baseline). The best candidates are then verified
 by unsteered greedy generation (:mod:`melbo_tl.triggers.verify`). Results are written to
 ``RUN/triggers/vector_<i>/`` and the search resumes from its checkpoints.
@@ -46,7 +47,8 @@ class PromptRecovery:
     """Recovery on one clean prompt.
 
     Fields: ``prompt``; ``steered`` (the vector's completion: the behaviour); ``clean_completion``
-    (unsteered); ``clean_loglik`` (the steered completion's mean log-probability per token
+    (unsteered); ``clean_loglik`` (the steered completion's log-probability per token, weighted as the search
+    weights it (``RecoveryConfig.weighting``),
     after the clean prompt); ``baseline_similarity`` (clean vs steered completion); ``triggers``
     (ranked: verified first, then by the search's score; each with ``text``, ``edit``, ``ops``,
     ``n_edits``, ``loglik``, ``shift``, and after verification ``completion``,
