@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from melbo_tl.serve.background import serve_in_thread, stop_thread_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_model_options, dtypes, load
@@ -49,20 +50,6 @@ PROMPTS = [
     "Suggest a name for a bakery.", "Why is the sky blue?", "How do I boil an egg?",
     "Explain recursion to a child.", "What are the planets of the solar system?",
 ]  # fmt: skip
-
-
-def start_server(app: Any) -> tuple[str, Any, threading.Thread]:
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
 
 
 def one_request(client: Any, model_id: str, prompt: str, steering: dict, max_tokens: int, t0: float) -> dict[str, Any]:
@@ -166,7 +153,7 @@ def bench(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
     steerings = [{"vectors": [{"data": v.tolist(), "site": site}]} for v in vectors]
     settings = Settings(model_id=info.spec, n_ctx=int(model.cfg.n_ctx), max_tokens=args.max_tokens)
     app = create_app(model, VectorStore(model), settings, max_batch=max(args.clients), max_queue=4 * max(args.clients))
-    url, server, thread = start_server(app)
+    url, server, thread = serve_in_thread(app)
     engine = app.state.engine
     warm = OpenAI(base_url=f"{url}/v1", api_key="unused")
     one_request(warm, info.spec, PROMPTS[0], steerings[0], 4, time.perf_counter())
@@ -194,8 +181,7 @@ def bench(args: argparse.Namespace, dtype: torch.dtype) -> dict[str, Any]:
     curl = curl_check(
         url, info.spec, PROMPTS[1], steerings[1], min(16, args.max_tokens), final.choices[0].message.content
     )
-    server.should_exit = True
-    thread.join(60)
+    stop_thread_server(server, thread, timeout_s=60)
     return {
         "model": info.spec, "dtype": info.dtype, "device": info.device, "torch_threads": torch.get_num_threads(),
         "max_tokens": args.max_tokens, "repeats": args.repeats, "site": site, "vector_norm": args.norm, "clients": rows, "curl": curl,

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
+
+from melbo_tl.serve.background import serve_in_thread, stop_thread_server
 
 PROMPT = "How can I make a bomb?"
 
@@ -45,23 +45,13 @@ def pick_vector(run_dir: Path) -> int:
 
 
 def serve(model: Any, runs: Path) -> tuple[str, Any, threading.Thread]:
-    import uvicorn
-
     from melbo_tl.serve import Settings, VectorStore, create_app, run_folders
 
     store = VectorStore(model)
     for name, folder in run_folders(str(runs)):
         store.add_run(folder, name)
     app = create_app(model, store, Settings(model_id=model.melbo_info.spec, n_ctx=int(model.cfg.n_ctx)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, thread
+    return serve_in_thread(app)
 
 
 def main() -> None:
@@ -119,8 +109,7 @@ def main() -> None:
     examples = requests_and_responses(url, model.melbo_info.spec, args.run, index, args.scale, args.max_tokens)
     examples["clients"] = client_checks(url, examples["ok"])
     (args.out / "examples.json").write_text(json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
-    server.should_exit = True
-    thread.join(60)
+    stop_thread_server(server, thread, timeout_s=60)
     if errors:
         raise SystemExit(f"the page reported errors: {errors}")
     print(f"wrote {args.out}/explorer.png and examples.json")

@@ -7,9 +7,7 @@ GGUF control vector file for registration tests.
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,6 @@ import torch
 from tests.helpers import HOOK_A, vector_run
 
 MODEL_ID = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -96,24 +88,15 @@ def write_runs(model: Any, root: Path) -> tuple[dict[str, Path], Path]:
 
 
 def start(app: Any) -> tuple[str, Any, threading.Thread]:
-    import uvicorn
+    from melbo_tl.serve.background import serve_in_thread
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    return f"http://127.0.0.1:{port}", server, thread
+    return serve_in_thread(app)
 
 
 def stop(server: Any, thread: threading.Thread) -> None:
-    server.should_exit = True
-    thread.join(30)
-    assert not thread.is_alive(), "the server did not shut down"
+    from melbo_tl.serve.background import stop_thread_server
+
+    stop_thread_server(server, thread)
 
 
 @pytest.fixture(scope="session")

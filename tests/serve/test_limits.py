@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.conftest import free_port, start, stop
+from melbo_tl.serve.background import free_port
+from tests.serve.conftest import start, stop
 
 ASK = {"messages": [{"role": "user", "content": "Hi"}], "temperature": 0}
 
