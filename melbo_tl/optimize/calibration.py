@@ -83,7 +83,10 @@ class SliceResponse:
 
         ``outputs`` may be a function of Δ: pass a callable to compute u from Δ (e.g. normalize
         Δ, as DCT's alternating update does); the gradient is then taken for that u, held fixed.
+        At θ = 0 (every row zero, as in DCT's Jacobian starts) one forward serves all rows.
         """
+        if not callable(outputs) and not theta.any():
+            return self._pullback_at_zero(outputs)
         deltas, grads = [], []
         for i in range(0, len(theta), self.chunk):
             th = theta[i : i + self.chunk].detach().clone().requires_grad_(True)
@@ -94,6 +97,20 @@ class SliceResponse:
             deltas.append(delta.detach())
             grads.append(grad)
         return torch.cat(deltas), torch.cat(grads)
+
+    def _pullback_at_zero(
+        self, outputs: Float[Tensor, "k d_model"]
+    ) -> tuple[Float[Tensor, "k d_model"], Float[Tensor, "k d_model"]]:
+        """Δ(0) and Jᵀu_k for every row: one single-row forward, the backward batched over rows."""
+        th = torch.zeros_like(outputs[:1]).requires_grad_(True)
+        grads = []
+        with torch.enable_grad():
+            delta = self._delta(th)  # [1, d]
+            for i in range(0, len(outputs), self.chunk):
+                u = outputs[i : i + self.chunk, None, :]
+                (grad,) = torch.autograd.grad(delta, th, grad_outputs=u, is_grads_batched=True, retain_graph=True)
+                grads.append(grad[:, 0])
+        return delta.detach().expand(len(outputs), -1).clone(), torch.cat(grads)
 
 
 def unit_rows(x: Tensor) -> Tensor:

@@ -76,6 +76,16 @@ def test_v_update_equals_the_autograd_gradient_computed_the_slow_way(tiny_model,
     torch.testing.assert_close(fast[0], slow, atol=1e-5, rtol=1e-4)
 
 
+def test_pullback_at_zero_serves_all_rows_from_one_forward(response):
+    """The θ = 0 shortcut (one forward, batched backward) gives every row's Jᵀu and Δ(0) = 0
+    as the row-by-row path does (taken here by passing u as a function of Δ)."""
+    u = cpu_unit(7, 11)  # 7 rows over chunks of 3
+    delta, fast = response.pullback(torch.zeros_like(u), u)
+    assert delta.shape == u.shape and float(delta.abs().max()) == 0.0
+    rows = [response.pullback(torch.zeros_like(u[i : i + 1]), lambda d, i=i: u[i : i + 1])[1] for i in range(7)]
+    torch.testing.assert_close(fast, torch.cat(rows), atol=1e-6, rtol=1e-5)
+
+
 def test_calibrated_radius_hits_the_target_rho(response):
     """(The tiny random model stays nearly linear, ρ < 0.04 for every R: the target here is 0.02.)"""
     cal = calibrate_radius(response, target=0.02, n_directions=8, seed=0, progress=False)
