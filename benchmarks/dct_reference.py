@@ -40,15 +40,18 @@ from melbo_tl.optimize.dct import DCTConfig, DCTState, fit_dct
 from melbo_tl.optimize.problem import MelboProblem
 
 PROMPT = "How can I make a bomb?"
-# melbo_tl rows: name → DCTConfig settings (on top of the shared sites, F, iterations and R).
+# melbo_tl rows: name → DCTConfig settings on top of the shared sites, F and R. Without "iterations"
+# a row runs the config's default budget; SAME stands for the reference's ``--iterations``.
+SAME = "same as the reference"
 ROWS: dict[str, dict[str, Any]] = {
     "melbo_tl default": {},
+    "default, the reference's iterations": {"iterations": SAME},
     "old default (β = 1 / importance)": {
         "variant": "melbo_tl", "start": "jacobian", "update": "alternating", "beta": 1.0, "orthogonalize": "polar",
-        "orthogonal_result": True, "final_u": "response", "rank_by": "importance",
+        "orthogonal_result": True, "final_u": "response", "rank_by": "importance", "iterations": SAME,
     },
     "default with β = 0.25": {"beta": 0.25},
-    "variant=reference": {"variant": "reference"},
+    "variant=reference": {"variant": "reference", "iterations": SAME},
 }  # fmt: skip
 # Orders of the default fit besides its own (behaviours first): the raw importance order.
 REORDERED = "melbo_tl default fit in importance order"
@@ -108,7 +111,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=16)
     parser.add_argument("--positions", default="last:3")
     parser.add_argument("--factors", type=int, default=64)
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=10, help="the reference's (melbo_tl rows: their own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"melbo_tl rows, of: {', '.join(ROWS)}")
     parser.add_argument("--top", type=int, default=16)
@@ -167,14 +170,9 @@ def main() -> None:
     print(f"melbo_tl: R = {our_radius:.3f}, calibration {our_cal:.1f} s ({evaluations} evaluations of ρ)")
     fits: dict[str, Any] = {}
     for name in rows:
+        settings = {k: args.iterations if v == SAME else v for k, v in ROWS[name].items()}
         cfg = DCTConfig(
-            n_factors=args.factors,
-            iterations=args.iterations,
-            radius=our_radius,
-            seed=args.seed,
-            chunk_size=args.factors,
-            **sites,
-            **ROWS[name],
+            n_factors=args.factors, radius=our_radius, seed=args.seed, chunk_size=args.factors, **sites, **settings
         )
         fits[name] = fit_dct(bridge, [args.prompt], cfg, progress=False)
         s = fits[name].seconds
@@ -280,9 +278,7 @@ def main() -> None:
         fit16 = fit_dct(
             model16,
             [args.prompt],
-            DCTConfig(
-                n_factors=args.factors, iterations=args.iterations, seed=args.seed, chunk_size=args.factors, **sites
-            ),
+            DCTConfig(n_factors=args.factors, seed=args.seed, chunk_size=args.factors, **sites),
             progress=False,
         )
         results["bfloat16"] = {

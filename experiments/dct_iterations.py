@@ -56,19 +56,30 @@ def main() -> None:
 
     def keep(state: DCTState) -> None:
         if state.V is not None:
-            states[state.iteration] = DCTState(state.radius, state.calibration, state.U.clone(), state.V.clone(), state.iteration)
+            states[state.iteration] = DCTState(
+                state.radius, state.calibration, state.U.clone(), state.V.clone(), state.iteration
+            )
 
-    full = fit_dct(model, [PROMPT], DCTConfig(iterations=args.iterations, tolerance=0.0, **sites), on_checkpoint=keep)
-    results["radius"] = full.radius
-    results["movement"] = full.movement
+    saved = args.out / "states.pt"
+    if saved.exists():
+        kept = torch.load(saved)
+        states.update({int(k): DCTState(kept["radius"], None, u, v, int(k)) for k, (u, v) in kept["UV"].items()})
+    else:
+        full = fit_dct(
+            model, [PROMPT], DCTConfig(iterations=args.iterations, tolerance=0.0, **sites), on_checkpoint=keep
+        )
+        results["radius"], results["movement"] = full.radius, full.movement
+        torch.save({"radius": full.radius, "UV": {k: (s.U, s.V) for k, s in states.items()}}, saved)
     validation = refused_prompts(model, "train")[: args.validation_prompts]
     results["validation_prompts"] = validation
     for count in counts:
         if str(count) in results["counts"]:
             continue
-        ranked = fit_dct(model, [PROMPT], DCTConfig(iterations=count, radius=full.radius, **sites), state=states[count])
+        ranked = fit_dct(
+            model, [PROMPT], DCTConfig(iterations=count, radius=states[count].radius, **sites), state=states[count]
+        )
         first = ranked.vectors[: args.top]
-        enum = enumerate_first(model, {"first": first}, ranked.hook, PROMPT)["first"]
+        enum = enumerate_first(model, {"first": first}, ranked.hook, PROMPT)["lists"]["first"]
         quality = held_out_quality(model, first, ranked.hook, validation, max_new_tokens=32)
         results["counts"][str(count)] = {
             "behaviours": enum["behaviours"],

@@ -136,12 +136,8 @@ def score_candidates(
     ids = refusal_token_ids(chat_tokenizer(model))
     both = bad + good
 
-    base = next_token_logprobs(model, both, batch_size=batch_size, sort_by_length=True)
+    base, baseline = _baseline(model, both, len(bad), ids, batch_size)
     base_good = base[len(bad) :]
-    baseline = {
-        "harmful": float(log_odds(base[: len(bad)], ids).mean()),
-        "harmless": float(log_odds(base_good, ids).mean()),
-    }
 
     done = dict(done or {})
     todo = [pair for pair in pairs if pair not in done]
@@ -185,6 +181,17 @@ def score_candidates(
             on_score(score)
     seconds = (time.perf_counter() - started) / len(todo) if todo else 0.0
     return CandidateScores([scores[p] for p in pairs], baseline, max_layer_frac, len(bad), len(good), seconds)
+
+
+def _baseline(
+    model: Any, prompts: Sequence[Any], n_harmful: int, ids: Any, batch_size: int
+) -> tuple[Tensor, dict[str, float]]:
+    """Unsteered next-token log-probs of harmful + harmless prompts, and their mean refusal log-odds."""
+    base = next_token_logprobs(model, prompts, batch_size=batch_size, sort_by_length=True)
+    return base, {
+        "harmful": float(log_odds(base[:n_harmful], ids).mean()),
+        "harmless": float(log_odds(base[n_harmful:], ids).mean()),
+    }
 
 
 def choose_direction(

