@@ -84,7 +84,7 @@ def demo_cmd(
         int,
         typer.Option("--factors", min=1, help="DCT vectors (more find more behaviours and take longer)"),
     ] = 64,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="DCT iterations at most")] = 10,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="DCT iterations at most")] = 5,
     rho: Annotated[float, typer.Option("--rho", help="DCT calibration target ρ")] = 0.5,
     analyze_top: Annotated[
         int, typer.Option("--analyze-top", min=1, help="top DCT vectors the analysis compares with r̂")

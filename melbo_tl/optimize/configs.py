@@ -167,7 +167,7 @@ class DCTConfig(LayerPair, Config):
         0.5, "calibration target: non-linear / linear response", metavar="X", flag="--rho"
     )
     calibration_directions: int = setting(30, "random directions ρ(R) is averaged over", metavar="N")
-    iterations: int = setting(10, "updates at most", metavar="N")
+    iterations: int = setting(5, "updates at most", metavar="N")
     tolerance: float = setting(
         1e-3, "stop once the median factor moved less than this (1 − cos) in one update", metavar="X"
     )
