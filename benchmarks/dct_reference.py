@@ -146,7 +146,9 @@ def main() -> None:
     reference = ReferenceDCT(import_reference(args.ref_dir), bridge, problem, factor_batch_size=args.factors)
     check = reference.check_slice()
     print(f"slice check (max |difference|): {check}")
-    if max(check.values()) > 1e-3:
+    # Residual entries reach ~2000 at these blocks; a misread block is off by that much, while
+    # float32 matmuls of different shapes may differ by ~1e-5 of it.
+    if max(check.values()) > 1e-4 * float(problem.segment.residual.abs().max()):
         raise SystemExit("the reference's slice does not read the residual melbo_tl reads; see reference_dct.py")
     results: dict[str, Any] = {
         "settings": vars(args) | {"out": str(args.out)},
