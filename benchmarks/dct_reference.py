@@ -333,6 +333,16 @@ def markdown(results: dict[str, Any], args: Any) -> str:
             f"| {name} | {a['V']['median']:.4f} / {a['V']['min']:.4f} | {a['U']['median']:.4f} / {a['U']['min']:.4f} "
             f"| {a['alpha_correlation']:.4f} | {a[f'top{top}_overlap']} |"
         )
+    if "bfloat16" in results:
+        b = results["bfloat16"]
+        sec = b["seconds"]
+        lines += [
+            "",
+            "| melbo_tl default in bfloat16 | R | calibration s | fit s | ranking s | iterations | final movement median / max |",
+            "|---|---|---|---|---|---|---|",
+            f"| | {b['R']:.3f} | {sec.get('calibration', 0):.1f} | {sec.get('fit', 0):.1f} | {sec.get('ranking', 0):.1f} "
+            f"| {b['iterations']} | {b['movement']['median']:.2g} / {b['movement']['max']:.2g} |",
+        ]
     return "\n".join(lines) + "\n"
 
 
