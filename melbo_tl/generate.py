@@ -96,9 +96,7 @@ def _generate_batch(
     with apply(model, *interventions), cached_decoding(model) as cache:
         for step in range(max_new_tokens):
             with token_layout(layout):
-                # Only the last position's logits are read: the prompt's others would cost a
-                # vocabulary-sized matmul per prompt token.
-                logits = model(inputs, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                logits = model(inputs, attention_mask=mask, past_key_values=cache, use_cache=True)
             if step == 0:
                 check_cache_filled(cache, inputs.shape[1])
             token = _sample(logits[:, -1, :], temperature, top_p, generator)
