@@ -84,7 +84,9 @@ def demo_cmd(
         int,
         typer.Option("--factors", min=1, help="DCT vectors (more find more behaviours and take longer)"),
     ] = 64,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="DCT iterations at most")] = 5,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", min=1, help="DCT iterations at most [default: DCT's]")
+    ] = None,
     rho: Annotated[float, typer.Option("--rho", help="DCT calibration target ρ")] = 0.5,
     analyze_top: Annotated[
         int, typer.Option("--analyze-top", min=1, help="top DCT vectors the analysis compares with r̂")
@@ -149,7 +151,7 @@ def _discover(bridge: Any, out: Path, timings: dict[str, float], *, factors: int
     ))  # fmt: skip
     dct_cfg = DCTConfig(
         n_factors=factors, source=Site(layers["source"], "resid_post"), target=Site(layers["target"]),
-        iterations=iterations, calibration_target=rho,
+        calibration_target=rho, **({} if iterations is None else {"iterations": iterations}),
     )  # fmt: skip
 
     def train_dct() -> None:
