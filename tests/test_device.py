@@ -29,6 +29,7 @@ from melbo_tl.forward import next_token_logprobs, run_forward
 from melbo_tl.generate import generate
 from melbo_tl.models import load_model
 from melbo_tl.optimize.adapters import train_adapters
+from melbo_tl.optimize.dct import fit_dct
 from melbo_tl.optimize.melbo import MelboConfig, train_vectors
 from melbo_tl.optimize.oneshot import Example, completion_loss, optimize_vector
 from melbo_tl.optimize.problem import MelboProblem
@@ -88,6 +89,17 @@ ENTRY_POINTS = {
     "adapters": lambda m, t, p: train_adapters(m, PROMPTS, rank=2, n_adapters=2, progress=False, **SMALL),
     "oneshot": lambda m, t, p: optimize_vector(
         m, PROMPTS[0], layer=1, promote=["Sure"], suppress=["No"], steps=2, max_norm=1.0, progress=False
+    ),
+    "dct": lambda m, t, p: fit_dct(
+        m,
+        PROMPTS,
+        n_factors=2,
+        source_layer=0,
+        target_layer=2,
+        iterations=1,
+        radius=4.0,
+        rank_by="importance",
+        progress=False,
     ),
     "completion_loss": lambda m, t, p: completion_loss(m, [Example(PROMPTS[0], ("Sure",), ("No",))]),
     "refusal direction": lambda m, t, p: train_to_folder(

@@ -88,7 +88,7 @@ class Movement:
         proposal: Tensor | None = None,
     ) -> Movement:
         m = (1 - (unit_rows(new) * unit_rows(old)).sum(-1)).double().cpu()
-        q = torch.quantile(m, torch.tensor([0.5, 0.9], dtype=m.dtype))
+        q = torch.quantile(m, torch.tensor([0.5, 0.9], dtype=m.dtype, device=m.device))
         response = float("nan") if delta is None else float(delta.norm(dim=-1).median())
         asked = (
             float("nan") if proposal is None else float((1 - (unit_rows(proposal) * unit_rows(old)).sum(-1)).median())
